@@ -1,0 +1,1 @@
+"""Pure domain of cellctl: no I/O, no third-party protocol libraries."""

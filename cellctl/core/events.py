@@ -1,0 +1,254 @@
+"""Domain facts the engine records: each is journaled and turned into telemetry in one transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class Stream(StrEnum):
+    """Telemetry stream an event belongs to; each stream has its own sequence numbers."""
+
+    STATE = "state"
+    JOB = "job"
+    CHANGEOVER = "changeover"
+    PART = "part"
+    QUALITY = "quality"
+    HEALTH = "health"
+    ALARM = "alarm"
+
+
+class Verdict(StrEnum):
+    """Outcome of a quality check: INVALID when a value could not be trusted, never a pass."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every recorded fact; ``ts`` is wall-clock seconds when it happened."""
+
+    stream: ClassVar[Stream]
+    kind: ClassVar[str]
+    ts: float
+
+    @property
+    def job_id(self) -> str | None:
+        """The job this fact belongs to, for indexing the journal."""
+        return None
+
+    def to_data(self) -> dict[str, Any]:
+        """The event's fields as JSON-ready data (without the timestamp)."""
+        data = dataclasses.asdict(self)
+        data.pop("ts")
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateChanged(Event):
+    """The PackML state machine moved."""
+
+    stream: ClassVar[Stream] = Stream.STATE
+    kind: ClassVar[str] = "state_changed"
+    state: str
+    state_no: int
+    previous: str
+    command: str | None
+    by: str
+    mode: str = "production"
+
+
+class JobStatus(StrEnum):
+    """Life of an order in the cell."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobEvent(Event):
+    """An order changed status."""
+
+    stream: ClassVar[Stream] = Stream.JOB
+    kind: ClassVar[str] = "job"
+    job: str
+    order_id: str
+    variant: str
+    recipe_version: int
+    recipe_hash: str
+    quantity: int
+    status: JobStatus
+    produced: int = 0
+    good: int = 0
+    bad: int = 0
+    invalid: int = 0
+    parameters: dict[str, float] = field(default_factory=dict)
+    by: str = "engine"
+    reason: str = ""
+
+    @property
+    def job_id(self) -> str | None:
+        """The job."""
+        return self.job
+
+
+class ChangeoverStatus(StrEnum):
+    """Life of a changeover run."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeoverEvent(Event):
+    """A changeover started or ended; ``steps`` lists the plan's step ids in order."""
+
+    stream: ClassVar[Stream] = Stream.CHANGEOVER
+    kind: ClassVar[str] = "changeover"
+    changeover: str
+    job: str
+    from_variant: str | None
+    to_variant: str
+    status: ChangeoverStatus
+    steps: tuple[str, ...] = ()
+    planned_s: float = 0.0
+    duration_s: float | None = None
+    reason: str = ""
+
+    @property
+    def job_id(self) -> str | None:
+        """The job that needed this changeover."""
+        return self.job
+
+
+class StepStatus(StrEnum):
+    """Life of one changeover step."""
+
+    STARTED = "started"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepEvent(Event):
+    """A changeover step started or ended."""
+
+    stream: ClassVar[Stream] = Stream.CHANGEOVER
+    kind: ClassVar[str] = "step"
+    changeover: str
+    job: str
+    step: str
+    step_kind: str
+    device: str | None
+    status: StepStatus
+    detail: str = ""
+    duration_s: float | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        """The job that needed this changeover."""
+        return self.job
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measurement:
+    """One quality characteristic measured on one part, with its limits and verdict."""
+
+    characteristic: str
+    value: float | None
+    quality: str
+    units: str
+    nominal: float
+    lsl: float
+    usl: float
+    verdict: Verdict
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartProduced(Event):
+    """A part finished its cycle and got a verdict; telemetry sends one part and one quality message per
+    characteristic."""
+
+    stream: ClassVar[Stream] = Stream.PART
+    kind: ClassVar[str] = "part"
+    part: str
+    job: str
+    variant: str
+    index: int
+    verdict: Verdict
+    measurements: tuple[Measurement, ...]
+    parameters: dict[str, float] = field(default_factory=dict)
+    cycle_s: float = 0.0
+
+    @property
+    def job_id(self) -> str | None:
+        """The job this part belongs to."""
+        return self.job
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceHealthChanged(Event):
+    """A device link changed state."""
+
+    stream: ClassVar[Stream] = Stream.HEALTH
+    kind: ClassVar[str] = "device_health"
+    device: str
+    state: str
+    error: str = ""
+
+
+class Severity(StrEnum):
+    """Alarm severity."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmEvent(Event):
+    """An alarm was raised or cleared."""
+
+    stream: ClassVar[Stream] = Stream.ALARM
+    kind: ClassVar[str] = "alarm"
+    alarm: str
+    severity: Severity
+    active: bool
+    message: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorAction(Event):
+    """A person (or a client) issued a command through the API; journaled with who sent it."""
+
+    stream: ClassVar[Stream] = Stream.STATE
+    kind: ClassVar[str] = "operator_action"
+    action: str
+    by: str
+    args: dict[str, Any] = field(default_factory=dict)
+    accepted: bool = True
+    reason: str = ""
+
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = (
+    StateChanged,
+    JobEvent,
+    ChangeoverEvent,
+    StepEvent,
+    PartProduced,
+    DeviceHealthChanged,
+    AlarmEvent,
+    OperatorAction,
+)

@@ -1,0 +1,78 @@
+"""Models of a recipe file: one product variant's target setup, customer parameters and quality checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from cellctl.schema.cell import Name, Strict
+
+TagRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9][A-Za-z0-9_\-]*$")]
+"""``device.tag``."""
+
+
+class DeviceSetup(Strict):
+    """Target setup of one device: a tool, a robot program, fixture axis positions and setpoints."""
+
+    tool: Name | None = None
+    program: Annotated[int, Field(ge=1, le=65535)] | None = None
+    positions: dict[Name, float] = Field(default_factory=dict)
+    setpoints: dict[Name, float | int | bool] = Field(default_factory=dict)
+
+
+class Parameter(Strict):
+    """A customer-adjustable parameter with units, allowed range and the tag it is written to per part."""
+
+    default: float
+    min: float
+    max: float
+    units: str = ""
+    target: TagRef
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _range(self) -> Parameter:
+        if not self.min <= self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if not self.min <= self.default <= self.max:
+            raise ValueError(f"default {self.default} is outside [{self.min}, {self.max}]")
+        return self
+
+
+class Characteristic(Strict):
+    """A measured quality characteristic: nominal, spec limits, units and the gauge tag it comes from."""
+
+    nominal: float
+    lsl: float
+    usl: float
+    units: str = ""
+    source: TagRef
+
+    @model_validator(mode="after")
+    def _limits(self) -> Characteristic:
+        if not self.lsl < self.usl:
+            raise ValueError(f"lsl {self.lsl} must be below usl {self.usl}")
+        if not self.lsl <= self.nominal <= self.usl:
+            raise ValueError(f"nominal {self.nominal} is outside [{self.lsl}, {self.usl}]")
+        return self
+
+
+class Recipe(Strict):
+    """A versioned master recipe for one variant."""
+
+    schema_version: Literal[1] = 1
+    variant: Name
+    version: Annotated[int, Field(ge=1)]
+    description: str = ""
+    ideal_cycle_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    setup: dict[Name, DeviceSetup]
+    parameters: dict[Name, Parameter] = Field(default_factory=dict)
+    quality: dict[Name, Characteristic] = Field(default_factory=dict)
+
+    def snapshot_hash(self) -> str:
+        """Stable hash of the recipe's content: a job runs from this snapshot."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
