@@ -97,8 +97,9 @@ class Tag:
         """Read the tag and return its value, raising when the reading is not usable."""
         reading = await self.read()
         if not reading.usable:
-            raise CommError(self.backend.device, f"no usable value ({reading.quality}: {reading.reason})",
-                            tag=self.name)
+            raise CommError(
+                self.backend.device, f"no usable value ({reading.quality}: {reading.reason})", tag=self.name
+            )
         assert reading.value is not None
         return reading.value
 
@@ -111,7 +112,7 @@ class Tag:
         return self.backend.last(self.name)
 
     async def wait_until(self, predicate: Callable[[TagValue], bool], timeout: float) -> TagValue:
-        """Wait until a usable reading satisfies ``predicate``; raises TimeoutError after ``timeout`` s.
+        """Wait until a usable reading satisfies ``predicate``; raises DeviceFault after ``timeout`` s.
 
         Fed by the backend's subscription or poll, so no polling here; the current value is checked first.
         """
@@ -132,6 +133,13 @@ class Tag:
                         if predicate(reading.value):
                             return reading.value
                     await changed.wait()
+        except TimeoutError:
+            last = self.last()
+            raise DeviceFault(
+                self.backend.device,
+                f"condition not met within {timeout:g} s (last {last.value!r}, {last.quality})",
+                tag=self.name,
+            ) from None
         finally:
             unsubscribe()
 
@@ -149,10 +157,7 @@ class Tag:
 
         try:
             return await self.wait_until(matches, timeout)
-        except TimeoutError:
-            last = self.last()
+        except DeviceFault as exc:
             raise DeviceFault(
-                self.backend.device,
-                f"did not reach {expected!r} within {timeout:g} s (last {last.value!r}, {last.quality})",
-                tag=self.name,
+                self.backend.device, f"did not reach {expected!r}: {exc}", tag=self.name
             ) from None
