@@ -1,0 +1,44 @@
+"""structlog set-up: JSON lines for journald in service mode, a readable console format in a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+LogFormat = Literal["json", "console", "auto"]
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+    """Route structlog and stdlib logging to stderr, in JSON or console form, with contextvars merged in."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer]
+        if fmt == "json"
+        else [*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries (asyncua, pymodbus) log through stdlib logging: keep them quiet unless they warn.
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s"
+    )
+    for noisy in ("asyncua", "pymodbus"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.ERROR))
