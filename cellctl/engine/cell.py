@@ -1,0 +1,132 @@
+"""PackMLCell: the only owner of the cell's PackML state; every move follows the table and is recorded.
+
+A move is recorded through the sink first and takes effect only once recorded, so the journal never misses a
+state the cell was in; listeners hear of it after it took effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from cellctl.core.clock import Clock
+from cellctl.core.events import Event, StateChanged
+from cellctl.core.packml import STATE_COMPLETE, Command, State, Trigger, allowed_commands, next_state
+from cellctl.core.ports import EventSink
+from cellctl.errors import InvalidTransition
+
+log = structlog.get_logger(__name__)
+
+StateCallback = Callable[[State, State], None]
+"""Called with (previous, new) after every move."""
+
+
+class PackMLCell:
+    """The cell's PackML state: moves by command or state-complete, records each move, lets others wait."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        clock: Clock,
+        *,
+        notify: Callable[[Event], None] | None = None,
+        mode: str = "production",
+    ) -> None:
+        self._sink = sink
+        self._clock = clock
+        self._notify = notify
+        self._mode = mode
+        self._state = State.UNDEFINED
+        self._since = clock.wall()
+        self._moved = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._callbacks: list[StateCallback] = []
+
+    @property
+    def state(self) -> State:
+        """The current state."""
+        return self._state
+
+    @property
+    def since(self) -> float:
+        """Wall-clock time the current state was entered."""
+        return self._since
+
+    @property
+    def mode(self) -> str:
+        """The PackML unit mode."""
+        return self._mode
+
+    def allowed_commands(self) -> tuple[Command, ...]:
+        """Commands the current state accepts."""
+        return allowed_commands(self._state)
+
+    def on_change(self, callback: StateCallback) -> Callable[[], None]:
+        """Call back after every move; returns the unsubscribe function."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    async def power_up(self, state: State = State.STOPPED, *, by: str = "engine") -> None:
+        """Leave Undefined for the start-up state (Stopped, or Aborted after a crash), recorded."""
+        if state not in (State.STOPPED, State.ABORTED):
+            raise ValueError(f"a cell powers up in Stopped or Aborted, not {state.label}")
+        async with self._lock:
+            if self._state is not State.UNDEFINED:
+                raise InvalidTransition(self._state.label, "power up")
+            await self._move(state, None, by)
+
+    async def command(self, command: Command, *, by: str) -> State:
+        """Apply ``command``; InvalidTransition (and nothing recorded) when the state does not allow it."""
+        async with self._lock:
+            target = next_state(self._state, command)
+            await self._move(target, command, by)
+            return target
+
+    async def complete(self, expected: State, *, by: str = "engine") -> State:
+        """State-complete of ``expected``; InvalidTransition when the cell is elsewhere or waits."""
+        async with self._lock:
+            if self._state is not expected:
+                raise InvalidTransition(self._state.label, f"state complete of {expected.label}")
+            target = next_state(self._state, STATE_COMPLETE)
+            await self._move(target, STATE_COMPLETE, by)
+            return target
+
+    async def _move(self, target: State, trigger: Trigger | None, by: str) -> None:
+        previous = self._state
+        event = StateChanged(
+            ts=self._clock.wall(),
+            state=target.label,
+            state_no=int(target),
+            previous=previous.label,
+            command=trigger.label if isinstance(trigger, Command) else None,
+            by=by,
+            mode=self._mode,
+        )
+        await self._sink.record(event)
+        self._state = target
+        self._since = event.ts
+        # Wake every waiter, then arm a fresh event for the next move.
+        self._moved.set()
+        self._moved = asyncio.Event()
+        log.info("state changed", state=target.label, previous=previous.label, command=event.command, by=by)
+        for callback in list(self._callbacks):
+            callback(previous, target)
+        if self._notify is not None:
+            self._notify(event)
+
+    async def wait_for(self, *states: State, timeout: float) -> State:
+        """Wait until the cell is in one of ``states``; TimeoutError naming them after ``timeout`` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    moved = self._moved
+                    if self._state in states:
+                        return self._state
+                    await moved.wait()
+        except TimeoutError:
+            wanted = " or ".join(s.label for s in states)
+            raise TimeoutError(
+                f"cell did not reach {wanted} within {timeout:g} s (it is {self._state.label})"
+            ) from None

@@ -1,0 +1,432 @@
+"""Orders and the job queue, parameter validation against the recipe, and the per-part production cycle.
+
+A job runs from the recipe snapshot (content, version, hash) taken when it was submitted, so reloading or
+editing a recipe never changes a job already accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from cellctl.core.clock import Clock
+from cellctl.core.devices import Gauge, Press, Profile, Robot
+from cellctl.core.events import JobEvent, JobStatus, Measurement, PartProduced, Verdict
+from cellctl.core.quality import judge, part_verdict
+from cellctl.core.tags import Reading
+from cellctl.errors import DeviceError, JobError
+from cellctl.schema.cell import CellConfig
+from cellctl.schema.recipe import Recipe
+
+log = structlog.get_logger(__name__)
+
+MAX_QUANTITY = 1_000_000
+MAX_ORDER_ID = 128
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """An order as a client sends it: which variant, how many, customer parameters, and how urgent.
+
+    Higher ``priority`` runs first; equal priorities run in submit order.
+    """
+
+    order_id: str
+    variant: str
+    quantity: int
+    parameters: Mapping[str, float] = field(default_factory=dict)
+    priority: int = 0
+
+    def content(self) -> tuple[object, ...]:
+        """What makes two submissions of one order id the same order."""
+        params = tuple(sorted((k, _as_float(v)) for k, v in self.parameters.items()))
+        return (self.variant, self.quantity, params, self.priority)
+
+
+def _as_float(value: object) -> object:
+    # Keep NaN comparable to itself so a retried (invalid) request is recognised as the same content.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        as_float = float(value)
+        return "nan" if math.isnan(as_float) else as_float
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A job as the API and the TUI see it."""
+
+    job_id: str
+    order_id: str
+    variant: str
+    recipe_version: int
+    recipe_hash: str
+    quantity: int
+    priority: int
+    parameters: Mapping[str, float]
+    status: JobStatus
+    produced: int
+    good: int
+    bad: int
+    invalid: int
+    submitted_at: float
+    submitted_by: str
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        data["parameters"] = dict(self.parameters)
+        return data
+
+
+@dataclass(slots=True)
+class Job:
+    """An accepted order with its frozen recipe snapshot and its counters; owned by the engine."""
+
+    id: str
+    order: OrderRequest
+    recipe: Recipe
+    recipe_hash: str
+    parameters: dict[str, float]
+    seq: int
+    submitted_at: float
+    submitted_by: str
+    status: JobStatus = JobStatus.QUEUED
+    produced: int = 0
+    good: int = 0
+    bad: int = 0
+    invalid: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+
+    @property
+    def variant(self) -> str:
+        """The variant this job makes."""
+        return self.recipe.variant
+
+    @property
+    def remaining(self) -> int:
+        """Parts still to make."""
+        return self.order.quantity - self.produced
+
+    @property
+    def finished(self) -> bool:
+        """True once the job can change no more."""
+        return self.status in (JobStatus.COMPLETED, JobStatus.ABORTED, JobStatus.CANCELLED)
+
+    def count(self, verdict: Verdict) -> None:
+        """Count one produced part with its verdict."""
+        self.produced += 1
+        if verdict is Verdict.PASS:
+            self.good += 1
+        elif verdict is Verdict.FAIL:
+            self.bad += 1
+        else:
+            self.invalid += 1
+
+    def view(self) -> JobView:
+        """A frozen snapshot for clients."""
+        return JobView(
+            job_id=self.id,
+            order_id=self.order.order_id,
+            variant=self.variant,
+            recipe_version=self.recipe.version,
+            recipe_hash=self.recipe_hash,
+            quantity=self.order.quantity,
+            priority=self.order.priority,
+            parameters=dict(self.parameters),
+            status=self.status,
+            produced=self.produced,
+            good=self.good,
+            bad=self.bad,
+            invalid=self.invalid,
+            submitted_at=self.submitted_at,
+            submitted_by=self.submitted_by,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            reason=self.reason,
+        )
+
+    def event(self, ts: float, *, by: str = "engine") -> JobEvent:
+        """The job's current status as a recorded fact."""
+        return JobEvent(
+            ts=ts,
+            job=self.id,
+            order_id=self.order.order_id,
+            variant=self.variant,
+            recipe_version=self.recipe.version,
+            recipe_hash=self.recipe_hash,
+            quantity=self.order.quantity,
+            status=self.status,
+            produced=self.produced,
+            good=self.good,
+            bad=self.bad,
+            invalid=self.invalid,
+            parameters=dict(self.parameters),
+            by=by,
+            reason=self.reason,
+        )
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def resolve_parameters(order: OrderRequest, recipe: Recipe) -> dict[str, float]:
+    """The order's parameters checked against the recipe's ranges, with the defaults filled in.
+
+    Raises JobError naming every unknown parameter and every value that is not a finite number in range.
+    """
+    issues: list[str] = []
+    where = f"recipe {recipe.variant} v{recipe.version}"
+    for name, raw in order.parameters.items():
+        spec = recipe.parameters.get(name)
+        if spec is None:
+            known = ", ".join(sorted(recipe.parameters)) or "none"
+            issues.append(f"parameters.{name}: unknown parameter of {where} (known: {known})")
+            continue
+        value = _number(raw)
+        if value is None or not math.isfinite(value):
+            issues.append(f"parameters.{name}: {raw!r} is not a finite number")
+            continue
+        if not spec.min <= value <= spec.max:
+            units = f" {spec.units}" if spec.units else ""
+            issues.append(
+                f"parameters.{name}: {value:g} is outside [{spec.min:g}, {spec.max:g}]{units} of {where}"
+            )
+    if issues:
+        raise JobError(f"order {order.order_id!r}: " + "; ".join(issues))
+    resolved = {name: float(spec.default) for name, spec in recipe.parameters.items()}
+    resolved.update({name: float(value) for name, value in order.parameters.items()})
+    return resolved
+
+
+def _check_request(order: OrderRequest, recipes: Mapping[str, Recipe]) -> Recipe:
+    issues: list[str] = []
+    oid = order.order_id
+    if (
+        not isinstance(oid, str)
+        or not oid
+        or len(oid) > MAX_ORDER_ID
+        or not oid.isprintable()
+        or oid != oid.strip()
+    ):
+        issues.append(f"order_id: {oid!r} must be 1-{MAX_ORDER_ID} printable characters without outer blanks")
+    quantity = order.quantity
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= MAX_QUANTITY:
+        issues.append(f"quantity: {quantity!r} must be a whole number from 1 to {MAX_QUANTITY}")
+    if isinstance(order.priority, bool) or not isinstance(order.priority, int):
+        issues.append(f"priority: {order.priority!r} must be a whole number")
+    recipe = recipes.get(order.variant)
+    if recipe is None:
+        known = ", ".join(sorted(recipes)) or "none"
+        issues.append(f"variant: unknown variant {order.variant!r} (known: {known})")
+    if issues:
+        raise JobError(f"order {oid!r}: " + "; ".join(issues))
+    assert recipe is not None
+    return recipe
+
+
+def _new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class JobQueue:
+    """Every job the engine accepted, by id and by order id, and the queue of those waiting to run."""
+
+    def __init__(self, recipes: Mapping[str, Recipe], *, new_id: Callable[[], str] = _new_job_id) -> None:
+        self._recipes: dict[str, Recipe] = dict(recipes)
+        self._new_id = new_id
+        self._jobs: dict[str, Job] = {}
+        self._by_order: dict[str, Job] = {}
+        self._queued: list[Job] = []
+        self._seq = 0
+
+    @property
+    def recipes(self) -> Mapping[str, Recipe]:
+        """Master recipes new orders are checked against and snapshot from."""
+        return self._recipes
+
+    def set_recipes(self, recipes: Mapping[str, Recipe]) -> None:
+        """Replace the master recipes; jobs already accepted keep their snapshot."""
+        self._recipes = dict(recipes)
+
+    def submit(self, order: OrderRequest, *, by: str, now: float) -> tuple[Job, bool]:
+        """Accept an order, or return the job it already made; True when the job is new.
+
+        The same order id with the same content is the existing job (a retried request); with different
+        content it is a JobError. Nothing is changed when the order is refused.
+        """
+        existing = self._by_order.get(order.order_id)
+        if existing is not None:
+            if existing.order.content() == order.content():
+                return existing, False
+            raise JobError(
+                f"order {order.order_id!r}: already accepted as job {existing.id} with different content "
+                f"({_describe(existing.order)}; now {_describe(order)})"
+            )
+        recipe = _check_request(order, self._recipes)
+        parameters = resolve_parameters(order, recipe)
+        self._seq += 1
+        job = Job(
+            id=self._new_id(),
+            order=dataclasses.replace(order, parameters=dict(order.parameters)),
+            recipe=recipe,
+            recipe_hash=recipe.snapshot_hash(),
+            parameters=parameters,
+            seq=self._seq,
+            submitted_at=now,
+            submitted_by=by,
+        )
+        self._jobs[job.id] = job
+        self._by_order[order.order_id] = job
+        self._queued.append(job)
+        return job, True
+
+    def _order_key(self, job: Job) -> tuple[int, int]:
+        return (-job.order.priority, job.seq)
+
+    @property
+    def queued(self) -> list[Job]:
+        """Jobs waiting to run, in the order they will run."""
+        return sorted(self._queued, key=self._order_key)
+
+    def pop_next(self) -> Job | None:
+        """Take the next job to run (highest priority, then first submitted), or None when none waits."""
+        if not self._queued:
+            return None
+        job = min(self._queued, key=self._order_key)
+        self._queued.remove(job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id; JobError when there is none."""
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobError(f"no job {job_id!r}") from None
+
+    def cancel(self, job_id: str, *, reason: str) -> Job:
+        """Cancel a queued job; JobError when the job is unknown or not queued."""
+        job = self.get(job_id)
+        if job not in self._queued:
+            raise JobError(f"job {job_id!r} is {job.status.value}, not queued: it cannot be cancelled here")
+        self._queued.remove(job)
+        job.status = JobStatus.CANCELLED
+        job.reason = reason
+        return job
+
+    def withdraw(self, job: Job) -> None:
+        """Forget a job just submitted whose acceptance could not be recorded (nothing half-applied)."""
+        if job in self._queued:
+            self._queued.remove(job)
+        self._jobs.pop(job.id, None)
+        if self._by_order.get(job.order.order_id) is job:
+            del self._by_order[job.order.order_id]
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+
+def _describe(order: OrderRequest) -> str:
+    params = ", ".join(f"{k}={v!r}" for k, v in sorted(order.parameters.items()))
+    return f"{order.variant} x{order.quantity} priority {order.priority} [{params}]"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The per-part cycle.
+
+
+def _split(ref: str) -> tuple[str, str]:
+    device, _, tag = ref.partition(".")
+    return device, tag
+
+
+class PartCycle:
+    """Makes one part: writes its parameters, runs the robots and stations, measures it and judges it."""
+
+    def __init__(self, profiles: Mapping[str, Profile], cell: CellConfig, clock: Clock) -> None:
+        self._profiles = profiles
+        self._production = cell.production
+        self._robots = [p for p in profiles.values() if isinstance(p, Robot)]
+        self._stations = [p for p in profiles.values() if isinstance(p, Press)]
+        self._clock = clock
+
+    def _profile(self, device: str) -> Profile:
+        try:
+            return self._profiles[device]
+        except KeyError:
+            raise DeviceError(device, "not a device of this cell") from None
+
+    async def write_parameters(self, job: Job) -> None:
+        """Write each parameter to its target tag and confirm it by read-back."""
+        timeout = self._production.station_timeout_s
+        for name, value in job.parameters.items():
+            device, tag_name = _split(job.recipe.parameters[name].target)
+            tag = self._profile(device).tag(tag_name)
+            await tag.write(value)
+            await tag.wait_for_value(value, timeout)
+
+    async def measure(self, recipe: Recipe) -> dict[str, Reading]:
+        """A reading per quality characteristic: gauges are triggered once each, other sources read."""
+        by_device: dict[str, list[tuple[str, str]]] = {}
+        for name, characteristic in recipe.quality.items():
+            device, tag_name = _split(characteristic.source)
+            by_device.setdefault(device, []).append((name, tag_name))
+        readings: dict[str, Reading] = {}
+        for device, wanted in by_device.items():
+            profile = self._profile(device)
+            if isinstance(profile, Gauge):
+                channels = await profile.measure([t for _, t in wanted], self._production.gauge_timeout_s)
+                readings.update((name, channels[t]) for name, t in wanted)
+            else:
+                for name, tag_name in wanted:
+                    readings[name] = await profile.tag(tag_name).read()
+        return readings
+
+    def judge(self, recipe: Recipe, readings: Mapping[str, Reading]) -> tuple[Measurement, ...]:
+        """Each characteristic's verdict; a reading older than the gauge timeout is stale."""
+        now = self._clock.monotonic()
+        return tuple(
+            judge(name, spec, readings[name], now=now, max_age=self._production.gauge_timeout_s)
+            for name, spec in recipe.quality.items()
+        )
+
+    async def run(self, job: Job, index: int) -> PartProduced:
+        """Make part ``index`` (1-based) of ``job`` and return its record (the caller counts it).
+
+        Device failures propagate (CommError, DeviceFault, WriteVerifyError): the part is then not made.
+        """
+        started = self._clock.monotonic()
+        bound = log.bind(job=job.id, part=index)
+        await self.write_parameters(job)
+        for robot in self._robots:
+            await robot.run_cycle(self._production.robot_cycle_timeout_s)
+        for station in self._stations:
+            await station.run_cycle(self._production.station_timeout_s)
+        measurements = self.judge(job.recipe, await self.measure(job.recipe))
+        verdict = part_verdict(measurements)
+        bound.debug("part made", verdict=verdict.value)
+        return PartProduced(
+            ts=self._clock.wall(),
+            part=f"{job.id}-{index:04d}",
+            job=job.id,
+            variant=job.variant,
+            index=index,
+            verdict=verdict,
+            measurements=measurements,
+            parameters=dict(job.parameters),
+            cycle_s=self._clock.monotonic() - started,
+        )
