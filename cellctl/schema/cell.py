@@ -5,12 +5,26 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from cellctl.core.devices import ProfileKind
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$", max_length=64)]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 """A name that is safe in an MQTT topic level, a file name and a log key."""
+
+LOCATED_ERROR = "config_value"
+"""Error type of :func:`located`; its ``ctx["below"]`` holds the location below the model being checked."""
+
+
+def located(message: str, *below: str | int) -> PydanticCustomError:
+    """A validation error about a field below the model that raises it, so the loader can point at that field.
+
+    A model validator's error is located at the model; ``below`` (appended by the loader) names the key inside
+    it that is wrong, e.g. ``located("...", "tags", "busy", "node")`` from a device.
+    """
+    return PydanticCustomError(LOCATED_ERROR, "{reason}", {"reason": message, "below": below})
 
 
 class Strict(BaseModel):
@@ -97,18 +111,29 @@ class TagConfig(Strict):
         """True when the controller may write this tag."""
         return self.access in (Access.WRITE, Access.READ_WRITE)
 
+    @field_validator("scale")
+    @classmethod
+    def _nonzero_scale(cls, scale: float) -> float:
+        if scale == 0:
+            raise ValueError("'scale' must not be 0")
+        return scale
+
     @model_validator(mode="after")
     def _consistent(self) -> TagConfig:
         if self.datatype is Datatype.STRING and self.table is not None and self.length is None:
-            raise ValueError("a string tag in Modbus needs 'length' (registers)")
-        if self.table in (ModbusTable.COIL, ModbusTable.DISCRETE_INPUT) and self.datatype is not Datatype.BOOL:
-            raise ValueError(f"a {self.table.value} holds bits: datatype must be bool")
+            raise located("a string tag in Modbus needs 'length' (registers)", "length")
+        if (
+            self.table in (ModbusTable.COIL, ModbusTable.DISCRETE_INPUT)
+            and self.datatype is not Datatype.BOOL
+        ):
+            raise located(f"a {self.table.value} holds bits: datatype must be bool", "datatype")
         if self.bit is not None and self.datatype is not Datatype.BOOL:
-            raise ValueError("'bit' needs datatype bool")
-        if self.scale == 0:
-            raise ValueError("'scale' must not be 0")
+            raise located("'bit' needs datatype bool", "bit")
+        if self.bit is not None and self.table in (ModbusTable.COIL, ModbusTable.DISCRETE_INPUT):
+            raise located(f"'bit' selects a bit in a register; a {self.table.value} is a bit already", "bit")
         if self.writable and self.table in (ModbusTable.DISCRETE_INPUT, ModbusTable.INPUT_REGISTER):
-            raise ValueError(f"a {self.table.value} is read-only: access must be 'r'")
+            table = self.table.value.replace("_", " ")
+            raise located(f"{table}s are read-only: access must be 'r'", "access")
         return self
 
 
@@ -134,18 +159,46 @@ class DeviceConfig(Strict):
     )
     tags: dict[Name, TagConfig]
 
+    # Field validators see the fields declared before theirs in info.data, so each error sits on its field.
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_scheme(cls, endpoint: str, info: ValidationInfo) -> str:
+        driver = info.data.get("driver")
+        if driver is None:
+            return endpoint  # the driver is wrong already; that error says so
+        scheme = "opc.tcp://" if driver == "opcua" else "tcp://"
+        if not endpoint.startswith(scheme):
+            raise ValueError(f"endpoint of a {driver} device must start with {scheme!r}")
+        hostport = endpoint[len(scheme) :].split("/", 1)[0]
+        host, colon, port = hostport.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"endpoint must be {scheme}host:port with a port in 1..65535, not {endpoint!r}")
+        return endpoint
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_on_tool_changer(cls, tools: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        profile = info.data.get("profile")
+        if tools and profile is not None and profile is not ProfileKind.TOOL_CHANGER:
+            raise ValueError("'tools' is only for a tool_changer")
+        if len(set(tools.values())) != len(tools):
+            raise ValueError("two tools share one tool number")
+        return tools
+
     @model_validator(mode="after")
     def _addresses(self) -> DeviceConfig:
-        scheme = "opc.tcp://" if self.driver == "opcua" else "tcp://"
-        if not self.endpoint.startswith(scheme):
-            raise ValueError(f"endpoint of a {self.driver} device must start with {scheme!r}")
         for name, tag in self.tags.items():
-            if self.driver == "opcua" and (tag.node is None or tag.table is not None):
-                raise ValueError(f"tag {name!r}: an OPC UA tag needs 'node' and no Modbus 'table'")
-            if self.driver == "modbus" and (tag.table is None or tag.address is None or tag.node is not None):
-                raise ValueError(f"tag {name!r}: a Modbus tag needs 'table' and 'address' and no 'node'")
-        if self.tools and self.profile is not ProfileKind.TOOL_CHANGER:
-            raise ValueError("'tools' is only for a tool_changer")
+            if self.driver == "opcua":
+                if tag.node is None:
+                    raise located(f"tag {name!r}: an OPC UA tag needs 'node'", "tags", name, "node")
+                if tag.table is not None or tag.address is not None:
+                    raise located(f"tag {name!r}: an OPC UA tag has no Modbus address", "tags", name)
+            else:
+                for key in ("table", "address"):
+                    if getattr(tag, key) is None:
+                        raise located(f"tag {name!r}: a Modbus tag needs {key!r}", "tags", name, key)
+                if tag.node is not None:
+                    raise located(f"tag {name!r}: a Modbus tag has no OPC UA 'node'", "tags", name, "node")
         return self
 
     @property
@@ -215,9 +268,7 @@ def _default_templates() -> dict[StepKind, StepTemplate]:
     return {
         StepKind.FIXTURE_UNCLAMP: StepTemplate(expected_s=0.5, timeout_s=10),
         StepKind.TOOL_CHANGE: StepTemplate(expected_s=6.0, timeout_s=30),
-        StepKind.FIXTURE_MOVE: StepTemplate(
-            expected_s=3.0, timeout_s=30, after=(StepKind.FIXTURE_UNCLAMP,)
-        ),
+        StepKind.FIXTURE_MOVE: StepTemplate(expected_s=3.0, timeout_s=30, after=(StepKind.FIXTURE_UNCLAMP,)),
         StepKind.FIXTURE_CLAMP: StepTemplate(expected_s=0.5, timeout_s=10, after=(StepKind.FIXTURE_MOVE,)),
         StepKind.ROBOT_PROGRAM: StepTemplate(expected_s=1.0, timeout_s=20, after=(StepKind.TOOL_CHANGE,)),
         StepKind.SETPOINTS: StepTemplate(expected_s=0.2, timeout_s=5, smed=Smed.EXTERNAL),
@@ -231,7 +282,9 @@ class ChangeoverConfig(Strict):
 
     @model_validator(mode="after")
     def _complete_and_acyclic(self) -> ChangeoverConfig:
-        merged = {**_default_templates(), **self.steps}
+        given = set(self.steps)
+        defaults = _default_templates()
+        merged = {**defaults, **self.steps}
         object.__setattr__(self, "steps", merged)
         # Depth-first search for a cycle in 'after', naming it in the error.
         state: dict[StepKind, int] = {}
@@ -240,8 +293,19 @@ class ChangeoverConfig(Strict):
             if state.get(kind) == 2:
                 return
             if state.get(kind) == 1:
-                cycle = [*trail[trail.index(kind):], kind]
-                raise ValueError("templates form a cycle: " + " -> ".join(k.value for k in cycle))
+                cycle = [*trail[trail.index(kind) :], kind]
+                # The defaults are acyclic, so the cycle runs through a template the file gives; point at
+                # one whose 'after' differs from its default, as that is most likely the edit that closed it.
+                culprit = next(
+                    (k for k in cycle if k in given and merged[k].after != defaults[k].after),
+                    next((k for k in cycle if k in given), kind),
+                )
+                raise located(
+                    "templates form a cycle: " + " -> ".join(k.value for k in cycle),
+                    "steps",
+                    culprit.value,
+                    "after",
+                )
             state[kind] = 1
             for dep in merged[kind].after:
                 visit(dep, [*trail, kind])

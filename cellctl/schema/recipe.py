@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from cellctl.schema.cell import Name, Strict
+from cellctl.schema.cell import Name, Strict, located
 
-TagRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9][A-Za-z0-9_\-]*$")]
+TAGREF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9][A-Za-z0-9_\-]*$"
+TagRef = Annotated[str, Field(pattern=TAGREF_PATTERN)]
 """``device.tag``."""
 
 
@@ -36,9 +37,9 @@ class Parameter(Strict):
     @model_validator(mode="after")
     def _range(self) -> Parameter:
         if not self.min <= self.max:
-            raise ValueError(f"min {self.min} is above max {self.max}")
+            raise located(f"min {self.min} is above max {self.max}", "min")
         if not self.min <= self.default <= self.max:
-            raise ValueError(f"default {self.default} is outside [{self.min}, {self.max}]")
+            raise located(f"default {self.default} is outside [{self.min}, {self.max}]", "default")
         return self
 
 
@@ -54,9 +55,9 @@ class Characteristic(Strict):
     @model_validator(mode="after")
     def _limits(self) -> Characteristic:
         if not self.lsl < self.usl:
-            raise ValueError(f"lsl {self.lsl} must be below usl {self.usl}")
+            raise located(f"lsl {self.lsl} must be below usl {self.usl}", "lsl")
         if not self.lsl <= self.nominal <= self.usl:
-            raise ValueError(f"nominal {self.nominal} is outside [{self.lsl}, {self.usl}]")
+            raise located(f"nominal {self.nominal} is outside [{self.lsl}, {self.usl}]", "nominal")
         return self
 
 
