@@ -1,0 +1,693 @@
+"""The Engine: runs the cell as a PackML machine over a job queue, changing over and making parts.
+
+One lock serialises every state move and its consequences. Each acting state has one owned task
+(``"state:<name>"``) that does the state's work and then completes it; Execute has one production task
+(``"engine:production"``) that takes jobs, changes over and makes parts. Hold, Stop and Suspend let the
+current part finish and cancel a running changeover; Abort cancels at once and returns only when nothing
+runs any more, so no device is written after it returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from cellctl.core.clock import Clock, SystemClock
+from cellctl.core.devices import Profile, make_profile
+from cellctl.core.events import (
+    AlarmEvent,
+    ChangeoverEvent,
+    ChangeoverStatus,
+    Event,
+    JobStatus,
+    PartProduced,
+    Severity,
+    StepEvent,
+    StepStatus,
+    Verdict,
+)
+from cellctl.core.packml import Command, State, completion, is_acting
+from cellctl.core.plans import ChangeoverPlan
+from cellctl.core.ports import EventSink
+from cellctl.core.tags import TagBackend
+from cellctl.engine.cell import PackMLCell
+from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
+from cellctl.engine.planner import plan_changeover, read_setup
+from cellctl.engine.sequencer import Sequencer
+from cellctl.errors import (
+    CellctlError,
+    DeviceError,
+    InvalidTransition,
+    JobError,
+    SequenceError,
+)
+from cellctl.schema.load import LoadedConfig
+from cellctl.schema.recipe import Recipe
+
+Listener = Callable[[Event], None]
+
+HOLD_ALARM = "cell_held"
+"""Alarm raised with the reason when the engine holds or stops the cell on a failure."""
+
+ENGINE = "engine"
+"""``by`` of the moves the engine makes on its own."""
+
+
+class Phase(StrEnum):
+    """What the production task is doing: decides whether Hold/Stop/Suspend cancel it or let it finish."""
+
+    IDLE = "idle"
+    CHANGEOVER = "changeover"
+    PART = "part"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Views: frozen snapshots the API sends as JSON.
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """One step of the active changeover and how far it got."""
+
+    id: str
+    kind: str
+    device: str | None
+    description: str
+    after: tuple[str, ...]
+    expected_s: float
+    external: bool
+    status: str = "pending"
+    duration_s: float | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        data = dataclasses.asdict(self)
+        data["after"] = list(self.after)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeoverView:
+    """The active changeover: its plan's steps with their progress."""
+
+    changeover_id: str
+    job_id: str
+    from_variant: str | None
+    to_variant: str
+    planned_s: float
+    critical_path: tuple[str, ...]
+    started_at: float
+    steps: tuple[StepView, ...]
+
+    @property
+    def done(self) -> int:
+        """Steps confirmed done."""
+        return sum(1 for s in self.steps if s.status == StepStatus.DONE.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "changeover_id": self.changeover_id,
+            "job_id": self.job_id,
+            "from_variant": self.from_variant,
+            "to_variant": self.to_variant,
+            "planned_s": self.planned_s,
+            "critical_path": list(self.critical_path),
+            "started_at": self.started_at,
+            "done": self.done,
+            "total": len(self.steps),
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Parts made since the engine started, by verdict."""
+
+    parts: int = 0
+    good: int = 0
+    bad: int = 0
+    invalid: int = 0
+
+    def counted(self, verdict: Verdict) -> Counters:
+        """These counters with one more part of ``verdict``."""
+        return Counters(
+            parts=self.parts + 1,
+            good=self.good + (verdict is Verdict.PASS),
+            bad=self.bad + (verdict is Verdict.FAIL),
+            invalid=self.invalid + (verdict is Verdict.INVALID),
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """JSON-ready data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class CellStatus:
+    """A snapshot of the cell for clients."""
+
+    cell: str
+    state: str
+    state_no: int
+    since: float
+    mode: str
+    allowed_commands: tuple[str, ...]
+    current_job: JobView | None
+    queue: tuple[JobView, ...]
+    variant: str | None
+    changeover: ChangeoverView | None
+    counters: Counters
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "cell": self.cell,
+            "state": self.state,
+            "state_no": self.state_no,
+            "since": self.since,
+            "mode": self.mode,
+            "allowed_commands": list(self.allowed_commands),
+            "current_job": self.current_job.to_dict() if self.current_job else None,
+            "queue": [j.to_dict() for j in self.queue],
+            "variant": self.variant,
+            "changeover": self.changeover.to_dict() if self.changeover else None,
+            "counters": self.counters.to_dict(),
+            "reason": self.reason,
+        }
+
+
+@dataclass(slots=True)
+class _Changeover:
+    """Progress of the running changeover, fed by the sequencer's step events."""
+
+    id: str
+    job_id: str
+    plan: ChangeoverPlan
+    planned_s: float
+    critical_path: tuple[str, ...]
+    started_at: float
+    steps: dict[str, StepView] = field(default_factory=dict)
+
+    def view(self) -> ChangeoverView:
+        return ChangeoverView(
+            changeover_id=self.id,
+            job_id=self.job_id,
+            from_variant=self.plan.from_variant,
+            to_variant=self.plan.to_variant,
+            planned_s=self.planned_s,
+            critical_path=self.critical_path,
+            started_at=self.started_at,
+            steps=tuple(self.steps.values()),
+        )
+
+
+class _Recorder:
+    """The EventSink the sequencer sees: the real sink first, then the engine's bookkeeping and listeners."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def record(self, event: Event) -> int:
+        return await self._engine._record(event)
+
+
+def build_profiles(config: LoadedConfig, devices: Mapping[str, TagBackend]) -> dict[str, Profile]:
+    """A profile per configured device over its backend; DeviceError names a device without one."""
+    profiles: dict[str, Profile] = {}
+    for name, device in config.cell.devices.items():
+        backend = devices.get(name)
+        if backend is None:
+            raise DeviceError(name, "no backend was given for this configured device")
+        profiles[name] = make_profile(device.profile, name, backend, device.tags)
+    return profiles
+
+
+class Engine:
+    """Runs one cell: PackML commands, a job queue, changeovers and the per-part cycle; records every fact."""
+
+    def __init__(
+        self,
+        config: LoadedConfig,
+        devices: Mapping[str, TagBackend],
+        sink: EventSink,
+        clock: Clock | None = None,
+    ) -> None:
+        self._config = config
+        self._clock: Clock = clock or SystemClock()
+        self._sink = sink
+        self._name = config.cell.identity.cell
+        self._log = structlog.get_logger(__name__).bind(cell=self._name)
+        self._listeners: list[Listener] = []
+        self._profiles = build_profiles(config, devices)
+        self._cell = PackMLCell(sink, self._clock, notify=self._notify)
+        self._jobs = JobQueue(config.recipes)
+        self._parts = PartCycle(self._profiles, config.cell, self._clock)
+        self._sequencer = Sequencer(self._profiles, _Recorder(self), self._clock)
+        self._lock = asyncio.Lock()
+        self._group: asyncio.TaskGroup | None = None
+        self._actor: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._phase = Phase.IDLE
+        self._interrupt: str | None = None
+        self._current: Job | None = None
+        self._variant: str | None = None
+        self._changeover: _Changeover | None = None
+        self._counters = Counters()
+        self._starved = False
+        self._reason = ""
+        self._alarm_active = False
+
+    # --------------------------------------------------------------------------------------------------------
+    # Public API
+
+    async def run(self) -> None:
+        """Power up in Stopped and serve until cancelled; owns every task the engine starts."""
+        if self._group is not None:
+            raise CellctlError("the engine is already running")
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                with structlog.contextvars.bound_contextvars(cell=self._name):
+                    await self._cell.power_up(State.STOPPED, by=ENGINE)
+                    self._log.info("engine running", devices=sorted(self._profiles))
+                    await asyncio.Event().wait()  # until cancelled; the group's tasks do the work
+        finally:
+            self._group = None
+
+    async def command(self, command: str, *, by: str) -> CellStatus:
+        """Apply a PackML command (``"reset"``, ``"start"``, ... ``"clear"``); InvalidTransition if refused.
+
+        Returns once the command took effect; after ``"abort"`` nothing runs any more on the devices.
+        """
+        parsed = Command.parse(command, self._cell.state)
+        await self._transition(parsed, by=by)
+        return self.status()
+
+    async def submit(self, order: OrderRequest, *, by: str) -> JobView:
+        """Queue an order; JobError on bad input. The same order id and content returns the existing job."""
+        async with self._lock:
+            job, new = self._jobs.submit(order, by=by, now=self._clock.wall())
+            if not new:
+                return job.view()
+            try:
+                await self._record(job.event(self._clock.wall(), by=by))
+            except BaseException:
+                self._jobs.withdraw(job)
+                raise
+            self._log.info("job queued", job=job.id, order=order.order_id, variant=job.variant, by=by)
+            if self._cell.state is State.SUSPENDED and self._starved:
+                await self._apply(Command.UNSUSPEND, by=ENGINE)
+            return job.view()
+
+    async def cancel(self, job_id: str, *, by: str) -> JobView:
+        """Cancel a job that is not being worked on; JobError for an unknown, finished or running job."""
+        async with self._lock:
+            job = self._jobs.get(job_id)
+            reason = f"cancelled by {by}"
+            if job is self._current:
+                if self._worker is not None and not self._worker.done():
+                    raise JobError(
+                        f"job {job_id!r} is in production (cell {self._cell.state.label}): "
+                        "hold or stop the cell before cancelling it"
+                    )
+                job.status, job.reason, job.finished_at = JobStatus.CANCELLED, reason, self._clock.wall()
+                self._current = None
+            else:
+                self._jobs.cancel(job_id, reason=reason)
+                job.finished_at = self._clock.wall()
+            await self._record(job.event(self._clock.wall(), by=by))
+            self._log.info("job cancelled", job=job.id, by=by)
+            return job.view()
+
+    def status(self) -> CellStatus:
+        """A snapshot of state, jobs, variant, active changeover and counters."""
+        state = self._cell.state
+        return CellStatus(
+            cell=self._name,
+            state=state.label,
+            state_no=int(state),
+            since=self._cell.since,
+            mode=self._cell.mode,
+            allowed_commands=tuple(c.label for c in self._cell.allowed_commands()),
+            current_job=self._current.view() if self._current else None,
+            queue=tuple(j.view() for j in self._jobs.queued),
+            variant=self._variant,
+            changeover=self._changeover.view() if self._changeover else None,
+            counters=self._counters,
+            reason=self._reason,
+        )
+
+    def add_listener(self, callback: Listener) -> Callable[[], None]:
+        """Call ``callback`` with every event once recorded; returns the unsubscribe function."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    async def wait_for(self, *states: State, timeout: float) -> State:
+        """Wait until the cell is in one of ``states``; TimeoutError after ``timeout`` s."""
+        return await self._cell.wait_for(*states, timeout=timeout)
+
+    async def shutdown(self, deadline: float) -> None:
+        """PackML Stop, then wait up to ``deadline`` s for Stopped; past it, Abort (nothing runs after)."""
+        state = self._cell.state
+        if state in (State.UNDEFINED, State.STOPPED, State.ABORTED):
+            return
+        # Already Stopping, Aborting or Clearing refuses Stop: each ends in Stopped or Aborted by itself.
+        with contextlib.suppress(InvalidTransition):
+            await self._transition(Command.STOP, by="system")
+        try:
+            await self._cell.wait_for(State.STOPPED, State.ABORTED, timeout=deadline)
+        except TimeoutError:
+            self._log.error("cell did not stop in time: aborting", deadline_s=deadline)
+            with contextlib.suppress(InvalidTransition):  # it reached Stopped or Aborting meanwhile
+                await self._transition(Command.ABORT, by="system")
+
+    # --------------------------------------------------------------------------------------------------------
+    # Recording
+
+    async def _record(self, event: Event) -> int:
+        journal_id = await self._sink.record(event)
+        if isinstance(event, StepEvent):
+            self._track_step(event)
+        self._notify(event)
+        return journal_id
+
+    def _notify(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                # A listener is an observer (an API client, the TUI feed): its failure must not stop the cell.
+                self._log.exception("event listener failed", listener=repr(listener), kind=event.kind)
+
+    def _track_step(self, event: StepEvent) -> None:
+        progress = self._changeover
+        if progress is None or event.changeover != progress.id or event.step not in progress.steps:
+            return
+        progress.steps[event.step] = dataclasses.replace(
+            progress.steps[event.step],
+            status=event.status.value,
+            duration_s=event.duration_s,
+            detail=event.detail,
+        )
+
+    # --------------------------------------------------------------------------------------------------------
+    # State moves
+
+    async def _transition(self, command: Command, *, by: str) -> None:
+        async with self._lock:
+            await self._apply(command, by=by)
+
+    async def _apply(self, command: Command, *, by: str) -> None:
+        """Apply a command and its consequences; the caller holds the lock."""
+        if self._group is None:
+            raise CellctlError("the engine is not running: start Engine.run() first")
+        current = asyncio.current_task()
+        await self._cell.command(command, by=by)  # raises InvalidTransition before anything else
+        target = self._cell.state
+        if command in (Command.RESET, Command.UNHOLD, Command.CLEAR):
+            await self._clear_alarm(by)
+        if command is not Command.UNSUSPEND:
+            self._starved = False
+        # The acting state this command interrupted (e.g. Stop during Holding) stops doing its work.
+        actor = self._actor
+        if actor is not None and actor is not current and not actor.done():
+            actor.cancel()
+            await asyncio.wait([actor])
+        self._actor = None
+        if target is State.ABORTING:
+            await self._abort_production()
+        elif target in (State.HOLDING, State.STOPPING, State.SUSPENDING):
+            self._interrupt = target.label.lower()
+            worker = self._worker
+            if worker is not None and worker is not current and self._phase is Phase.CHANGEOVER:
+                worker.cancel()  # a changeover is interruptible; a part is not, it finishes
+        self._start_actor(target)
+
+    def _start_actor(self, state: State) -> None:
+        if not is_acting(state):
+            return
+        assert self._group is not None
+        self._actor = self._group.create_task(self._act(state), name=f"state:{state.label.lower()}")
+
+    async def _act(self, state: State) -> None:
+        """Do the work of an acting state, then complete it."""
+        # Bind only the cell: the production task started from here inherits this context.
+        with structlog.contextvars.bound_contextvars(cell=self._name):
+            if state is State.RESETTING:
+                if not await self._reset():
+                    return
+            elif state in (State.HOLDING, State.STOPPING, State.SUSPENDING, State.COMPLETING):
+                await self._production_finished()
+            async with self._lock:
+                if self._cell.state is not state:
+                    return  # a command moved the cell on meanwhile
+                self._actor = None
+                target = completion(state)
+                await self._cell.complete(state, by=ENGINE)
+                if target is State.EXECUTE:
+                    self._interrupt = None
+                    assert self._group is not None
+                    self._worker = self._group.create_task(self._produce(), name="engine:production")
+                elif target is State.SUSPENDED and self._starved and len(self._jobs):
+                    # A job arrived while the cell was suspending for want of one.
+                    await self._apply(Command.UNSUSPEND, by=ENGINE)
+                else:
+                    self._start_actor(target)
+
+    async def _production_finished(self) -> None:
+        worker = self._worker
+        if worker is not None:
+            await asyncio.wait([worker])
+
+    async def _abort_production(self) -> None:
+        """Cancel production at once and wait until it stopped; the job in progress is aborted."""
+        self._interrupt = "abort"
+        worker = self._worker
+        if worker is not None and worker is not asyncio.current_task() and not worker.done():
+            worker.cancel()
+            await asyncio.wait([worker])
+        job = self._current
+        if job is not None and not job.finished:
+            job.status, job.reason, job.finished_at = JobStatus.ABORTED, "aborted", self._clock.wall()
+            self._current = None
+            await self._record(job.event(self._clock.wall()))
+            self._log.warning("job aborted", job=job.id, produced=job.produced)
+
+    async def _reset(self) -> bool:
+        """Read the setup back to learn the current variant; on a device failure stop with the reason."""
+        try:
+            self._variant = await self._read_variant()
+        except (DeviceError, SequenceError) as exc:
+            await self._fail(exc, Command.STOP)
+            return False
+        self._log.info("reset: setup read back", variant=self._variant)
+        return True
+
+    async def _read_variant(self) -> str | None:
+        recipes = self._jobs.recipes
+        current = await read_setup(self._profiles, self._config.cell, recipes)
+        for variant in sorted(recipes):
+            plan = plan_changeover(current, recipes[variant], self._config.cell, from_variant=None)
+            if plan.is_empty:
+                return variant
+        return None
+
+    async def _fail(self, exc: CellctlError, command: Command) -> None:
+        """Record why the cell cannot go on, raise the alarm, and Hold (or Stop) it if still allowed."""
+        self._reason = str(exc)
+        self._log.error("cell failure", error=self._reason, then=command.label)
+        if not self._alarm_active:
+            self._alarm_active = True
+            await self._record(
+                AlarmEvent(
+                    ts=self._clock.wall(),
+                    alarm=HOLD_ALARM,
+                    severity=Severity.CRITICAL,
+                    active=True,
+                    message=self._reason,
+                    source=getattr(exc, "device", None) or getattr(exc, "step", None) or ENGINE,
+                )
+            )
+        # Refused when already on the way to a stop (Holding, Stopping, Aborting): the reason is kept.
+        with contextlib.suppress(InvalidTransition):
+            await self._transition(command, by=ENGINE)
+
+    async def _clear_alarm(self, by: str) -> None:
+        self._reason = ""
+        if self._alarm_active:
+            self._alarm_active = False
+            await self._record(
+                AlarmEvent(
+                    ts=self._clock.wall(),
+                    alarm=HOLD_ALARM,
+                    severity=Severity.INFO,
+                    active=False,
+                    message=f"acknowledged by {by}",
+                    source=ENGINE,
+                )
+            )
+
+    # --------------------------------------------------------------------------------------------------------
+    # Production (the Execute state)
+
+    async def _produce(self) -> None:
+        """Take jobs and make their parts while the cell is in Execute; suspend when starved."""
+        with structlog.contextvars.bound_contextvars(cell=self._name):
+            while self._cell.state is State.EXECUTE:
+                job = self._current or self._jobs.pop_next()
+                if job is None:
+                    await self._starve()
+                    return
+                self._current = job
+                with structlog.contextvars.bound_contextvars(job=job.id):
+                    try:
+                        await self._run_job(job)
+                    except (DeviceError, SequenceError) as exc:
+                        self._phase = Phase.IDLE
+                        await self._fail(exc, Command.HOLD)
+                        return
+                    finally:
+                        self._phase = Phase.IDLE
+
+    async def _starve(self) -> None:
+        self._starved = True
+        try:
+            await self._transition(Command.SUSPEND, by=ENGINE)
+        except InvalidTransition:
+            self._starved = False  # a command moved the cell on meanwhile
+        else:
+            self._starved = self._cell.state in (State.SUSPENDING, State.SUSPENDED)
+            self._log.info("no job queued: cell suspended (starved)")
+
+    async def _run_job(self, job: Job) -> None:
+        await self._change_over(job)
+        if self._cell.state is not State.EXECUTE:
+            return
+        if job.status is JobStatus.QUEUED:
+            job.status, job.started_at = JobStatus.STARTED, self._clock.wall()
+            await self._record(job.event(self._clock.wall()))
+            self._log.info("job started", variant=job.variant, quantity=job.order.quantity)
+        while job.remaining > 0:
+            # Let a command in between parts: soft devices answer without ever yielding to the loop.
+            await asyncio.sleep(0)
+            if self._cell.state is not State.EXECUTE:
+                return
+            self._phase = Phase.PART
+            part = await self._parts.run(job, job.produced + 1)
+            self._phase = Phase.IDLE
+            await self._count(job, part)
+        job.status, job.finished_at = JobStatus.COMPLETED, self._clock.wall()
+        self._current = None
+        await self._record(job.event(self._clock.wall()))
+        self._log.info(
+            "job completed", produced=job.produced, good=job.good, bad=job.bad, invalid=job.invalid
+        )
+
+    async def _count(self, job: Job, part: PartProduced) -> None:
+        job.count(part.verdict)
+        self._counters = self._counters.counted(part.verdict)
+        await self._record(part)
+
+    async def _change_over(self, job: Job) -> None:
+        """Bring the cell to the job's setup, planned from the setup read back now (empty plan: nothing)."""
+        self._phase = Phase.CHANGEOVER
+        recipes: dict[str, Recipe] = {**self._jobs.recipes, job.variant: job.recipe}
+        current = await read_setup(self._profiles, self._config.cell, recipes)
+        plan = plan_changeover(current, job.recipe, self._config.cell, from_variant=self._variant)
+        if plan.is_empty:
+            self._variant = job.variant
+            self._phase = Phase.IDLE
+            return
+        path, planned_s = plan.critical_path()
+        progress = _Changeover(
+            id=uuid.uuid4().hex[:12],
+            job_id=job.id,
+            plan=plan,
+            planned_s=planned_s,
+            critical_path=path,
+            started_at=self._clock.wall(),
+            steps={
+                s.id: StepView(
+                    id=s.id,
+                    kind=s.kind,
+                    device=s.device,
+                    description=s.description,
+                    after=s.after,
+                    expected_s=s.expected_s,
+                    external=s.external,
+                )
+                for s in plan.order()
+            },
+        )
+        self._changeover = progress
+        began = self._clock.monotonic()
+        await self._record(self._changeover_event(progress, ChangeoverStatus.STARTED))
+        try:
+            with structlog.contextvars.bound_contextvars(changeover=progress.id):
+                self._log.info("changeover started", steps=len(plan.steps), planned_s=planned_s)
+                await self._sequencer.run(plan, changeover_id=progress.id, job_id=job.id)
+        except asyncio.CancelledError:
+            self._phase = Phase.IDLE
+            self._changeover = None
+            if self._interrupt is not None:
+                aborted = self._interrupt == "abort"
+                await self._record(
+                    self._changeover_event(
+                        progress,
+                        ChangeoverStatus.ABORTED if aborted else ChangeoverStatus.FAILED,
+                        reason=f"cancelled by {self._interrupt}",
+                        duration_s=self._clock.monotonic() - began,
+                    )
+                )
+            raise
+        except SequenceError as exc:
+            self._phase = Phase.IDLE
+            self._changeover = None
+            await self._record(
+                self._changeover_event(
+                    progress,
+                    ChangeoverStatus.FAILED,
+                    reason=str(exc),
+                    duration_s=self._clock.monotonic() - began,
+                )
+            )
+            raise
+        # Done: from here a Hold must not cancel the bookkeeping, so production is no longer interruptible.
+        self._phase = Phase.IDLE
+        self._changeover = None
+        self._variant = job.variant
+        duration = self._clock.monotonic() - began
+        await self._record(self._changeover_event(progress, ChangeoverStatus.COMPLETED, duration_s=duration))
+        self._log.info("changeover completed", duration_s=round(duration, 3), planned_s=planned_s)
+
+    def _changeover_event(
+        self,
+        progress: _Changeover,
+        status: ChangeoverStatus,
+        *,
+        reason: str = "",
+        duration_s: float | None = None,
+    ) -> ChangeoverEvent:
+        return ChangeoverEvent(
+            ts=self._clock.wall(),
+            changeover=progress.id,
+            job=progress.job_id,
+            from_variant=progress.plan.from_variant,
+            to_variant=progress.plan.to_variant,
+            status=status,
+            steps=tuple(progress.steps),
+            planned_s=progress.planned_s,
+            duration_s=duration_s,
+            reason=reason,
+        )
