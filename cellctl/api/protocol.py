@@ -1,0 +1,363 @@
+"""The control API's wire format: versioned JSON-lines requests, replies and pushed events, and their parsing.
+
+One message per line (UTF-8 JSON, ``\\n``-terminated, at most ``MAX_LINE`` bytes before the newline).
+
+* client -> server: ``{"v": 1, "id": 7, "cmd": "submit", "args": {...}}``
+* server -> client, exactly one per request, same id:
+  ``{"v": 1, "id": 7, "ok": true, "result": {...}}`` or
+  ``{"v": 1, "id": 7, "ok": false, "error": {"code": "job_error", "message": "..."}}``
+  (``id`` is null when the line could not be parsed far enough to find one).
+* server -> client after ``watch``: ``{"v": 1, "seq": 42, "event": {"kind", "stream", "ts", "data"}}``;
+  ``seq`` increases by one per event of this server instance (``epoch``). ``seq`` 0 marks a notice about
+  this connection only (``kind: "watch_dropped"`` when the watcher fell behind and was dropped).
+
+This module is shared by the server and every client (CLI, TUI): it imports nothing of the engine or schema.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum, StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+
+from cellctl.errors import ApiError
+
+PROTOCOL_VERSION: Final = 1
+"""The one protocol version this code speaks."""
+
+MAX_LINE = 64 * 1024
+"""Longest line (bytes, newline excluded) either side accepts; a longer one is refused with ``too_large``."""
+
+NOTICE_SEQ = 0
+"""``seq`` of a pushed notice that concerns this connection only and is not part of the event stream."""
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reasons a request failed."""
+
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    TOO_LARGE = "too_large"
+    INVALID_TRANSITION = "invalid_transition"
+    JOB_ERROR = "job_error"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+    OVERFLOW = "overflow"
+
+
+PACKML_COMMANDS: tuple[str, ...] = (
+    "reset",
+    "start",
+    "stop",
+    "hold",
+    "unhold",
+    "suspend",
+    "unsuspend",
+    "abort",
+    "clear",
+)
+"""The PackML commands the ``command`` request accepts, by name."""
+
+PackMLCommandName = Literal[
+    "reset", "start", "stop", "hold", "unhold", "suspend", "unsuspend", "abort", "clear"
+]
+
+RequestId = StrictInt | Annotated[StrictStr, Field(max_length=128)]
+"""A request id chosen by the client: an integer or a short string, echoed in the reply."""
+
+
+class ProtocolError(ApiError):
+    """A line or request that breaks the protocol; ``request_id`` is the id to answer with (None: unknown)."""
+
+    def __init__(self, code: ErrorCode, message: str, *, request_id: int | str | None = None) -> None:
+        super().__init__(code.value, message)
+        self.request_id = request_id
+
+
+# --- args of each command -------------------------------------------------------------------------------
+
+
+class Args(BaseModel):
+    """Base of the argument models: unknown keys are errors, so a typo never becomes a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class NoArgs(Args):
+    """A command without arguments."""
+
+
+class CommandArgs(Args):
+    """``command``: one PackML command by name."""
+
+    name: PackMLCommandName
+
+
+class SubmitArgs(Args):
+    """``submit``: an order; submitting the same order_id with the same content again returns the same job."""
+
+    order_id: Annotated[str, Field(min_length=1, max_length=128)]
+    variant: Annotated[str, Field(min_length=1, max_length=64)]
+    quantity: Annotated[int, Field(ge=1, le=1_000_000)]
+    parameters: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(default_factory=dict)
+    priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+
+
+class CancelArgs(Args):
+    """``cancel``: one job by id."""
+
+    job_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class WatchArgs(Args):
+    """``watch``: push events to this connection; resume after ``since_seq`` of ``epoch`` when possible."""
+
+    since_seq: Annotated[int, Field(ge=0)] | None = None
+    epoch: Annotated[str, Field(max_length=64)] | None = None
+
+
+class JournalArgs(Args):
+    """``journal``: entries with id > ``after_id``, at most ``limit`` of them, oldest first."""
+
+    after_id: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+COMMANDS: dict[str, type[Args]] = {
+    "hello": NoArgs,
+    "status": NoArgs,
+    "command": CommandArgs,
+    "submit": SubmitArgs,
+    "cancel": CancelArgs,
+    "watch": WatchArgs,
+    "journal": JournalArgs,
+}
+"""Every command the server knows, with the model of its arguments."""
+
+
+# --- messages -------------------------------------------------------------------------------------------
+
+
+class Request(BaseModel):
+    """A client's request; ``args`` is checked against the command's model by ``parse_args``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = PROTOCOL_VERSION
+    id: RequestId
+    cmd: Annotated[str, Field(min_length=1, max_length=64)]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """The request as one line."""
+        return self.model_dump_json().encode() + b"\n"
+
+
+class ErrorBody(BaseModel):
+    """Why a request failed: a code from ErrorCode (clients tolerate codes they do not know) and a message."""
+
+    code: str
+    message: str
+
+
+class Reply(BaseModel):
+    """The one answer to a request: ``result`` when ok, ``error`` otherwise."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: int = PROTOCOL_VERSION
+    id: int | str | None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Reply:
+        if self.ok and (self.result is None or self.error is not None):
+            raise ValueError("an ok reply carries a result and no error")
+        if not self.ok and (self.error is None or self.result is not None):
+            raise ValueError("a failed reply carries an error and no result")
+        return self
+
+    @classmethod
+    def success(cls, request_id: int | str | None, result: dict[str, Any]) -> Reply:
+        """An ok reply."""
+        return cls(id=request_id, ok=True, result=result)
+
+    @classmethod
+    def failure(cls, request_id: int | str | None, code: ErrorCode | str, message: str) -> Reply:
+        """A failed reply."""
+        return cls(id=request_id, ok=False, error=ErrorBody(code=str(code), message=message))
+
+    def encode(self) -> bytes:
+        """The reply as one line; values JSON cannot hold (NaN, objects) are sent as null / their text."""
+        text = self.model_dump_json(exclude={"error"} if self.ok else {"result"}, fallback=str)
+        return text.encode() + b"\n"
+
+
+class EventBody(BaseModel):
+    """One recorded fact as pushed to watchers: the event's kind, stream, wall time and fields."""
+
+    kind: str
+    stream: str
+    ts: float
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventPush(BaseModel):
+    """An event pushed to a watching connection, numbered by ``seq`` (0: a notice for this connection)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: int = PROTOCOL_VERSION
+    seq: int
+    event: EventBody
+
+    @property
+    def is_notice(self) -> bool:
+        """True for a connection notice (e.g. the watcher was dropped), not an event of the stream."""
+        return self.seq == NOTICE_SEQ
+
+    def encode(self) -> bytes:
+        """The push as one line."""
+        return self.model_dump_json(fallback=str).encode() + b"\n"
+
+
+# --- parsing --------------------------------------------------------------------------------------------
+
+
+def _load_json(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # JSONDecodeError is a ValueError; absurd nesting exhausts the recursion limit.
+        raise ProtocolError(ErrorCode.BAD_JSON, f"line is not valid JSON: {_short(exc)}") from exc
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def describe(error: ValidationError, prefix: str = "") -> str:
+    """A validation error as ``where: what; ...`` naming each offending field."""
+    parts = []
+    for issue in error.errors(include_url=False):
+        where = ".".join(str(p) for p in (*((prefix,) if prefix else ()), *issue["loc"])) or "<message>"
+        parts.append(f"{where}: {issue['msg']}")
+    return "; ".join(parts)
+
+
+def parse_request(line: bytes) -> Request:
+    """One received line -> a Request of a known command; ProtocolError (bad_json, bad_request,
+    unknown_command, too_large) otherwise, carrying the request id when one could be read."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"line longer than {MAX_LINE} bytes")
+    obj = _load_json(line)
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"a request is a JSON object, got {type(obj).__name__}")
+    raw_id = obj.get("id")
+    request_id = raw_id if isinstance(raw_id, int | str) and not isinstance(raw_id, bool) else None
+    if "v" not in obj:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"v: missing protocol version (this server speaks v={PROTOCOL_VERSION})",
+            request_id=request_id,
+        )
+    version = obj["v"]
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"protocol version {version!r} is not supported: this server speaks v={PROTOCOL_VERSION}",
+            request_id=request_id,
+        )
+    try:
+        request = Request.model_validate(obj)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, describe(exc), request_id=request_id) from exc
+    if request.cmd not in COMMANDS:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_COMMAND,
+            f"unknown command {request.cmd!r}; known: {', '.join(COMMANDS)}",
+            request_id=request.id,
+        )
+    return request
+
+
+def parse_args(request: Request) -> Args:
+    """The request's args validated against its command's model; ProtocolError naming the bad field."""
+    model = COMMANDS.get(request.cmd)
+    if model is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}", request_id=request.id
+        )
+    try:
+        return model.model_validate(request.args)
+    except ValidationError as exc:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"{request.cmd}: {describe(exc, 'args')}", request_id=request.id
+        ) from exc
+
+
+def parse_server_line(line: bytes) -> Reply | EventPush:
+    """One line from the server -> a Reply or an EventPush; ProtocolError if it is neither."""
+    obj = _load_json(line)
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, f"server sent a JSON {type(obj).__name__}, not an object")
+    try:
+        if "event" in obj:
+            return EventPush.model_validate(obj)
+        return Reply.model_validate(obj)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed server message: {describe(exc)}") from exc
+
+
+class Overlong(Enum):
+    """Marks, in the output of LineBuffer, a line that was longer than the limit and was thrown away."""
+
+    LINE = "line"
+
+
+class LineBuffer:
+    """Splits a byte stream into lines and throws away, without holding it, any line longer than the limit."""
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | Overlong]:
+        """Add received bytes; return the complete lines (without newline) and an Overlong per long line."""
+        self._buf += data
+        out: list[bytes | Overlong] = []
+        start = 0
+        while True:
+            end = self._buf.find(b"\n", start)
+            if end < 0:
+                break
+            if self._discarding:
+                self._discarding = False  # the tail of a line already reported as overlong
+            elif end - start > self._limit:
+                out.append(Overlong.LINE)
+            else:
+                out.append(bytes(self._buf[start:end]))
+            start = end + 1
+        del self._buf[:start]
+        if len(self._buf) > self._limit:
+            # No newline within the limit: report it now and drop the rest of it as it arrives.
+            if not self._discarding:
+                out.append(Overlong.LINE)
+            self._discarding = True
+            self._buf.clear()
+        return out
+
+    def finish(self) -> bytes | None:
+        """At end of stream: the unterminated last line, if any (None when empty or being discarded)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        if self._discarding or not rest:
+            return None
+        return rest

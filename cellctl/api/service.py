@@ -1,0 +1,260 @@
+"""The single entry into the engine for API clients: validates a request, calls the engine, answers one Reply.
+
+Operator actions are journaled here: every ``command``, ``submit`` and ``cancel`` that reaches the engine is
+recorded as an ``OperatorAction`` (accepted or refused, with who sent it) through the sink the runtime gives
+the service, and is passed to the same listeners as the engine's own events. The engine records the facts
+that follow (``StateChanged`` with ``by``, ``JobEvent``...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from cellctl import __version__
+from cellctl.api.protocol import (
+    COMMANDS,
+    PROTOCOL_VERSION,
+    Args,
+    CancelArgs,
+    CommandArgs,
+    ErrorCode,
+    JournalArgs,
+    ProtocolError,
+    Reply,
+    Request,
+    SubmitArgs,
+    parse_args,
+)
+from cellctl.core.clock import Clock, SystemClock
+from cellctl.core.events import Event, OperatorAction
+from cellctl.core.ports import EventSink
+from cellctl.engine import OrderRequest
+from cellctl.errors import InvalidTransition, JobError, StoreError
+from cellctl.schema.cell import Identity
+
+log = structlog.get_logger("cellctl.api")
+
+Listener = Callable[[Event], None]
+JournalReader = Callable[[int, int], Awaitable[list[dict[str, Any]]]]
+"""(after_id, limit) -> journal entries as JSON-ready dicts, oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is on the other end of a connection, as the kernel told us (SO_PEERCRED)."""
+
+    uid: int
+    gid: int
+    pid: int
+    user: str
+
+    @property
+    def by(self) -> str:
+        """How the engine and the journal name this caller: ``api:<user>``."""
+        return f"api:{self.user}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+class View(Protocol):
+    """A snapshot the engine returns (CellStatus, JobView): sent as JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        ...
+
+
+class EnginePort(Protocol):
+    """What the service needs of the engine (cellctl.engine.Engine provides it)."""
+
+    async def command(self, command: str, *, by: str) -> View:
+        """Apply a PackML command."""
+        ...
+
+    async def submit(self, order: OrderRequest, *, by: str) -> View:
+        """Queue an order."""
+        ...
+
+    async def cancel(self, job_id: str, *, by: str) -> View:
+        """Cancel a job."""
+        ...
+
+    def status(self) -> View:
+        """Snapshot of the cell."""
+        ...
+
+    def add_listener(self, callback: Listener) -> Callable[[], None]:
+        """Call back on every recorded event."""
+        ...
+
+
+class ControlService:
+    """Answers API requests against one engine; the server calls ``handle`` once per request."""
+
+    def __init__(
+        self,
+        engine: EnginePort,
+        *,
+        identity: Identity,
+        journal: JournalReader | None = None,
+        sink: EventSink | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._engine = engine
+        self._identity = identity
+        self._journal = journal
+        self._sink = sink
+        self._clock = clock or SystemClock()
+        self._listeners: list[Listener] = []
+        self._handlers: dict[str, Callable[[Args, Caller], Awaitable[dict[str, Any]]]] = {
+            "hello": self._hello,
+            "status": self._status,
+            "command": self._command,
+            "submit": self._submit,
+            "cancel": self._cancel,
+            "journal": self._read_journal,
+        }
+
+    @property
+    def identity(self) -> Identity:
+        """The cell this service controls."""
+        return self._identity
+
+    def status(self) -> dict[str, Any]:
+        """The engine's status snapshot as JSON-ready data (for a watcher's re-synchronisation)."""
+        return self._engine.status().to_dict()
+
+    def add_listener(self, callback: Listener) -> Callable[[], None]:
+        """Call back on every event the engine records and every operator action; returns the unsubscribe."""
+        engine_unsubscribe = self._engine.add_listener(callback)
+        self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            engine_unsubscribe()
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unsubscribe
+
+    async def handle(self, request: Request, caller: Caller) -> Reply:
+        """Answer one request: a Reply with the result, or with an error code; never raises for a bad request,
+        a refused command or a bug in a handler (logged, answered ``internal``)."""
+        try:
+            args = parse_args(request)
+            handler = self._handlers.get(request.cmd)
+            if handler is None:
+                # Known to the protocol but served by the connection itself (``watch``).
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST,
+                    f"{request.cmd!r} is served by a connection to the control socket, not by the service",
+                    request_id=request.id,
+                )
+            result = await handler(args, caller)
+        except ProtocolError as exc:
+            return Reply.failure(request.id, exc.code, str(exc))
+        except InvalidTransition as exc:
+            return Reply.failure(request.id, ErrorCode.INVALID_TRANSITION, str(exc))
+        except JobError as exc:
+            return Reply.failure(request.id, ErrorCode.JOB_ERROR, str(exc))
+        except Exception as exc:
+            # One request's failure must not take the control socket down; the log keeps the traceback.
+            log.exception("request failed", cmd=request.cmd, caller=caller.by)
+            return Reply.failure(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        return Reply.success(request.id, result)
+
+    # --- handlers ---------------------------------------------------------------------------------------
+
+    async def _hello(self, _args: Args, caller: Caller) -> dict[str, Any]:
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "server": "cellctl",
+            "version": __version__,
+            "identity": self._identity.model_dump(mode="json"),
+            "caller": caller.to_dict(),
+            "commands": list(COMMANDS),
+        }
+
+    async def _status(self, _args: Args, _caller: Caller) -> dict[str, Any]:
+        return self.status()
+
+    async def _command(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, CommandArgs)
+        name = args.name
+
+        async def call() -> View:
+            return await self._engine.command(name, by=caller.by)
+
+        return await self._act(name, {}, caller, call)
+
+    async def _submit(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, SubmitArgs)
+        order = OrderRequest(
+            order_id=args.order_id,
+            variant=args.variant,
+            quantity=args.quantity,
+            parameters=dict(args.parameters),
+            priority=args.priority,
+        )
+
+        async def call() -> View:
+            return await self._engine.submit(order, by=caller.by)
+
+        return await self._act("submit", args.model_dump(), caller, call)
+
+    async def _cancel(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, CancelArgs)
+        job_id = args.job_id
+
+        async def call() -> View:
+            return await self._engine.cancel(job_id, by=caller.by)
+
+        return await self._act("cancel", args.model_dump(), caller, call)
+
+    async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, JournalArgs)
+        if self._journal is None:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "this controller keeps no journal")
+        entries = await self._journal(args.after_id, args.limit)
+        return {"entries": entries}
+
+    # --- operator actions -------------------------------------------------------------------------------
+
+    async def _act(
+        self, action: str, args: dict[str, Any], caller: Caller, call: Callable[[], Awaitable[View]]
+    ) -> dict[str, Any]:
+        """Run one engine call and journal it as an OperatorAction, accepted or refused."""
+        recorded_args = {**args, "caller": caller.to_dict()}
+        try:
+            view = await call()
+        except (InvalidTransition, JobError) as exc:
+            await self._record_action(action, recorded_args, caller, accepted=False, reason=str(exc))
+            raise
+        await self._record_action(action, recorded_args, caller, accepted=True, reason="")
+        return view.to_dict()
+
+    async def _record_action(
+        self, action: str, args: dict[str, Any], caller: Caller, *, accepted: bool, reason: str
+    ) -> None:
+        event = OperatorAction(
+            ts=self._clock.wall(),
+            action=action,
+            by=caller.by,
+            args=args,
+            accepted=accepted,
+            reason=reason,
+        )
+        log.info("operator action", action=action, by=caller.by, accepted=accepted, reason=reason)
+        if self._sink is not None:
+            try:
+                await self._sink.record(event)
+            except StoreError as exc:
+                # The engine already acted: answering "failed" would make the client retry a done action.
+                log.error("operator action not journaled", action=action, by=caller.by, error=str(exc))
+        for listener in list(self._listeners):
+            listener(event)

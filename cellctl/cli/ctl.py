@@ -1,0 +1,325 @@
+"""``cellctl ctl``: talk to a running controller over its control socket (status, commands, orders, events).
+
+Exit codes: 0 done, 1 refused by the controller, 2 usage or configuration error, 3 no controller reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from cellctl.api.client import ConnectionLost, ControlClient, NotReachable
+from cellctl.api.protocol import PACKML_COMMANDS, EventPush
+from cellctl.errors import ApiError, ConfigError
+from cellctl.schema.load import load_config
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+REQUEST_TIMEOUT_S = 30.0
+"""How long one request may wait for its reply before the controller counts as unreachable."""
+
+
+class UsageError(Exception):
+    """The command line or the configuration does not say what to do."""
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``ctl`` and its actions on the main parser's subcommands."""
+    ctl = sub.add_parser("ctl", help="control a running controller through its socket")
+    where = ctl.add_mutually_exclusive_group()
+    # SUPPRESS: a --config given before ``ctl`` (on the main parser) is not overwritten by our default.
+    where.add_argument("--socket", default=argparse.SUPPRESS, help="path of the control socket")
+    where.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="folder holding cell.yaml (or a cell file): its api.socket",
+    )
+    ctl.add_argument(
+        "--timeout", type=float, default=REQUEST_TIMEOUT_S, help="seconds to wait for each reply (default 30)"
+    )
+    actions = ctl.add_subparsers(dest="ctl_action", required=True, metavar="ACTION")
+
+    status = actions.add_parser("status", help="the cell's state, job, queue and counters")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    for name in PACKML_COMMANDS:
+        command = actions.add_parser(name, help=f"PackML {name.capitalize()}")
+        command.add_argument("--json", action="store_true", help="print the resulting status as JSON")
+
+    submit = actions.add_parser("submit", help="queue an order")
+    submit.add_argument("order_id")
+    submit.add_argument("variant")
+    submit.add_argument("quantity", type=int, metavar="QTY")
+    submit.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="customer parameter (repeatable)"
+    )
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    submit.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    cancel = actions.add_parser("cancel", help="cancel a queued job")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    watch = actions.add_parser("watch", help="print events as they happen, until Ctrl-C")
+    watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
+    watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
+
+    journal = actions.add_parser("journal", help="print journal entries, oldest first")
+    journal.add_argument("--after", type=int, default=0, metavar="ID", help="entries after this id")
+    journal.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries")
+    journal.add_argument("--json", action="store_true", help="print each entry as a JSON line")
+
+    ctl.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one ``cellctl ctl`` action and return its exit code (Ctrl-C ends ``watch`` with 0); output goes to
+    ``out``/``err`` (default: stdout/stderr)."""
+    try:
+        return asyncio.run(run_async(args, out=out, err=err))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def run_async(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """The same as ``run`` inside a running event loop."""
+    stdout = out or sys.stdout
+    stderr = err or sys.stderr
+    try:
+        path = socket_path(args)
+        action = _ACTIONS[args.ctl_action]
+        async with ControlClient(path) as client:
+            await action(client, args, stdout)
+    except UsageError as exc:
+        stderr.write(f"cellctl ctl: {exc}\n")
+        return EXIT_USAGE
+    except ConfigError as exc:
+        stderr.write(f"{exc}\n")
+        stderr.write("cellctl ctl: configuration invalid\n")
+        return EXIT_USAGE
+    except NotReachable as exc:
+        stderr.write(f"{exc}: is `cellctl run` running?\n")
+        return EXIT_UNREACHABLE
+    except ConnectionLost as exc:
+        stderr.write(f"cellctl ctl: {exc}\n")
+        return EXIT_UNREACHABLE
+    except TimeoutError:
+        stderr.write(f"cellctl ctl: no reply from the controller within {args.timeout:g} s\n")
+        return EXIT_UNREACHABLE
+    except ApiError as exc:
+        stderr.write(f"refused ({exc.code}): {exc}\n")
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    """The socket from ``--socket``, or from the cell file named by ``--config``; UsageError without."""
+    socket = getattr(args, "socket", None)
+    if socket is not None:
+        return Path(socket)
+    config = getattr(args, "config", None)
+    if config is None:
+        raise UsageError("say where the controller is: --socket PATH or --config DIR")
+    loaded = load_config(config)
+    return loaded.resolve(loaded.cell.api.socket)
+
+
+# --- actions --------------------------------------------------------------------------------------------
+
+Action = Callable[[ControlClient, argparse.Namespace, TextIO], Awaitable[None]]
+
+
+async def _ask(client: ControlClient, args: argparse.Namespace, cmd: str, **kwargs: Any) -> dict[str, Any]:
+    async with asyncio.timeout(args.timeout):
+        return await client.request(cmd, **kwargs)
+
+
+async def _status(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "status")
+    if args.json:
+        _print_json(status, out)
+    else:
+        out.write(format_status(status))
+
+
+async def _command(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "command", name=args.ctl_action)
+    if args.json:
+        _print_json(status, out)
+    else:
+        out.write(f"{args.ctl_action}: accepted, state {status.get('state', '?')}\n")
+
+
+async def _submit(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    parameters = parse_params(args.param)
+    job = await _ask(
+        client,
+        args,
+        "submit",
+        order_id=args.order_id,
+        variant=args.variant,
+        quantity=args.quantity,
+        parameters=parameters,
+        priority=args.priority,
+    )
+    if args.json:
+        _print_json(job, out)
+    else:
+        out.write(f"{format_job(job)}\n")
+
+
+async def _cancel(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    job = await _ask(client, args, "cancel", job_id=args.job_id)
+    if args.json:
+        _print_json(job, out)
+    else:
+        out.write(f"{format_job(job)}\n")
+
+
+async def _watch(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    async with asyncio.timeout(args.timeout):
+        await client.watch()
+    seen = 0
+    async for push in client.events():
+        out.write(json.dumps(push.model_dump(mode="json")) + "\n" if args.json else format_event(push) + "\n")
+        out.flush()
+        seen += 1
+        if args.count is not None and seen >= args.count:
+            return
+
+
+async def _journal(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    result = await _ask(client, args, "journal", after_id=args.after, limit=args.limit)
+    for entry in result.get("entries", []):
+        if args.json:
+            _print_json(entry, out, indent=None)
+        else:
+            out.write(format_entry(entry) + "\n")
+
+
+_ACTIONS: dict[str, Action] = {
+    "status": _status,
+    "submit": _submit,
+    "cancel": _cancel,
+    "watch": _watch,
+    "journal": _journal,
+    **dict.fromkeys(PACKML_COMMANDS, _command),
+}
+
+
+# --- formatting -----------------------------------------------------------------------------------------
+
+
+def parse_params(items: list[str]) -> dict[str, float]:
+    """``["pitch_mm=12.5", ...]`` -> ``{"pitch_mm": 12.5}``; UsageError naming the bad item."""
+    params: dict[str, float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--param {item!r}: expected NAME=VALUE")
+        try:
+            params[name.strip()] = float(text)
+        except ValueError:
+            raise UsageError(f"--param {item!r}: {text!r} is not a number") from None
+    return params
+
+
+def _print_json(data: Any, out: TextIO, indent: int | None = 2) -> None:
+    out.write(json.dumps(data, indent=indent, sort_keys=indent is not None) + "\n")
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def format_job(job: dict[str, Any]) -> str:
+    """One job on one line: id, status, order, variant, progress and counts."""
+    counts = f"good {job.get('good', 0)}, bad {job.get('bad', 0)}, invalid {job.get('invalid', 0)}"
+    params = job.get("parameters") or {}
+    text = (
+        f"job {job.get('job_id', '?')} {job.get('status', '?')}: order {job.get('order_id', '?')}, "
+        f"{job.get('variant', '?')} {job.get('produced', 0)}/{job.get('quantity', '?')} ({counts})"
+    )
+    if params:
+        text += " " + " ".join(
+            f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in params.items()
+        )
+    if job.get("priority"):
+        text += f" priority {job['priority']}"
+    if job.get("reason"):
+        text += f" ({job['reason']})"
+    return text
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The status (CellStatus.to_dict()) as a two-column table for a person."""
+    rows: list[tuple[str, str]] = []
+    if status.get("cell"):
+        rows.append(("cell", str(status["cell"])))
+    state = f"{status.get('state', '?')} ({status.get('state_no', '?')})"
+    if isinstance(status.get("since"), int | float):
+        state += f" since {_when(status['since'])}"
+    rows.append(("state", state))
+    if status.get("reason"):
+        rows.append(("reason", str(status["reason"])))
+    rows.append(("mode", str(status.get("mode", "-"))))
+    rows.append(("allowed", ", ".join(str(c) for c in status.get("allowed_commands") or []) or "-"))
+    rows.append(("variant", str(status.get("variant") or "unknown")))
+    job = status.get("current_job")
+    rows.append(("job", format_job(job) if isinstance(job, dict) else "-"))
+    queue = [j for j in status.get("queue") or [] if isinstance(j, dict)]
+    rows.append(("queue", f"{len(queue)} job(s)" if queue else "empty"))
+    rows.extend(("", format_job(j)) for j in queue)
+    changeover = status.get("changeover")
+    if isinstance(changeover, dict):
+        rows.append(("changeover", _format_changeover(changeover)))
+        for step in changeover.get("steps") or []:
+            if isinstance(step, dict):
+                rows.append(("", f"{step.get('id', '?')}: {step.get('status', '?')}"))
+    counters = status.get("counters")
+    if isinstance(counters, dict):
+        rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
+    width = max(len(label) for label, _ in rows)
+    return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
+def _format_changeover(changeover: dict[str, Any]) -> str:
+    text = f"{changeover.get('from_variant') or '?'} -> {changeover.get('to_variant') or '?'}"
+    text += f", {changeover.get('done', '?')}/{changeover.get('total', '?')} steps done"
+    if isinstance(changeover.get("planned_s"), int | float):
+        text += f", planned {changeover['planned_s']:.1f} s"
+    return text
+
+
+def format_event(push: EventPush) -> str:
+    """One event on one line: seq, time, stream/kind and its data."""
+    event = push.event
+    return f"{push.seq:>6} {_when(event.ts)} {event.stream}/{event.kind} {_compact(event.data)}"
+
+
+def format_entry(entry: dict[str, Any]) -> str:
+    """One journal entry on one line: id, time, kind, job and its data."""
+    where = f"{entry.get('stream', '?')}/{entry.get('kind', '?')}"
+    return (
+        f"{entry.get('id', '?'):>6} {_when(entry.get('ts'))} {where}"
+        f" {entry.get('job_id') or '-'} {_compact(entry.get('data', {}))}"
+    )
