@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cellctl.core.tags import TagValue
 from cellctl.errors import PlanError
@@ -43,6 +44,22 @@ class PlanStep:
     def args(self) -> dict[str, TagValue]:
         """The step's parameters as a dict."""
         return dict(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as JSON-ready data (for the API, the journal and previews)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "device": self.device,
+            "description": self.description,
+            "params": dict(self.params),
+            "after": list(self.after),
+            "expected_s": self.expected_s,
+            "timeout_s": self.timeout_s,
+            "external": self.external,
+            "retries": self.retries,
+            "interruptible": self.interruptible,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +151,33 @@ class ChangeoverPlan:
     def is_empty(self) -> bool:
         """True when the setups already match."""
         return not self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data: steps in plan order, critical path and SMED totals."""
+        path, planned = self.critical_path()
+        _internal_path, internal = self.critical_path(internal_only=True)
+        return {
+            "from_variant": self.from_variant,
+            "to_variant": self.to_variant,
+            "steps": [s.to_dict() for s in self.steps],
+            "critical_path": list(path),
+            "planned_s": planned,
+            "planned_internal_s": internal,
+            "total_s": self.total_s,
+            "internal_s": self.internal_s,
+        }
+
+    def render(self) -> str:
+        """A plain-text table of the plan for previews and logs (one line per step, in topological order)."""
+        path, planned = self.critical_path()
+        on_path = set(path)
+        head = f"changeover {self.from_variant or '?'} -> {self.to_variant}"
+        if not self.steps:
+            return f"{head}: nothing to do"
+        lines = [f"{head}: {len(self.steps)} steps, critical path {planned:g} s (sum {self.total_s:g} s)"]
+        for step in self.order():
+            mark = "*" if step.id in on_path else " "
+            smed = "ext" if step.external else "int"
+            after = f"  after {', '.join(step.after)}" if step.after else ""
+            lines.append(f" {mark} {step.id:<28} {smed} {step.expected_s:>6g} s  {step.description}{after}")
+        return "\n".join(lines)
