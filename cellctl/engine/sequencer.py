@@ -1,0 +1,264 @@
+"""The sequencer runs a changeover plan as a ready-set interpreter, parallel where the DAG allows, one step at
+a time per device, each step under its timeout with its retries, every outcome recorded.
+
+A run owns one TaskGroup; each running step is a task named ``"step:<id>"``. When a step fails for good the
+other running steps are cancelled and recorded as FAILED "cancelled", and the run raises StepFailed or
+StepTimeout naming the step. Cancelling the run (Hold, Stop, Abort) records the interrupted steps the same way
+and re-raises CancelledError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from cellctl.core.clock import Clock
+from cellctl.core.devices import Profile
+from cellctl.core.events import StepEvent, StepStatus
+from cellctl.core.plans import ChangeoverPlan, PlanStep
+from cellctl.core.ports import EventSink
+from cellctl.engine.steps import REGISTRY, StepContext, StepHandler, check_plan
+from cellctl.errors import CellctlError, DeviceError, SequenceError, StepFailed, StepTimeout
+
+_log = structlog.get_logger(__name__)
+
+CANCELLED = "cancelled"
+"""Detail of the FAILED event of a step interrupted by a cancellation."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """A finished run: each step's duration (s, start to confirmed) and attempts, and the run's wall time."""
+
+    changeover_id: str
+    durations: Mapping[str, float]
+    attempts: Mapping[str, int]
+    total_s: float
+
+
+class Sequencer:
+    """Runs changeover plans on the cell's device profiles, recording each step's outcome through the sink."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, Profile],
+        sink: EventSink,
+        clock: Clock,
+        *,
+        registry: Mapping[str, StepHandler] | None = None,
+    ) -> None:
+        self._profiles = profiles
+        self._sink = sink
+        self._clock = clock
+        self._registry: Mapping[str, StepHandler] = REGISTRY if registry is None else registry
+
+    async def run(self, plan: ChangeoverPlan, *, changeover_id: str, job_id: str) -> RunResult:
+        """Run every step of ``plan``; StepFailed/StepTimeout name the step that failed, PlanError a plan that
+        cannot run here (checked before any step starts)."""
+        check_plan(plan, self._profiles, self._registry)
+        run = _Run(
+            plan=plan,
+            changeover_id=changeover_id,
+            job_id=job_id,
+            context=StepContext(self._profiles),
+            registry=self._registry,
+            sink=self._sink,
+            clock=self._clock,
+        )
+        with structlog.contextvars.bound_contextvars(changeover=changeover_id, job=job_id):
+            return await run.execute()
+
+
+class _Run:
+    """The state of one run of one plan: what is done, what runs, which devices are busy."""
+
+    def __init__(
+        self,
+        *,
+        plan: ChangeoverPlan,
+        changeover_id: str,
+        job_id: str,
+        context: StepContext,
+        registry: Mapping[str, StepHandler],
+        sink: EventSink,
+        clock: Clock,
+    ) -> None:
+        self.plan = plan
+        self.changeover_id = changeover_id
+        self.job_id = job_id
+        self.context = context
+        self.registry = registry
+        self.sink = sink
+        self.clock = clock
+        self.log = _log.bind(changeover=changeover_id, job=job_id)
+        self.done: set[str] = set()
+        self.started: set[str] = set()
+        self.running: set[str] = set()
+        self.busy_devices: set[str] = set()
+        self.durations: dict[str, float] = {}
+        self.attempts: dict[str, int] = {}
+        self.failures: list[BaseException] = []
+        self.progress = asyncio.Event()
+
+    async def execute(self) -> RunResult:
+        began = self.clock.monotonic()
+        self.log.info("changeover run started", steps=len(self.plan.steps))
+        failure: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                while len(self.done) < len(self.plan.steps):
+                    # After a failure nothing new starts, and this body waits for the group to cancel it: an
+                    # early normal exit would let the group's own cancel request outlive it (Python 3.11).
+                    if not self.failures:
+                        self._start_ready(group)
+                        if not self.running:
+                            # A validated DAG has a ready step while any is left: this guards against a bug.
+                            left = [s.id for s in self.plan.steps if s.id not in self.done]
+                            raise SequenceError(f"no step can start, yet steps are left: {', '.join(left)}")
+                    self.progress.clear()
+                    await self.progress.wait()
+        except BaseExceptionGroup as errors:
+            failure = self._pick(errors)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The run itself was cancelled while a step failed: the cancellation wins, never swallowed.
+            raise asyncio.CancelledError
+        if failure is not None:
+            self.log.warning("changeover run failed", error=str(failure))
+            raise failure
+        total = self.clock.monotonic() - began
+        self.log.info("changeover run completed", duration_s=round(total, 3))
+        return RunResult(
+            changeover_id=self.changeover_id,
+            durations=dict(self.durations),
+            attempts=dict(self.attempts),
+            total_s=total,
+        )
+
+    def _start_ready(self, group: asyncio.TaskGroup) -> None:
+        for step in self.plan.ready(self.done, self.started):
+            if step.device is not None and step.device in self.busy_devices:
+                continue  # a device does one thing at a time; the step starts when the device is free
+            self.started.add(step.id)
+            self.running.add(step.id)
+            if step.device is not None:
+                self.busy_devices.add(step.device)
+            group.create_task(self._step(step), name=f"step:{step.id}")
+
+    def _pick(self, errors: BaseExceptionGroup[BaseException]) -> BaseException:
+        """The one error to raise for a failed run: the first step failure, unless a bug hides among them."""
+        flat = _flatten(errors)
+        if len(flat) == 1:
+            return flat[0]
+        if any(not isinstance(e, CellctlError) for e in flat):
+            return errors  # bugs propagate, all of them
+        for first in self.failures:
+            if any(first is e for e in flat):
+                return first
+        return flat[0]
+
+    async def _record(
+        self, step: PlanStep, status: StepStatus, *, detail: str = "", duration_s: float | None = None
+    ) -> None:
+        await self.sink.record(
+            StepEvent(
+                ts=self.clock.wall(),
+                changeover=self.changeover_id,
+                job=self.job_id,
+                step=step.id,
+                step_kind=step.kind,
+                device=step.device,
+                status=status,
+                detail=detail,
+                duration_s=duration_s,
+            )
+        )
+
+    async def _step(self, step: PlanStep) -> None:
+        # The task runs in its own copy of the context, so this binding stays with this step.
+        structlog.contextvars.bind_contextvars(step=step.id, device=step.device)
+        log = self.log.bind(step=step.id, device=step.device, kind=step.kind)
+        handler = self.registry[step.kind]
+        began = self.clock.monotonic()
+        try:
+            await self._record(step, StepStatus.STARTED)
+            log.info("step started", description=step.description)
+            await self._attempts(step, handler, log)
+        except asyncio.CancelledError:
+            log.warning("step cancelled")
+            await self._record(step, StepStatus.FAILED, detail=CANCELLED)
+            raise
+        except Exception as exc:
+            self.failures.append(exc)
+            detail = _detail(step, exc)
+            log.error("step failed", error=detail)
+            await self._record(step, StepStatus.FAILED, detail=detail)
+            raise
+        else:
+            duration = self.clock.monotonic() - began
+            await self._record(step, StepStatus.DONE, duration_s=duration)
+            log.info("step done", duration_s=round(duration, 3), attempts=self.attempts[step.id])
+            self.durations[step.id] = duration
+            self.done.add(step.id)
+        finally:
+            self.running.discard(step.id)
+            if step.device is not None:
+                self.busy_devices.discard(step.device)
+            self.progress.set()
+
+    async def _attempts(
+        self, step: PlanStep, handler: StepHandler, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        """Run the handler under the step's timeout; retry device failures and timeouts ``retries`` times."""
+        tries = step.retries + 1
+        for attempt in range(1, tries + 1):
+            self.attempts[step.id] = attempt
+            scope = asyncio.timeout(step.timeout_s)
+            error: StepFailed
+            try:
+                async with scope:
+                    await handler.run(step, self.context)
+            except TimeoutError as exc:
+                if not scope.expired():
+                    raise  # a TimeoutError the handler let escape is a bug in that handler
+                error = StepTimeout(
+                    step.id, f"did not finish within {step.timeout_s:g} s" + _of(attempt, tries)
+                )
+                cause: BaseException | None = exc
+            except DeviceError as exc:
+                error = StepFailed(step.id, f"{exc}{_of(attempt, tries)}")
+                cause = exc
+            else:
+                return
+            if attempt == tries:
+                raise error from cause
+            log.warning("step attempt failed, retrying", attempt=attempt, tries=tries, error=str(error))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _detail(step: PlanStep, exc: Exception) -> str:
+    if not isinstance(exc, CellctlError):
+        return f"{type(exc).__name__}: {exc}"
+    text = str(exc)
+    prefix = f"step {step.id!r}: "
+    return text.removeprefix(prefix) if isinstance(exc, StepFailed) else text
+
+
+def _of(attempt: int, tries: int) -> str:
+    return f" (attempt {attempt} of {tries})" if tries > 1 else ""
+
+
+def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    flat: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            flat.extend(_flatten(exc))
+        else:
+            flat.append(exc)
+    return flat
+
+
+__all__ = ["CANCELLED", "RunResult", "Sequencer"]
