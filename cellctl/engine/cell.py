@@ -33,6 +33,7 @@ class PackMLCell:
         *,
         notify: Callable[[Event], None] | None = None,
         mode: str = "production",
+        name: str = "",
     ) -> None:
         self._sink = sink
         self._clock = clock
@@ -43,6 +44,7 @@ class PackMLCell:
         self._moved = asyncio.Event()
         self._lock = asyncio.Lock()
         self._callbacks: list[StateCallback] = []
+        self._log = log.bind(cell=name) if name else log
 
     @property
     def state(self) -> State:
@@ -110,7 +112,9 @@ class PackMLCell:
         # Wake every waiter, then arm a fresh event for the next move.
         self._moved.set()
         self._moved = asyncio.Event()
-        log.info("state changed", state=target.label, previous=previous.label, command=event.command, by=by)
+        self._log.info(
+            "state changed", state=target.label, previous=previous.label, command=event.command, by=by
+        )
         for callback in list(self._callbacks):
             callback(previous, target)
         if self._notify is not None:

@@ -250,7 +250,7 @@ class Engine:
         self._log = structlog.get_logger(__name__).bind(cell=self._name)
         self._listeners: list[Listener] = []
         self._profiles = build_profiles(config, devices)
-        self._cell = PackMLCell(sink, self._clock, notify=self._notify)
+        self._cell = PackMLCell(sink, self._clock, notify=self._notify, name=self._name)
         self._jobs = JobQueue(config.recipes)
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._sequencer = Sequencer(self._profiles, _Recorder(self), self._clock)
@@ -329,6 +329,10 @@ class Engine:
             await self._record(job.event(self._clock.wall(), by=by))
             self._log.info("job cancelled", job=job.id, by=by)
             return job.view()
+
+    def job(self, job_id: str) -> JobView:
+        """One job, queued, running or finished; JobError when there is none."""
+        return self._jobs.get(job_id).view()
 
     def status(self) -> CellStatus:
         """A snapshot of state, jobs, variant, active changeover and counters."""

@@ -436,6 +436,59 @@ async def test_unhold_after_a_device_failure_resumes_the_job_and_clears_the_alar
     assert len([e for e in sink.of(JobEvent) if e.status is JobStatus.STARTED]) == 1
 
 
+async def test_hold_mid_part_lets_the_part_finish_and_starts_no_other(config: LoadedConfig) -> None:
+    devices = soft_cell(config.cell, measure=GaugeScript([OSLO_GOOD, OSLO_GOOD]))
+    first_cycle = stall_robot_cycle(devices["robot1"], cycle=1)
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 2), by="mes")
+        await reset_and_start(engine)
+        async with asyncio.timeout(T):
+            await first_cycle.wait()
+        await engine.command("hold", by="op")
+        assert engine.status().state == "Holding"
+        devices["robot1"].set("done", True)  # the robot finishes the part in progress
+        await engine.wait_for(State.HELD, timeout=T)
+    assert [p.index for p in sink.of(PartProduced)] == [1]
+    assert sink.index(lambda e: isinstance(e, PartProduced)) > sink.index(
+        lambda e: isinstance(e, StateChanged) and e.state == "Holding"
+    )
+
+
+async def test_a_failed_changeover_step_holds_the_cell_naming_the_step(config: LoadedConfig) -> None:
+    devices = soft_cell(config.cell)
+    devices["toolchanger"].fail_writes["tool_request"] = CommError(
+        "toolchanger", "timeout", tag="tool_request"
+    )
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+        await reset_and_start(engine)
+        await engine.wait_for(State.HELD, timeout=T)
+        status = engine.status()
+    failed = sink.of(ChangeoverEvent)[-1]
+    assert failed.status is ChangeoverStatus.FAILED
+    assert "toolchanger:tool_change" in failed.reason and "toolchanger:tool_change" in status.reason
+    assert status.changeover is None
+    assert not sink.of(PartProduced)
+
+
+async def test_a_device_unreadable_at_reset_stops_the_cell_with_the_reason(config: LoadedConfig) -> None:
+    devices = soft_cell(config.cell)
+    devices["toolchanger"].set_bad("tool_current", "no reply")
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.command("reset", by="op")
+        await engine.wait_for(State.STOPPED, timeout=T)
+        status = engine.status()
+    assert sink.states() == ["Stopped", "Resetting", "Stopping", "Stopped"]
+    assert "toolchanger.tool_current" in status.reason
+    assert sink.of(AlarmEvent)[0].active
+
+
 async def test_stop_lets_the_part_finish_and_keeps_queued_jobs_queued(config: LoadedConfig) -> None:
     devices = soft_cell(config.cell, measure=GaugeScript([OSLO_GOOD, OSLO_GOOD]))
     first_cycle = stall_robot_cycle(devices["robot1"], cycle=1)
