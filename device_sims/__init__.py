@@ -1,0 +1,1 @@
+"""Simulated cell equipment over the real protocols (OPC UA, Modbus TCP), for tests and the demo."""

@@ -1,0 +1,615 @@
+"""Protocol-independent logic of the simulated equipment: one class per profile, linked by a shared World.
+
+Each device holds the engineering value of every tag. Protocol adapters hand client writes to
+``DeviceSim.client_write`` and publish what ``DeviceSim.watch`` reports. Every duration of the sims file is
+multiplied by the world's ``time_scale``; timed actions run as tasks the device owns and cancels on close.
+Commands that start an action are counted in ``World.commands``, refused ones in ``World.refused``, and every
+raw client write in ``World.writes``, so tests can check that nothing ran twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ClassVar
+
+import structlog
+
+from cellctl.core.devices import PROFILE_SLOTS, ProfileKind, ValueKind, axis_actual_tag, axis_setpoint_tag
+from cellctl.core.tags import TagValue
+from cellctl.schema.cell import Datatype, DeviceConfig
+from device_sims.sims_config import (
+    FixtureSettings,
+    GaugeSettings,
+    InitialValue,
+    PressSettings,
+    ProfileSettings,
+    RobotSettings,
+    SimsConfig,
+    ToolChangerSettings,
+)
+
+_log = structlog.get_logger(__name__)
+
+Listener = Callable[[str, TagValue], None]
+"""Called with (tag, published value) whenever a device's published value of a tag changes."""
+
+MOTION_TICK_S = 0.01
+"""Real seconds between two position updates of a moving axis."""
+
+_INT_LIMITS: dict[Datatype, tuple[int, int]] = {
+    Datatype.INT16: (-(2**15), 2**15),
+    Datatype.UINT16: (0, 2**16),
+    Datatype.INT32: (-(2**31), 2**31),
+    Datatype.UINT32: (0, 2**32),
+}
+_SLOT_TYPES: dict[ValueKind, Datatype] = {
+    ValueKind.BOOL: Datatype.BOOL,
+    ValueKind.INT: Datatype.UINT32,
+    ValueKind.FLOAT: Datatype.FLOAT64,
+}
+
+
+def coerce(value: TagValue, datatype: Datatype) -> TagValue:
+    """The value a device of ``datatype`` actually holds: integers wrap like registers, float32 loses bits."""
+    if datatype is Datatype.BOOL:
+        return bool(value)
+    if datatype is Datatype.STRING:
+        return str(value)
+    if datatype in _INT_LIMITS:
+        low, high = _INT_LIMITS[datatype]
+        span = high - low
+        number = float(value) if isinstance(value, str) else value
+        whole = round(number) if isinstance(number, float) and math.isfinite(number) else int(number)
+        return (whole - low) % span + low
+    number = float(value)
+    if datatype is Datatype.FLOAT32 and math.isfinite(number) and abs(number) <= 3.4028234663852886e38:
+        return float(struct.unpack(">f", struct.pack(">f", number))[0])
+    return number
+
+
+def default_value(datatype: Datatype) -> TagValue:
+    """Power-on value of a tag of ``datatype``."""
+    if datatype is Datatype.BOOL:
+        return False
+    if datatype is Datatype.STRING:
+        return ""
+    if datatype in (Datatype.FLOAT32, Datatype.FLOAT64):
+        return 0.0
+    return 0
+
+
+class SimTaskError(RuntimeError):
+    """A simulator's own timed action crashed (a bug in device_sims, not a simulated fault)."""
+
+
+class World:
+    """The simulated cell: its devices, time scale, seeded randomness, counters and change notification."""
+
+    def __init__(self, *, time_scale: float = 1.0, seed: int = 0) -> None:
+        if time_scale < 0 or not math.isfinite(time_scale):
+            raise ValueError(f"time_scale must be a finite number >= 0, not {time_scale!r}")
+        self.time_scale = time_scale
+        self.seed = seed
+        self.devices: dict[str, DeviceSim] = {}
+        self.commands: Counter[tuple[str, str]] = Counter()
+        """Accepted actuator commands by (device, command)."""
+        self.refused: Counter[tuple[str, str]] = Counter()
+        """Commands the equipment refused, by (device, command)."""
+        self.writes: Counter[tuple[str, str]] = Counter()
+        """Every client write by (device, tag), whatever it caused."""
+        self.errors: list[BaseException] = []
+        """Crashes of the simulators' own tasks (bugs), surfaced when the cell closes."""
+        self._changed = asyncio.Event()
+
+    def add(self, device: DeviceSim) -> None:
+        """Register a device under its name."""
+        if device.name in self.devices:
+            raise ValueError(f"device {device.name!r} is already in the world")
+        self.devices[device.name] = device
+
+    def value(self, ref: str) -> TagValue:
+        """Current (true, unforced) value of ``device.tag``."""
+        device, _, tag = ref.partition(".")
+        return self.devices[device].get(tag)
+
+    def scaled(self, seconds: float) -> float:
+        """Real seconds for a duration of the sims file."""
+        return seconds * self.time_scale
+
+    def rng(self, name: str) -> random.Random:
+        """A random generator seeded from the world's seed and ``name``, so each device is reproducible."""
+        return random.Random(f"{self.seed}:{name}")
+
+    def notify(self) -> None:
+        """Wake everything waiting for a change of the world."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds, re-checked on every change; TimeoutError after ``timeout`` s."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    async def aclose(self) -> None:
+        """Cancel and await every device's timed actions."""
+        for device in self.devices.values():
+            await device.aclose()
+
+
+class DeviceSim:
+    """Base of the simulated devices: tag values, publication to listeners, owned timed actions, faults."""
+
+    profile: ClassVar[ProfileKind]
+
+    def __init__(
+        self,
+        name: str,
+        config: DeviceConfig,
+        world: World,
+        settings: ProfileSettings,
+        initial: dict[str, InitialValue] | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.world = world
+        self.settings = settings
+        self.types: dict[str, Datatype] = {
+            slot.name: _SLOT_TYPES[slot.kind] for slot in PROFILE_SLOTS.get(self.profile, ())
+        }
+        self.types.update({tag: cfg.datatype for tag, cfg in config.tags.items()})
+        self.values: dict[str, TagValue] = {tag: default_value(dt) for tag, dt in self.types.items()}
+        self.initial: dict[str, InitialValue] = dict(initial or {})
+        for tag, value in self.initial.items():
+            self.values[tag] = coerce(value, self.types[tag])
+        self.forced: dict[str, TagValue] = {}
+        self.frozen = False
+        self._listeners: list[Listener] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+        self.log = _log.bind(device=name)
+        world.add(self)
+
+    # -- values --------------------------------------------------------------------------------------------
+    def get(self, tag: str) -> TagValue:
+        """True value of ``tag`` (what the equipment holds, ignoring forced values)."""
+        return self.values[tag]
+
+    def published(self, tag: str) -> TagValue:
+        """Value clients see for ``tag``: a forced value if any, else the true value."""
+        return self.forced.get(tag, self.values[tag])
+
+    def published_values(self) -> dict[str, TagValue]:
+        """Every tag's published value."""
+        return {tag: self.published(tag) for tag in self.values}
+
+    def watch(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` on every change of a published value; returns the unsubscribe function."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _emit(self, tag: str) -> None:
+        if self.frozen:
+            return
+        value = self.published(tag)
+        for listener in list(self._listeners):
+            listener(tag, value)
+
+    def _set(self, tag: str, value: TagValue) -> None:
+        """Change a value as the equipment would (published unless frozen or forced)."""
+        new = coerce(value, self.types[tag])
+        old = self.values[tag]
+        if old == new and type(old) is type(new):
+            return
+        self.values[tag] = new
+        if tag not in self.forced:
+            self._emit(tag)
+        self.world.notify()
+
+    # -- faults ---------------------------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Stop publishing changes; the equipment keeps working behind a frozen image."""
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Publish again, starting with every current value."""
+        self.frozen = False
+        for tag in self.values:
+            self._emit(tag)
+        self.world.notify()
+
+    def force(self, tag: str, value: TagValue) -> None:
+        """Publish ``value`` for ``tag`` whatever the equipment does, until ``release``."""
+        if tag not in self.values:
+            raise KeyError(f"{self.name} has no tag {tag!r}")
+        self.forced[tag] = coerce(value, self.types[tag])
+        self._emit(tag)
+        self.world.notify()
+
+    def release(self, tag: str) -> None:
+        """Stop forcing ``tag``; clients see the true value again."""
+        if self.forced.pop(tag, None) is not None:
+            self._emit(tag)
+            self.world.notify()
+
+    # -- commands -------------------------------------------------------------------------------------------
+    def client_write(self, tag: str, value: TagValue) -> None:
+        """A client wrote ``tag``: store the value, count the write and let the equipment react."""
+        if tag not in self.types:
+            raise KeyError(f"{self.name} has no tag {tag!r}")
+        new = coerce(value, self.types[tag])
+        old = self.values[tag]
+        self.values[tag] = new
+        self.world.writes[(self.name, tag)] += 1
+        self.log.debug("sim.write", tag=tag, value=new)
+        self.on_write(tag, old, new)
+        self.world.notify()
+
+    def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
+        """React to a client write; by default a writable tag is a plain setpoint."""
+        self._accept(f"setpoint:{tag}")
+
+    def _accept(self, command: str) -> None:
+        self.world.commands[(self.name, command)] += 1
+        self.log.debug("sim.command", command=command)
+
+    def _refuse(self, command: str, reason: str) -> None:
+        self.world.refused[(self.name, command)] += 1
+        self.log.info("sim.refused", command=command, reason=reason)
+
+    # -- timed actions --------------------------------------------------------------------------------------
+    def _run(self, slot: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as the device's action in ``slot``, cancelling the slot's previous action."""
+        if self._closed:
+            coro.close()
+            return
+        previous = self._tasks.pop(slot, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.get_running_loop().create_task(coro, name=f"sim:{self.name}:{slot}")
+        self._tasks[slot] = task
+        task.add_done_callback(lambda t: self._task_done(slot, t))
+
+    def _task_done(self, slot: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(slot) is task:
+            del self._tasks[slot]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("sim.task_crashed", slot=slot, error=repr(exc))
+            self.world.errors.append(exc)
+            self.world.notify()
+
+    def _cancel(self, slot: str) -> None:
+        task = self._tasks.pop(slot, None)
+        if task is not None:
+            task.cancel()
+
+    def busy_slots(self) -> frozenset[str]:
+        """Names of the timed actions running now."""
+        return frozenset(self._tasks)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep a duration of the sims file, scaled."""
+        await asyncio.sleep(self.world.scaled(seconds))
+
+    async def aclose(self) -> None:
+        """Cancel and await every timed action; the device takes no new ones afterwards."""
+        self._closed = True
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+class RobotSim(DeviceSim):
+    """A robot: ``program`` loads after a load time; ``start`` runs a cycle; ``fault_code`` flags refusals."""
+
+    profile = ProfileKind.ROBOT
+    FAULT_NO_PROGRAM = 1
+    FAULT_PROGRAM_WHILE_BUSY = 2
+    FAULT_UNKNOWN_PROGRAM = 3
+    COMMAND_FAULTS = frozenset({FAULT_NO_PROGRAM, FAULT_PROGRAM_WHILE_BUSY, FAULT_UNKNOWN_PROGRAM})
+    """Faults a successful program load clears; any other code stays until ``reset_fault``."""
+
+    settings: RobotSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._armed_fault: tuple[int, float] | None = None
+
+    def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
+        """Program select, cycle start and start release."""
+        if tag == "program":
+            self._load(int(new))
+        elif tag == "start":
+            if new and not old:
+                self._cycle_start()
+            elif not new:
+                self._set("done", False)
+        else:
+            super().on_write(tag, old, new)
+
+    def _load(self, program: int) -> None:
+        if self.values["busy"]:
+            self._set("fault_code", self.FAULT_PROGRAM_WHILE_BUSY)
+            self._refuse("program_load", "a cycle is running")
+            return
+        known = self.settings.programs
+        if program != 0 and known is not None and program not in known:
+            self._set("fault_code", self.FAULT_UNKNOWN_PROGRAM)
+            self._refuse("program_load", f"unknown program {program}")
+            return
+        self._accept("program_load")
+        self._set("active_program", 0)
+        self._run("program", self._loading(program))
+
+    async def _loading(self, program: int) -> None:
+        await self._sleep(self.settings.program_load_s)
+        self._set("active_program", program)
+        if self.values["fault_code"] in self.COMMAND_FAULTS:
+            self._set("fault_code", 0)
+
+    def _cycle_start(self) -> None:
+        if self.values["fault_code"] != 0:
+            self._refuse("cycle_start", f"faulted (code {self.values['fault_code']})")
+            return
+        if self.values["busy"]:
+            self._refuse("cycle_start", "a cycle is running")
+            return
+        if self.values["active_program"] == 0 or "program" in self._tasks:
+            self._set("fault_code", self.FAULT_NO_PROGRAM)
+            self._refuse("cycle_start", "no program loaded")
+            return
+        self._accept("cycle_start")
+        self._set("done", False)
+        self._set("busy", True)
+        armed, self._armed_fault = self._armed_fault, None
+        self._run("cycle", self._cycle(armed))
+
+    async def _cycle(self, armed: tuple[int, float] | None) -> None:
+        if armed is not None:
+            code, at = armed
+            await self._sleep(self.settings.cycle_s * at)
+            self.fault(code)
+            return
+        await self._sleep(self.settings.cycle_s)
+        self._set("busy", False)
+        self._set("cycle_count", int(self.values["cycle_count"]) + 1)
+        self._set("done", True)
+
+    def fault(self, code: int) -> None:
+        """Fault now: ``fault_code`` set, a running cycle stops and never completes."""
+        if code == 0:
+            raise ValueError("a fault code is not 0")
+        self._cancel("cycle")
+        self._set("busy", False)
+        self._set("fault_code", code)
+
+    def arm_fault(self, code: int, at: float = 0.5) -> None:
+        """Make the next cycle fault with ``code`` after ``at`` (0..1) of its cycle time."""
+        if code == 0 or not 0 <= at <= 1:
+            raise ValueError("a fault needs a code other than 0 and 'at' within 0..1")
+        self._armed_fault = (code, at)
+
+    def reset_fault(self) -> None:
+        """Clear the fault code (an operator's reset)."""
+        self._armed_fault = None
+        self._set("fault_code", 0)
+
+
+class ToolChangerSim(DeviceSim):
+    """A tool changer: ``tool_request`` = N moves for the change time, then ``tool_current`` = N."""
+
+    profile = ProfileKind.TOOL_CHANGER
+    settings: ToolChangerSettings
+
+    def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
+        """Tool change requests."""
+        if tag != "tool_request":
+            super().on_write(tag, old, new)
+            return
+        tool = int(new)
+        known = set(self.config.tools.values())
+        if self.values["moving"]:
+            self._refuse("tool_change", "a change is in progress")
+        elif tool != 0 and known and tool not in known:
+            self._refuse("tool_change", f"unknown tool {tool}")
+        else:
+            self._accept("tool_change")
+            if tool != self.values["tool_current"]:
+                self._set("tool_current", 0)
+                self._set("moving", True)
+                self._run("change", self._change(tool))
+
+    async def _change(self, tool: int) -> None:
+        await self._sleep(self.settings.change_s)
+        self._set("tool_current", tool)
+        self._set("moving", False)
+
+
+class FixtureSim(DeviceSim):
+    """A fixture with clamps and named axes (``<axis>_sp`` / ``<axis>_act``) that move only when unclamped."""
+
+    profile = ProfileKind.FIXTURE
+    settings: FixtureSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.axes: tuple[str, ...] = tuple(
+            tag[: -len("_sp")]
+            for tag in self.types
+            if tag.endswith("_sp") and axis_actual_tag(tag[: -len("_sp")]) in self.types
+        )
+        # Where each axis is heading; a refused move leaves it (and the axis) where it was.
+        for axis in self.axes:
+            if axis_setpoint_tag(axis) not in self.initial:
+                self.values[axis_setpoint_tag(axis)] = self.values[axis_actual_tag(axis)]
+        self.targets: dict[str, float] = {
+            axis: float(self.values[axis_actual_tag(axis)]) for axis in self.axes
+        }
+        self.values["clamped"] = bool(self.values["clamp"])
+        self.values["in_position"] = all(
+            self.values[axis_setpoint_tag(a)] == self.values[axis_actual_tag(a)] for a in self.axes
+        )
+
+    def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
+        """Clamp, unclamp and axis moves."""
+        if tag == "clamp":
+            if bool(new) != bool(old):
+                self._accept("clamp" if new else "unclamp")
+                self._run("clamp", self._clamping(bool(new)))
+            return
+        axis = tag[: -len("_sp")] if tag.endswith("_sp") else None
+        if axis in self.axes:
+            assert axis is not None
+            self._move(axis, float(new))
+            return
+        super().on_write(tag, old, new)
+
+    async def _clamping(self, closed: bool) -> None:
+        await self._sleep(self.settings.clamp_s)
+        self._set("clamped", closed)
+
+    def _move(self, axis: str, target: float) -> None:
+        command = f"move:{axis}"
+        if self.values["clamped"] or self.values["clamp"]:
+            self._refuse(command, "clamped")
+            return
+        self._accept(command)
+        self.targets[axis] = target
+        self._set("in_position", False)
+        self._run(command, self._motion(axis, target))
+
+    async def _motion(self, axis: str, target: float) -> None:
+        act = axis_actual_tag(axis)
+        loop = asyncio.get_running_loop()
+        start = float(self.values[act])
+        distance = abs(target - start)
+        direction = 1.0 if target >= start else -1.0
+        scale = self.world.time_scale
+        duration = distance / self.settings.speed_mm_s * scale
+        t0 = loop.time()
+        while True:
+            elapsed = loop.time() - t0
+            if elapsed >= duration:
+                break
+            self._set(act, start + direction * distance * (elapsed / duration))
+            await asyncio.sleep(min(MOTION_TICK_S, duration - elapsed))
+        self._set(act, target)
+        self._arrived(axis)
+
+    def _arrived(self, axis: str) -> None:
+        moving = {slot for slot in self._tasks if slot.startswith("move:") and slot != f"move:{axis}"}
+        if not moving:
+            self._set("in_position", True)
+
+
+class PressSim(DeviceSim):
+    """A press (stapler): ``start`` cycles for the cycle time, then ``done``; setpoints are plain values."""
+
+    profile = ProfileKind.PRESS
+    settings: PressSettings
+
+    def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
+        """Cycle start and start release; everything else is a setpoint."""
+        if tag != "start":
+            super().on_write(tag, old, new)
+        elif new and not old:
+            if self.values["busy"]:
+                self._refuse("cycle_start", "a cycle is running")
+                return
+            self._accept("cycle_start")
+            self._set("done", False)
+            self._set("busy", True)
+            self._run("cycle", self._cycle())
+        elif not new:
+            self._set("done", False)
+
+    async def _cycle(self) -> None:
+        await self._sleep(self.settings.cycle_s)
+        self._set("busy", False)
+        if "staples" in self.values:
+            pitch = float(self.values.get(self.settings.pitch_tag, 0.0))
+            fired = max(1, round(self.settings.seam_mm / pitch)) if pitch > 0 else 1
+            self._set("staples", int(self.values["staples"]) + fired)
+        self._set("done", True)
+
+
+class GaugeSim(DeviceSim):
+    """A gauge: ``trigger`` measures every channel from the world (with noise and rare outliers), then
+    ``ready``."""
+
+    profile = ProfileKind.GAUGE
+    settings: GaugeSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rng = self.world.rng(self.name)
+        self.measurements = 0
+        self.last_outlier: str | None = None
+        """Channel pushed out on the last measurement, if that part was a reject."""
+
+    def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
+        """Trigger and trigger release."""
+        if tag != "trigger":
+            super().on_write(tag, old, new)
+        elif new and not old:
+            self._accept("trigger")
+            self._set("ready", False)
+            self._run("measure", self._measure())
+        elif not new:
+            self._cancel("measure")
+            self._set("ready", False)
+
+    async def _measure(self) -> None:
+        await self._sleep(self.settings.measure_s)
+        for channel, value in self.measure().items():
+            self._set(channel, value)
+        self._set("ready", True)
+
+    def measure(self) -> dict[str, float]:
+        """One measurement of every channel from the world's current values."""
+        settings = self.settings
+        values: dict[str, float] = {}
+        for channel, spec in settings.channels.items():
+            source = float(self.world.value(spec.follows)) if spec.follows else 0.0
+            values[channel] = spec.gain * source + spec.offset + self.rng.gauss(0.0, spec.noise)
+        self.last_outlier = None
+        candidates = [c for c in settings.channels if settings.outlier_delta(c) > 0]
+        if candidates and self.rng.random() < settings.outlier_rate:
+            channel = self.rng.choice(candidates)
+            values[channel] += self.rng.choice((-1.0, 1.0)) * settings.outlier_delta(channel)
+            self.last_outlier = channel
+        self.measurements += 1
+        return values
+
+
+PROFILE_CLASSES: dict[ProfileKind, type[DeviceSim]] = {
+    ProfileKind.ROBOT: RobotSim,
+    ProfileKind.TOOL_CHANGER: ToolChangerSim,
+    ProfileKind.FIXTURE: FixtureSim,
+    ProfileKind.PRESS: PressSim,
+    ProfileKind.GAUGE: GaugeSim,
+}
+
+
+def build_world(
+    devices: Iterable[tuple[str, DeviceConfig]], sims: SimsConfig, *, time_scale: float = 1.0, seed: int = 0
+) -> World:
+    """A world holding one simulated device per cell device, configured from ``sims``."""
+    world = World(time_scale=time_scale, seed=seed)
+    for name, config in devices:
+        cls = PROFILE_CLASSES[config.profile]
+        cls(name, config, world, sims.settings_for(name, config.profile), sims.initial_for(name))
+    return world

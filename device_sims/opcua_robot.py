@@ -1,0 +1,306 @@
+"""Simulated OPC UA equipment (the robot): an asyncua Server exposing one device's tags at the cell's NodeIds.
+
+Client writes reach the device through the server's PostWrite callback (only writes from client sessions,
+and only those the server accepted: wrong variant types and writes to read-only nodes are refused by asyncua
+itself). Device changes are written back into the address space, so client subscriptions fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib.metadata import version as asyncua_version
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+from asyncua import ua
+from asyncua.common.callback import CallbackType, ServerItemCallback
+from asyncua.server.server import Server
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+
+from cellctl.core.tags import TagValue
+from cellctl.schema.cell import Datatype
+from device_sims.behaviour import DeviceSim
+from device_sims.gate import Request, RequestGate
+
+_log = structlog.get_logger(__name__)
+
+CACHE_ENV = "CELLCTL_SIMS_CACHE"
+"""Environment variable naming the folder of the cached OPC UA standard address space."""
+
+VARIANT_TYPES: dict[Datatype, ua.VariantType] = {
+    Datatype.BOOL: ua.VariantType.Boolean,
+    Datatype.INT16: ua.VariantType.Int16,
+    Datatype.UINT16: ua.VariantType.UInt16,
+    Datatype.INT32: ua.VariantType.Int32,
+    Datatype.UINT32: ua.VariantType.UInt32,
+    Datatype.FLOAT32: ua.VariantType.Float,
+    Datatype.FLOAT64: ua.VariantType.Double,
+    Datatype.STRING: ua.VariantType.String,
+}
+
+
+def _now() -> ua.DateTime:
+    return cast(ua.DateTime, datetime.now(UTC))
+
+
+def endpoint_with(endpoint: str, host: str, port: int) -> str:
+    """``endpoint`` with its host and port replaced."""
+    parts = urlsplit(endpoint)
+    return urlunsplit(parts._replace(netloc=f"{host}:{port}"))
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return (
+        Path(tempfile.gettempdir()) / f"cellctl-sims-{uid}" / f"asyncua-{asyncua_version('asyncua')}-py{py}"
+    )
+
+
+async def new_server() -> Server:
+    """An initialised asyncua Server whose standard address space comes from a shelf cached on disk.
+
+    Filling the standard address space takes over a second per server; asyncua can instead read nodes
+    lazily from a shelf (``init(shelf_file=...)``). The shelf is built once per machine (per asyncua and
+    Python version) and published by an atomic rename, so concurrent test processes never read a
+    half-written one. asyncua tells a finished shelf by a file at the shelf's own path, which the dbm in
+    use may not create; the marker written once the shelf is complete is that file.
+    """
+    final = _cache_dir()
+    shelf = final / "aspace"
+    if shelf.is_file():
+        server = Server()
+        try:
+            await server.init(shelf_file=shelf)
+            return server
+        except Exception as exc:  # a stale or damaged cache must not stop the simulator
+            _log.warning("sim.opcua_cache_unusable", path=str(shelf), error=repr(exc))
+    server = Server()
+    staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="staging-", dir=_ensure(final.parent)))
+    try:
+        # No shelf at this path yet: asyncua fills the address space from code, then writes the shelf.
+        await server.init(shelf_file=staging / "aspace")
+        await asyncio.to_thread((staging / "aspace").touch)
+        await asyncio.to_thread(_publish, staging, final)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+    return server
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _publish(staging: Path, final: Path) -> None:
+    # A directory rename is atomic; when another process published first, keep theirs.
+    with contextlib.suppress(OSError):
+        staging.rename(final)
+
+
+class OpcUaDeviceServer:
+    """An OPC UA server for one simulated device, on the endpoint path of the cell file."""
+
+    protocol = "opcua"
+
+    def __init__(self, sim: DeviceSim, host: str, port: int, gate: RequestGate | None = None) -> None:
+        self.sim = sim
+        self.host = host
+        self.port = port
+        self.gate = gate or RequestGate()
+        self._server: Server | None = None
+        self._listening = False
+        self._nodes: dict[str, ua.NodeId] = {}
+        self._tags_by_node: dict[ua.NodeId, str] = {}
+        self._status: dict[str, ua.StatusCode] = {}
+        self._pending: collections.deque[tuple[str, TagValue]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._pump: asyncio.Task[None] | None = None
+        self._unwatch = sim.watch(self._changed)
+        self.log = _log.bind(device=sim.name)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The device served here."""
+        return (self.sim.name,)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint URL clients connect to."""
+        return endpoint_with(self.sim.config.endpoint, self.host, self.port)
+
+    @property
+    def running(self) -> bool:
+        """True while listening."""
+        return self._listening
+
+    async def _build(self) -> Server:
+        # Built once per server object and kept across stop/start: a restart keeps the device's values.
+        server = await new_server()
+        server.disable_clock(True)  # its 1 s clock task would make stop() wait up to a second
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_server_name(f"cellctl simulator {self.sim.name}")
+        server.set_endpoint(self.endpoint)
+        needed = {
+            ua.NodeId.from_string(str(cfg.node)).NamespaceIndex for cfg in self.sim.config.tags.values()
+        }
+        for index in range(2, max(needed | {2}) + 1):
+            uri = f"urn:cellctl:sim:{self.sim.name}" + ("" if index == 2 else f":{index}")
+            got = await server.register_namespace(uri)
+            if got != index:
+                raise RuntimeError(f"namespace {uri} got index {got}, expected {index}")
+        folder = await server.nodes.objects.add_object(2, self.sim.name)
+        for tag, cfg in self.sim.config.tags.items():
+            nodeid = ua.NodeId.from_string(str(cfg.node))
+            vtype = VARIANT_TYPES[cfg.datatype]
+            variable = await folder.add_variable(
+                nodeid,
+                ua.QualifiedName(tag, nodeid.NamespaceIndex),
+                ua.Variant(self.sim.published(tag), vtype),
+            )
+            if cfg.writable:
+                await variable.set_writable()
+            self._nodes[tag] = nodeid
+            self._tags_by_node[nodeid] = tag
+        server.subscribe_server_callback(CallbackType.PostWrite, self._post_write)
+        server.subscribe_server_callback(CallbackType.PreWrite, self._pre_write)
+        server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
+        return server
+
+    async def start(self) -> None:
+        """Listen on the endpoint (building the address space the first time); OSError when the port is
+        taken."""
+        if self._listening:
+            return
+        if self._server is None:
+            self._server = await self._build()
+            self._pump = asyncio.get_running_loop().create_task(
+                self._pump_loop(), name=f"sim:{self.sim.name}:opcua_publish"
+            )
+        self._server.set_endpoint(self.endpoint)
+        await self._server.start()
+        self._listening = True
+        self.gate.reopened()
+        self.log.info("sim.listening", endpoint=self.endpoint)
+
+    async def stop(self) -> None:
+        """Stop listening: every session is lost; the address space and port are kept for a restart."""
+        if not self._listening or self._server is None:
+            return
+        self._listening = False
+        self.gate.closing()
+        await self._server.stop()
+        self.log.info("sim.stopped", endpoint=self.endpoint)
+
+    def drop_connections(self) -> int:
+        """Abort every client connection (the server keeps listening); returns how many were dropped."""
+        if self._server is None or self._server.bserver is None or not self._listening:
+            return 0
+        clients = list(self._server.bserver.clients)
+        for client in clients:
+            if client.transport is not None:
+                client.transport.abort()
+        return len(clients)
+
+    async def aclose(self) -> None:
+        """Stop, end the publishing task and forget the device."""
+        await self.stop()
+        self._unwatch()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+        self._server = None
+
+    # -- device -> address space ----------------------------------------------------------------------------
+    def _changed(self, tag: str, value: TagValue) -> None:
+        if tag in self._nodes:
+            self._pending.append((tag, value))
+            self._wake.set()
+
+    async def _pump_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            while self._pending:
+                tag, value = self._pending.popleft()
+                if tag not in self._status:
+                    await self._write_node(tag, value)
+
+    async def _write_node(self, tag: str, value: TagValue) -> None:
+        assert self._server is not None
+        now = _now()
+        vtype = VARIANT_TYPES[self.sim.config.tags[tag].datatype]
+        datavalue = ua.DataValue(ua.Variant(value, vtype), SourceTimestamp=now, ServerTimestamp=now)
+        await self._server.write_attribute_value(self._nodes[tag], datavalue)
+
+    async def set_status(self, tag: str, status: str) -> None:
+        """Serve ``tag`` with a Bad/Uncertain status code named like ``BadSensorFailure`` until cleared."""
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        code = ua.StatusCode(getattr(StatusCodes, status))
+        self._status[tag] = code
+        now = _now()
+        await self._server.write_attribute_value(
+            self._nodes[tag], ua.DataValue(StatusCode=code, SourceTimestamp=now, ServerTimestamp=now)
+        )
+
+    async def clear_status(self, tag: str) -> None:
+        """Serve ``tag``'s value again with a Good status."""
+        if self._status.pop(tag, None) is not None and self._server is not None:
+            await self._write_node(tag, self.sim.published(tag))
+
+    # -- clients -> device ----------------------------------------------------------------------------------
+    def _request(self, params: Any, write: bool) -> Request:
+        items = params.NodesToWrite if write else params.NodesToRead
+        tags = tuple(self._tags_by_node[i.NodeId] for i in items if i.NodeId in self._tags_by_node)
+        return Request(protocol="opcua", device=self.sim.name, write=write, count=len(items), tags=tags)
+
+    async def _pre_read(self, event: ServerItemCallback, _dispatcher: object) -> None:
+        if event.is_external:
+            await self.gate.admit(self._request(event.request_params, write=False))
+
+    async def _pre_write(self, event: ServerItemCallback, _dispatcher: object) -> None:
+        if event.is_external:
+            await self.gate.admit(self._request(event.request_params, write=True))
+
+    async def _post_write(self, event: ServerItemCallback, _dispatcher: object) -> None:
+        if not event.is_external:
+            return
+        params: ua.WriteParameters = event.request_params
+        results: list[ua.StatusCode] = event.response_params
+        for item, status in zip(params.NodesToWrite, results, strict=True):
+            tag = self._tags_by_node.get(item.NodeId)
+            if tag is None or item.AttributeId != AttributeIds.Value or not status.is_good():
+                continue
+            variant = item.Value.Value if item.Value is not None else None
+            if variant is None or variant.Value is None:
+                continue
+            self.sim.client_write(tag, variant.Value)
+        # Publish what the write caused before the client gets its reply, as a PLC scan would.
+        await self._flush()
+
+
+def quiet_asyncua(level: int = logging.WARNING) -> None:
+    """Tone down asyncua's per-connection info logging (used by the command line)."""
+    logging.getLogger("asyncua").setLevel(level)
