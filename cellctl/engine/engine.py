@@ -421,8 +421,7 @@ class Engine:
         target = self._cell.state
         if command in (Command.RESET, Command.UNHOLD, Command.CLEAR):
             await self._clear_alarm(by)
-        if command is not Command.UNSUSPEND:
-            self._starved = False
+        self._starved = False  # only _starve() marks a suspension as starved, right after its own command
         # The acting state this command interrupted (e.g. Stop during Holding) stops doing its work.
         actor = self._actor
         if actor is not None and actor is not current and not actor.done():
