@@ -1,0 +1,41 @@
+"""The ``cellctl`` command line: parses arguments and dispatches to one subcommand module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cellctl import __version__
+from cellctl.cli import config_cmds, ctl, demo_cmd, run_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = argparse.ArgumentParser(
+        prog="cellctl",
+        description="Shop-floor cell controller: PackML, changeovers, quality, telemetry.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_cmds.add_parsers(sub)
+    run_cmd.add_parser(sub)
+    demo_cmd.add_parser(sub)
+    ctl.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cellctl`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = args.handler
+    try:
+        code: int = handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
