@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         import structlog
 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-        logging.getLogger("asyncua").setLevel(logging.ERROR)
+        # Port clashes and the like are reported once, by main(), not as library tracebacks.
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if args.time_scale < 0:
         print("error: --time-scale must be >= 0", file=sys.stderr)
         return 2

@@ -5,6 +5,13 @@ Each device holds the engineering value of every tag. Protocol adapters hand cli
 multiplied by the world's ``time_scale``; timed actions run as tasks the device owns and cancels on close.
 Commands that start an action are counted in ``World.commands``, refused ones in ``World.refused``, and every
 raw client write in ``World.writes``, so tests can check that nothing ran twice.
+
+Command names, keyed ``(device, command)``: robot ``program_load``, ``cycle_start``; tool changer
+``tool_change``; fixture ``clamp``, ``unclamp``, ``move:<axis>``; press ``cycle_start``; gauge ``trigger``;
+any other writable tag ``setpoint:<tag>``. Register commands count on every write; bool commands on the
+edge that asks for the action (writing ``start`` high while it is already high is only a write).
+A refused command flips the robot's ``fault_code`` (1: no program, 2: program change while busy,
+3: unknown program); the other profiles have no fault code and only count the refusal.
 """
 
 from __future__ import annotations

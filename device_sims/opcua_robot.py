@@ -193,6 +193,8 @@ class OpcUaDeviceServer:
                 self._pump_loop(), name=f"sim:{self.sim.name}:opcua_publish"
             )
         self._server.set_endpoint(self.endpoint)
+        # start() describes the endpoints again each time; without this a restarted server lists them twice.
+        self._server.iserver.endpoints.clear()
         await self._server.start()
         self._listening = True
         self.gate.reopened()
