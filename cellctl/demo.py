@@ -173,18 +173,22 @@ async def run_demo(
     *,
     time_scale: float = 0.2,
     use_broker: bool = True,
+    broker: MqttConfig | None = None,
     console: Console | None = None,
     orders: tuple[OrderRequest, ...] = ORDER_BOOK,
     timeout: float = 120.0,
 ) -> DemoSummary:
-    """Start simulators and controller, run ``orders`` to the end, stop cleanly, return the summary."""
+    """Start simulators and controller, run ``orders`` to the end, stop cleanly, return the summary.
+
+    Telemetry goes to ``broker`` (default: the cell file's) where it answers, else to a private mosquitto.
+    """
     console = console or Console()
     loaded = load_config(config_dir)
     summary = DemoSummary()
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="cellctl-demo-") as tmp,
-        _broker_for(loaded.cell.mqtt, use_broker) as (mqtt, broker_name),
+        _broker_for(broker or loaded.cell.mqtt, use_broker) as (mqtt, broker_name),
     ):
         summary.broker = broker_name
         async with SimCell.from_config_dir(config_dir, time_scale=time_scale, seed=7) as sims:
