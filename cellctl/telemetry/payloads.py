@@ -1,0 +1,269 @@
+"""Versioned telemetry payload models: the envelope every message carries and the data of each event kind.
+
+This module is the telemetry contract consumers code against. A change that removes or retypes a field
+bumps the stream's schema version (``cellctl.<stream>/<n>``); adding an optional field does not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cellctl.core.events import (
+    ChangeoverStatus,
+    JobStatus,
+    Severity,
+    StepStatus,
+    Stream,
+    Verdict,
+)
+
+SCHEMA_VERSIONS: dict[str, int] = {stream.value: 1 for stream in Stream}
+"""Current payload version of each stream."""
+
+
+def schema_id(stream: str) -> str:
+    """The envelope's ``schema`` value for a stream, e.g. ``cellctl.state/1``."""
+    return f"cellctl.{stream}/{SCHEMA_VERSIONS.get(stream, 1)}"
+
+
+class Payload(BaseModel):
+    """Base of payload models: unknown fields are errors, so the contract stays exact."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data of each event kind -------------------------------------------------------------------------
+
+
+class StateData(Payload):
+    """The PackML state machine moved (retained on ``<root>/state``)."""
+
+    kind: Literal["state_changed"] = "state_changed"
+    state: str
+    state_no: int
+    previous: str
+    command: str | None
+    by: str
+    mode: str
+
+
+class JobData(Payload):
+    """An order changed status, with its counts so far."""
+
+    kind: Literal["job"] = "job"
+    job: str
+    order_id: str
+    variant: str
+    recipe_version: int
+    recipe_hash: str
+    quantity: int
+    status: JobStatus
+    produced: int
+    good: int
+    bad: int
+    invalid: int
+    parameters: dict[str, float]
+    by: str
+    reason: str
+
+
+class ChangeoverData(Payload):
+    """A changeover started or ended; ``steps`` lists the plan's step ids in order."""
+
+    kind: Literal["changeover"] = "changeover"
+    changeover: str
+    job: str
+    from_variant: str | None
+    to_variant: str
+    status: ChangeoverStatus
+    steps: list[str]
+    planned_s: float
+    duration_s: float | None
+    reason: str
+
+
+class StepData(Payload):
+    """One changeover step started or ended."""
+
+    kind: Literal["step"] = "step"
+    changeover: str
+    job: str
+    step: str
+    step_kind: str
+    device: str | None
+    status: StepStatus
+    detail: str
+    duration_s: float | None
+
+
+class PartData(Payload):
+    """A part finished with its overall verdict; ``checks`` maps each characteristic to its verdict."""
+
+    kind: Literal["part"] = "part"
+    part: str
+    job: str
+    variant: str
+    index: int
+    verdict: Verdict
+    checks: dict[str, Verdict]
+    parameters: dict[str, float]
+    cycle_s: float
+
+
+class QualityData(Payload):
+    """One characteristic measured on one part; ``value`` is null when it could not be trusted."""
+
+    kind: Literal["quality"] = "quality"
+    part: str
+    job: str
+    variant: str
+    index: int
+    characteristic: str
+    value: float | None
+    quality: str
+    units: str
+    nominal: float
+    lsl: float
+    usl: float
+    verdict: Verdict
+    reason: str
+
+
+class HealthData(Payload):
+    """A device link changed state (retained per device on ``<root>/health/<device>``)."""
+
+    kind: Literal["device_health"] = "device_health"
+    device: str
+    state: str
+    error: str
+
+
+class AlarmData(Payload):
+    """An alarm was raised (``active`` true) or cleared."""
+
+    kind: Literal["alarm"] = "alarm"
+    alarm: str
+    severity: Severity
+    active: bool
+    message: str
+    source: str
+
+
+# --- envelopes ---------------------------------------------------------------------------------------
+
+
+class Envelope(Payload):
+    """What every outbox message looks like on the wire.
+
+    ``msg_id`` is unique per message (consumers de-duplicate on it: QoS 1 may deliver twice after a
+    reconnect); ``seq`` counts up by one per message of the ``stream``, so a gap means a lost message.
+    ``event_ts`` is when the fact happened, ``publish_ts`` when this copy was sent (Unix seconds).
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_id: str = Field(alias="schema")
+    msg_id: str
+    seq: Annotated[int, Field(ge=1)]
+    stream: str
+    event_ts: float
+    publish_ts: float
+    data: dict[str, Any]
+
+
+class StateMessage(Envelope):
+    """``<root>/state``."""
+
+    schema_id: Literal["cellctl.state/1"] = Field(alias="schema")
+    stream: Literal["state"]
+    data: StateData  # type: ignore[assignment]
+
+
+class JobMessage(Envelope):
+    """``<root>/job``."""
+
+    schema_id: Literal["cellctl.job/1"] = Field(alias="schema")
+    stream: Literal["job"]
+    data: JobData  # type: ignore[assignment]
+
+
+class ChangeoverMessage(Envelope):
+    """``<root>/changeover``: a changeover or one of its steps, told apart by ``data.kind``."""
+
+    schema_id: Literal["cellctl.changeover/1"] = Field(alias="schema")
+    stream: Literal["changeover"]
+    data: Annotated[ChangeoverData | StepData, Field(discriminator="kind")]  # type: ignore[assignment]
+
+
+class PartMessage(Envelope):
+    """``<root>/part``."""
+
+    schema_id: Literal["cellctl.part/1"] = Field(alias="schema")
+    stream: Literal["part"]
+    data: PartData  # type: ignore[assignment]
+
+
+class QualityMessage(Envelope):
+    """``<root>/quality/<characteristic>``."""
+
+    schema_id: Literal["cellctl.quality/1"] = Field(alias="schema")
+    stream: Literal["quality"]
+    data: QualityData  # type: ignore[assignment]
+
+
+class HealthMessage(Envelope):
+    """``<root>/health/<device>`` (retained)."""
+
+    schema_id: Literal["cellctl.health/1"] = Field(alias="schema")
+    stream: Literal["health"]
+    data: HealthData  # type: ignore[assignment]
+
+
+class AlarmMessage(Envelope):
+    """``<root>/alarm``."""
+
+    schema_id: Literal["cellctl.alarm/1"] = Field(alias="schema")
+    stream: Literal["alarm"]
+    data: AlarmData  # type: ignore[assignment]
+
+
+MESSAGE_MODELS: dict[str, type[Envelope]] = {
+    "cellctl.state/1": StateMessage,
+    "cellctl.job/1": JobMessage,
+    "cellctl.changeover/1": ChangeoverMessage,
+    "cellctl.part/1": PartMessage,
+    "cellctl.quality/1": QualityMessage,
+    "cellctl.health/1": HealthMessage,
+    "cellctl.alarm/1": AlarmMessage,
+}
+"""Typed envelope model by ``schema`` value."""
+
+
+class StatusMessage(Payload):
+    """``<root>/status`` (retained): birth ``online`` on connect, ``offline`` as last will or on a clean stop.
+
+    The last will is fixed when the connection opens, so it carries no timestamp.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_id: Literal["cellctl.status/1"] = Field(default="cellctl.status/1", alias="schema")
+    status: Literal["online", "offline"]
+    client_id: str
+    version: str
+    ts: float | None = None
+    reason: str = ""
+
+
+def parse_message(payload: bytes | str) -> Envelope:
+    """Validate a received outbox message against the model of its ``schema``; ValueError if unknown."""
+    raw = json.loads(payload)
+    if not isinstance(raw, dict):
+        raise ValueError("a telemetry message is a JSON object")
+    model = MESSAGE_MODELS.get(str(raw.get("schema")))
+    if model is None:
+        raise ValueError(f"unknown telemetry schema {raw.get('schema')!r}")
+    return model.model_validate(raw)

@@ -1,0 +1,251 @@
+"""The telemetry topic scheme: which messages each recorded event becomes, and the envelope sent per row.
+
+Topics hang under ``{enterprise}/{site}/{area}/{line}/{cell}`` (ISA-95, from the cell's identity):
+
+====================================  ========  ===========================  =========
+topic                                 stream    event                        retained
+====================================  ========  ===========================  =========
+``<root>/state``                      state     StateChanged                 yes
+``<root>/job``                        job       JobEvent                     no
+``<root>/changeover``                 change…   ChangeoverEvent, StepEvent   no
+``<root>/part``                       part      PartProduced                 no
+``<root>/quality/<characteristic>``   quality   PartProduced (one each)      no
+``<root>/health/<device>``            health    DeviceHealthChanged          yes
+``<root>/alarm``                      alarm     AlarmEvent                   no
+``<root>/status``                     —         birth / last will            yes
+====================================  ========  ===========================  =========
+
+OperatorAction is journaled only: who did what already reaches the plant through ``by`` on state and job
+messages, and command arguments and refusals stay on the cell (they may name people).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from cellctl.core.events import (
+    AlarmEvent,
+    ChangeoverEvent,
+    DeviceHealthChanged,
+    Event,
+    JobEvent,
+    OperatorAction,
+    PartProduced,
+    StateChanged,
+    StepEvent,
+    Stream,
+)
+from cellctl.schema.cell import Identity
+from cellctl.store import OutboxMessage, OutboxRow
+from cellctl.telemetry.payloads import (
+    AlarmData,
+    ChangeoverData,
+    HealthData,
+    JobData,
+    PartData,
+    Payload,
+    QualityData,
+    StateData,
+    StepData,
+    schema_id,
+)
+
+_log = structlog.get_logger("cellctl.telemetry")
+_FORBIDDEN_IN_LEVEL = frozenset("/+#\x00")
+
+Mapper = Callable[[Any, str], list[OutboxMessage]]
+
+
+def topic_root(identity: Identity) -> str:
+    """``{enterprise}/{site}/{area}/{line}/{cell}``."""
+    return "/".join(
+        _level(v) for v in (identity.enterprise, identity.site, identity.area, identity.line, identity.cell)
+    )
+
+
+def status_topic(identity: Identity) -> str:
+    """``<root>/status``: the retained birth / last-will topic."""
+    return f"{topic_root(identity)}/status"
+
+
+def _level(value: str) -> str:
+    if not value or _FORBIDDEN_IN_LEVEL.intersection(value):
+        raise ValueError(f"{value!r} cannot be an MQTT topic level (empty, or holds '/', '+', '#' or NUL)")
+    return value
+
+
+def _body(model: Payload) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _state(event: StateChanged, root: str) -> list[OutboxMessage]:
+    data = StateData(
+        state=event.state,
+        state_no=event.state_no,
+        previous=event.previous,
+        command=event.command,
+        by=event.by,
+        mode=event.mode,
+    )
+    return [OutboxMessage(f"{root}/state", Stream.STATE, _body(data), retain=True)]
+
+
+def _job(event: JobEvent, root: str) -> list[OutboxMessage]:
+    data = JobData(
+        job=event.job,
+        order_id=event.order_id,
+        variant=event.variant,
+        recipe_version=event.recipe_version,
+        recipe_hash=event.recipe_hash,
+        quantity=event.quantity,
+        status=event.status,
+        produced=event.produced,
+        good=event.good,
+        bad=event.bad,
+        invalid=event.invalid,
+        parameters=dict(event.parameters),
+        by=event.by,
+        reason=event.reason,
+    )
+    return [OutboxMessage(f"{root}/job", Stream.JOB, _body(data))]
+
+
+def _changeover(event: ChangeoverEvent, root: str) -> list[OutboxMessage]:
+    data = ChangeoverData(
+        changeover=event.changeover,
+        job=event.job,
+        from_variant=event.from_variant,
+        to_variant=event.to_variant,
+        status=event.status,
+        steps=list(event.steps),
+        planned_s=event.planned_s,
+        duration_s=_finite(event.duration_s),
+        reason=event.reason,
+    )
+    return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(data))]
+
+
+def _step(event: StepEvent, root: str) -> list[OutboxMessage]:
+    data = StepData(
+        changeover=event.changeover,
+        job=event.job,
+        step=event.step,
+        step_kind=event.step_kind,
+        device=event.device,
+        status=event.status,
+        detail=event.detail,
+        duration_s=_finite(event.duration_s),
+    )
+    return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(data))]
+
+
+def _part(event: PartProduced, root: str) -> list[OutboxMessage]:
+    part = PartData(
+        part=event.part,
+        job=event.job,
+        variant=event.variant,
+        index=event.index,
+        verdict=event.verdict,
+        checks={m.characteristic: m.verdict for m in event.measurements},
+        parameters=dict(event.parameters),
+        cycle_s=event.cycle_s,
+    )
+    messages = [OutboxMessage(f"{root}/part", Stream.PART, _body(part))]
+    for m in event.measurements:
+        quality = QualityData(
+            part=event.part,
+            job=event.job,
+            variant=event.variant,
+            index=event.index,
+            characteristic=m.characteristic,
+            value=_finite(m.value),
+            quality=m.quality,
+            units=m.units,
+            nominal=m.nominal,
+            lsl=m.lsl,
+            usl=m.usl,
+            verdict=m.verdict,
+            reason=m.reason,
+        )
+        topic = f"{root}/quality/{_level(m.characteristic)}"
+        messages.append(OutboxMessage(topic, Stream.QUALITY, _body(quality)))
+    return messages
+
+
+def _health(event: DeviceHealthChanged, root: str) -> list[OutboxMessage]:
+    data = HealthData(device=event.device, state=event.state, error=event.error)
+    topic = f"{root}/health/{_level(event.device)}"
+    return [OutboxMessage(topic, Stream.HEALTH, _body(data), retain=True)]
+
+
+def _alarm(event: AlarmEvent, root: str) -> list[OutboxMessage]:
+    data = AlarmData(
+        alarm=event.alarm,
+        severity=event.severity,
+        active=event.active,
+        message=event.message,
+        source=event.source,
+    )
+    return [OutboxMessage(f"{root}/alarm", Stream.ALARM, _body(data))]
+
+
+def _journal_only(event: Event, root: str) -> list[OutboxMessage]:
+    return []
+
+
+MAPPERS: dict[str, Mapper] = {
+    StateChanged.kind: _state,
+    JobEvent.kind: _job,
+    ChangeoverEvent.kind: _changeover,
+    StepEvent.kind: _step,
+    PartProduced.kind: _part,
+    DeviceHealthChanged.kind: _health,
+    AlarmEvent.kind: _alarm,
+    OperatorAction.kind: _journal_only,
+}
+"""Event kind -> the messages it becomes; a new event kind adds one entry here."""
+
+_unmapped_warned: set[str] = set()
+
+
+def messages_for(event: Event, identity: Identity) -> list[OutboxMessage]:
+    """The telemetry messages one event becomes (possibly none), in the order they are to be sent."""
+    return messages_for_root(event, topic_root(identity))
+
+
+def messages_for_root(event: Event, root: str) -> list[OutboxMessage]:
+    """Like ``messages_for`` with the topic root already built (the recorder's hot path)."""
+    mapper = MAPPERS.get(event.kind)
+    if mapper is None:
+        # Telemetry must never stop a fact from being journaled: record it, say so once.
+        if event.kind not in _unmapped_warned:
+            _unmapped_warned.add(event.kind)
+            _log.warning("event kind has no telemetry mapping; journal only", kind=event.kind)
+        return []
+    return mapper(event, root)
+
+
+def envelope_json(row: OutboxRow, publish_ts: float) -> bytes:
+    """The wire payload of an outbox row: the envelope with the stored body spliced in as ``data``."""
+    head = json.dumps(
+        {
+            "schema": schema_id(row.stream),
+            "msg_id": row.msg_id,
+            "seq": row.seq,
+            "stream": row.stream,
+            "event_ts": row.event_ts,
+            "publish_ts": publish_ts,
+        },
+        separators=(",", ":"),
+    )
+    # The body is already strict JSON text in the store: splice it instead of decoding and re-encoding.
+    return f'{head[:-1]},"data":{row.body}}}'.encode()
