@@ -1,0 +1,291 @@
+"""OPC UA driver: a session per connection, one subscription feeding the tag cache, a liveness probe, writes.
+
+The only module of cellctl that imports asyncua (2.1). asyncua's own ``auto_reconnect`` is left off: it
+re-activates the old session, starts at a 1 s delay and holds requests while it reconnects, where this
+driver's contract needs a fresh session, every tag BAD and writes failing fast while the link is down.
+So each connection is a new ``Client``; the supervisor loop in LinkedBackend owns reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.client.ua_client import UaClientState
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uatypes import Double
+
+from cellctl.core.clock import Clock
+from cellctl.core.tags import Quality, Reading, TagValue
+from cellctl.drivers._supervisor import Backoff, LinkedBackend, raise_if_cancelling
+from cellctl.drivers._values import CodecError, coerce_received, to_engineering, to_raw
+from cellctl.errors import CommError, ConfigError, ConfigIssue, DeviceError, DeviceFault
+from cellctl.schema.cell import Access, Datatype, DeviceConfig
+
+__all__ = ["PROBE_INTERVAL_S", "VARIANT_TYPES", "OpcUaDriver"]
+
+VARIANT_TYPES: dict[Datatype, ua.VariantType] = {
+    Datatype.BOOL: ua.VariantType.Boolean,
+    Datatype.INT16: ua.VariantType.Int16,
+    Datatype.UINT16: ua.VariantType.UInt16,
+    Datatype.INT32: ua.VariantType.Int32,
+    Datatype.UINT32: ua.VariantType.UInt32,
+    Datatype.FLOAT32: ua.VariantType.Float,
+    Datatype.FLOAT64: ua.VariantType.Double,
+    Datatype.STRING: ua.VariantType.String,
+}
+"""The Variant type a write of each datatype carries, so the server never has to guess."""
+
+PROBE_INTERVAL_S = 1.0
+"""How often the server's state is read to prove the link alive."""
+PROBE_TIMEOUT_S = 1.0
+"""How long a liveness probe may take; with the interval, a silent link is found within 2 s."""
+CLOSE_TIMEOUT_S = 1.0
+"""How long an orderly session close may take before the socket is just dropped."""
+
+_COMM_ERRORS = (OSError, TimeoutError, UaError)
+"""What asyncua raises when the link or the session fails (ConnectionError is an OSError)."""
+
+
+class OpcUaDriver(LinkedBackend):
+    """An OPC UA device: subscribes to its readable tags, probes the server, writes with declared types."""
+
+    def __init__(
+        self,
+        name: str,
+        config: DeviceConfig,
+        clock: Clock,
+        *,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if config.driver != "opcua":
+            raise ValueError(f"device {name!r} uses driver {config.driver!r}, not opcua")
+        super().__init__(name, config.tags, clock, backoff=backoff)
+        self._config = config
+        self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        issues: list[ConfigIssue] = []
+        self._node_ids: dict[str, ua.NodeId] = {}
+        for tag_name, tag in config.tags.items():
+            try:
+                self._node_ids[tag_name] = ua.NodeId.from_string(tag.node or "")
+            except UaError as exc:
+                issues.append(
+                    ConfigIssue(
+                        "<cell>", None, f"devices.{name}.tags.{tag_name}.node", f"not a NodeId: {exc}"
+                    )
+                )
+        if issues:
+            raise ConfigError(issues)
+        self._readable = [n for n, tag in config.tags.items() if tag.access is not Access.WRITE]
+        self._tags_of: dict[ua.NodeId, list[str]] = {}
+        for tag_name in self._readable:
+            self._tags_of.setdefault(self._node_ids[tag_name], []).append(tag_name)
+        self._client: Client | None = None
+        self._nodes: dict[str, Node] = {}
+
+    @property
+    def config(self) -> DeviceConfig:
+        """The device's configuration."""
+        return self._config
+
+    @property
+    def connected(self) -> bool:
+        """True while a session with the server is open and serving."""
+        return self._client is not None
+
+    # -------------------------------------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        """Connect, subscribe, probe, and reconnect with backoff after any failure; until cancelled."""
+        await self._supervise(self._serve)
+
+    async def _serve(self) -> None:
+        timeouts = self._config.timeouts
+        client = Client(self._config.endpoint, timeout=timeouts.request_s)
+        connected = False
+        try:
+            try:
+                async with asyncio.timeout(timeouts.connect_s):
+                    await client.connect()
+            except TimeoutError:
+                raise CommError(
+                    self._device,
+                    f"connect to {self._config.endpoint} timed out after {timeouts.connect_s:g} s",
+                ) from None
+            except _COMM_ERRORS as exc:
+                raise CommError(self._device, f"connect to {self._config.endpoint} failed: {exc!r}") from exc
+            connected = True
+            nodes = {name: client.get_node(node_id) for name, node_id in self._node_ids.items()}
+            subscription = await self._start(client, nodes)
+            self._nodes = nodes
+            self._client = client
+            self._link_up()
+            await self._serve_events(client, subscription)
+        except CommError as exc:
+            # Tell the truth before tidying up: closing a session over a dead link takes a while.
+            self._client = None
+            self._link_down(str(exc))
+            raise
+        finally:
+            self._client = None
+            self._nodes = {}
+            await self._close(client, connected)
+
+    async def _start(self, client: Client, nodes: dict[str, Node]) -> Subscription:
+        """Seed the cache with one batched read, then subscribe to every readable node."""
+        unique = list(self._tags_of)
+        try:
+            async with asyncio.timeout(self._config.timeouts.request_s * 2):
+                values = await client.read_attributes([client.get_node(n) for n in unique])
+                for node_id, value in zip(unique, values, strict=True):
+                    self._apply(node_id, value)
+                interval = self._config.publishing_interval_ms
+                subscription = await client.create_subscription(interval, handler=None)
+                handles = await subscription.subscribe_data_change(
+                    [nodes[self._tags_of[n][0]] for n in unique], sampling_interval=Double(interval)
+                )
+        except TimeoutError:
+            raise CommError(self._device, "no reply while subscribing") from None
+        except _COMM_ERRORS as exc:
+            raise CommError(self._device, f"subscribing failed: {exc!r}") from exc
+        for node_id, handle in zip(unique, handles, strict=True):
+            if isinstance(handle, ua.StatusCode):
+                # A node the server does not know is a config problem of that tag, not a link failure.
+                for tag in self._tags_of[node_id]:
+                    self._store_bad(tag, f"server refused to monitor {node_id.to_string()}: {handle.name}")
+                self._log.warning("cannot monitor node", node=node_id.to_string(), status=handle.name)
+        return subscription
+
+    async def _serve_events(self, client: Client, subscription: Subscription) -> None:
+        """Apply data changes as they come and probe the server between them; CommError on link failure."""
+        loop = asyncio.get_running_loop()
+        probe_node = client.get_node(ObjectIds.Server_ServerStatus_State)
+        next_probe = loop.time() + self._probe_interval_s
+        while True:
+            raise_if_cancelling()
+            if client.state is not UaClientState.CONNECTED:
+                raise CommError(self._device, f"connection lost ({client.state.value})")
+            wait = next_probe - loop.time()
+            if wait <= 0:
+                await self._probe(probe_node)
+                next_probe = loop.time() + self._probe_interval_s
+                continue
+            try:
+                event = await subscription.next_event(wait)
+            except StopAsyncIteration:
+                raise CommError(self._device, "subscription closed") from None
+            if isinstance(event, DataChangeEvent):
+                value = event.data.monitored_item.Value
+                self._apply(event.node.nodeid, value)
+            elif isinstance(event, StatusChangeEvent):
+                status = event.notification.Status
+                if status.is_bad():
+                    raise CommError(self._device, f"subscription lost: {status.name}")
+
+    async def _probe(self, probe_node: Node) -> None:
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                state = await probe_node.read_value()
+        except TimeoutError:
+            raise CommError(self._device, f"server silent for {self._probe_timeout_s:g} s") from None
+        except _COMM_ERRORS as exc:
+            raise CommError(self._device, f"liveness probe failed: {exc!r}") from exc
+        if state != ua.ServerState.Running:
+            raise CommError(self._device, f"server state is {ua.ServerState(state).name}")
+
+    async def _close(self, client: Client, connected: bool) -> None:
+        if not connected:
+            # A connect cut short by our timeout may have left the socket open.
+            client.disconnect_socket()
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await client.disconnect()
+        except _COMM_ERRORS as exc:
+            # The server may be gone already; the socket still has to go.
+            self._log.debug("session close failed", error=repr(exc))
+            client.disconnect_socket()
+
+    # ------------------------------------------------------------------------------------------ values
+
+    def _reading(self, tag: str, value: ua.DataValue | None) -> Reading:
+        """A Reading from a DataValue: Good -> GOOD, Uncertain -> UNCERTAIN, Bad -> BAD without its value."""
+        now = self._now()
+        if value is None:
+            return Reading.bad(now, "no value from the server")
+        status = value.StatusCode if value.StatusCode is not None else ua.StatusCode()
+        if status.is_bad():
+            return Reading.bad(now, f"server reports {status.name}")
+        quality = Quality.UNCERTAIN if status.is_uncertain() else Quality.GOOD
+        datatype = self._config.tags[tag].datatype
+        raw = value.Value.Value if value.Value is not None else None
+        try:
+            checked = coerce_received(raw, datatype)
+            engineering = to_engineering(
+                checked, datatype, self._config.tags[tag].scale, self._config.tags[tag].offset
+            )
+        except CodecError as exc:
+            return Reading.bad(now, str(exc))
+        reason = f"server reports {status.name}" if quality is Quality.UNCERTAIN else ""
+        return Reading(value=engineering, timestamp=now, quality=quality, reason=reason)
+
+    def _apply(self, node_id: ua.NodeId, value: ua.DataValue | None) -> None:
+        for tag in self._tags_of.get(node_id, ()):
+            self._store(tag, self._reading(tag, value))
+
+    # --------------------------------------------------------------------------------------- TagBackend
+
+    async def read(self, tag: str) -> Reading:
+        """Read the tag from the server now (status included); a BAD reading when that fails."""
+        self._known(tag)
+        if self._config.tags[tag].access is Access.WRITE:
+            return Reading.bad(self._now(), "tag is write-only")
+        client = self._client
+        if client is None:
+            return Reading.bad(self._now(), "not connected")
+        try:
+            async with asyncio.timeout(self._config.timeouts.request_s):
+                (value,) = await client.read_attributes([self._nodes[tag]])
+        except TimeoutError:
+            return Reading.bad(self._now(), f"no reply within {self._config.timeouts.request_s:g} s")
+        except _COMM_ERRORS as exc:
+            return Reading.bad(self._now(), f"read failed: {exc!r}")
+        raise_if_cancelling()
+        self._apply(self._node_ids[tag], value)
+        return self._cache[tag]
+
+    async def write(self, tag: str, value: TagValue) -> None:
+        """Write a writable tag as its declared Variant type; CommError or DeviceFault if not taken."""
+        self._known(tag)
+        config = self._config.tags[tag]
+        if not config.writable:
+            raise DeviceError(self._device, "tag is read-only", tag=tag)
+        try:
+            raw = to_raw(value, config.datatype, config.scale, config.offset)
+        except CodecError as exc:
+            raise DeviceError(self._device, f"cannot write {value!r}: {exc}", tag=tag) from exc
+        client = self._client
+        if client is None:
+            raise CommError(self._device, "not connected", tag=tag)
+        # No source timestamp: many PLC servers refuse writes that carry one.
+        data = ua.DataValue(ua.Variant(raw, VARIANT_TYPES[config.datatype]))
+        timeout = self._config.timeouts.request_s
+        try:
+            async with asyncio.timeout(timeout):
+                (status,) = await client.write_values(
+                    [self._nodes[tag]], [data], raise_on_partial_error=False
+                )
+        except TimeoutError:
+            raise CommError(self._device, f"no reply to write within {timeout:g} s", tag=tag) from None
+        except _COMM_ERRORS as exc:
+            raise CommError(self._device, f"write failed: {exc!r}", tag=tag) from exc
+        raise_if_cancelling()
+        if not status.is_good():
+            raise DeviceFault(self._device, f"server refused the write of {value!r}: {status.name}", tag=tag)

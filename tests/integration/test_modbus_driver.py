@@ -1,0 +1,420 @@
+"""ModbusDriver over real Modbus TCP on loopback: polling, writes, faults, outages and recovery.
+
+Most tests run against a small spec-written server (tests/integration/_modbus_fake.py) so each fault can be
+scripted exactly; the last group runs the example cell's devices against device_sims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from cellctl.core.clock import SystemClock
+from cellctl.core.ports import Health, LinkState
+from cellctl.core.tags import Quality, Reading, Tag
+from cellctl.drivers import ModbusDriver, build_driver
+from cellctl.errors import CommError, DeviceError, DeviceFault
+from cellctl.schema.cell import CellConfig, DeviceConfig
+from tests.integration._modbus_fake import FakeModbus, Request
+
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "cell.yaml"
+CLOCK = SystemClock()
+
+
+def example_device(name: str, port: int, **overrides: Any) -> DeviceConfig:
+    """A device of the example cell, pointed at ``port`` on loopback."""
+    raw = YAML(typ="safe").load(CONFIG.read_text())
+    device = CellConfig.model_validate(raw).devices[name]
+    return device.model_copy(update={"endpoint": f"tcp://127.0.0.1:{port}", **overrides})
+
+
+def fixture_tables(server: FakeModbus, unit_id: int = 2) -> None:
+    """The fixture's tables: clamp coil, two discrete inputs, float32 setpoints and actuals."""
+    unit = server.unit(unit_id)
+    unit.coils[0] = True
+    unit.discrete.update({0: True, 1: False})
+    unit.set_float32(unit.holding, 0, 420.0)
+    unit.set_float32(unit.holding, 2, 310.5)
+    unit.set_float32(unit.input, 0, 419.5)
+    unit.set_float32(unit.input, 2, 310.25)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeModbus]:
+    fake = FakeModbus()
+    fixture_tables(fake)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@asynccontextmanager
+async def running(*drivers: ModbusDriver) -> AsyncIterator[None]:
+    """Run drivers for the block, cancelled and awaited on the way out."""
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(d.run(), name=f"driver:{d.device}") for d in drivers]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+async def wait_health(
+    driver: ModbusDriver, state: LinkState, timeout: float, where: Callable[[Health], bool] = lambda _h: True
+) -> Health:
+    """Wait for the driver's health to be ``state`` (and satisfy ``where``); event-driven, bounded."""
+    reached = asyncio.Event()
+
+    def matches(health: Health) -> bool:
+        return health.state is state and where(health)
+
+    unsubscribe = driver.on_health(lambda health: reached.set() if matches(health) else None)
+    try:
+        if not matches(driver.health):
+            async with asyncio.timeout(timeout):
+                await reached.wait()
+        return driver.health
+    finally:
+        unsubscribe()
+
+
+async def wait_reading(
+    driver: ModbusDriver, tag: str, predicate: Callable[[Reading], bool], timeout: float
+) -> Reading:
+    """Wait until the tag's cached reading satisfies ``predicate``."""
+    changed = asyncio.Event()
+    unsubscribe = driver.watch(lambda name, _r: changed.set() if name == tag else None)
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate(driver.last(tag)):
+                changed.clear()
+                await changed.wait()
+        return driver.last(tag)
+    finally:
+        unsubscribe()
+
+
+def polls(unit: int) -> Callable[[list[Request]], int]:
+    return lambda requests: sum(1 for r in requests if r.unit == unit and r.function == 4)
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+async def test_every_tag_of_the_fixture_reads_good_once_the_link_is_up(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        values = {tag: driver.last(tag) for tag in driver.config.tags}
+    assert all(r.quality is Quality.GOOD for r in values.values())
+    assert values["clamp"].value is True
+    assert values["clamped"].value is True
+    assert values["in_position"].value is False
+    assert values["width_sp"].value == 420.0
+    assert values["depth_act"].value == 310.25
+
+
+async def test_one_poll_cycle_is_one_read_per_table_for_the_fixture(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    assert [(b.table.value, b.start, b.count) for b in driver.blocks] == [
+        ("coil", 0, 1),
+        ("discrete_input", 0, 2),
+        ("input_register", 0, 4),
+        ("holding_register", 0, 4),
+    ]
+
+
+async def test_a_changed_register_reaches_watchers_through_the_poll(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        server.unit(2).set_float32(server.unit(2).input, 0, 377.0)
+        reading = await wait_reading(driver, "width_act", lambda r: r.value == 377.0, 2)
+    assert reading.quality is Quality.GOOD
+
+
+async def test_watchers_hear_nothing_while_nothing_changes(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        heard: list[str] = []
+        unsubscribe = driver.watch(lambda tag, _r: heard.append(tag))
+        seen = polls(2)(server.requests)
+        await server.wait_requests(lambda rs: polls(2)(rs) >= seen + 5, 5)
+        unsubscribe()
+    assert heard == []
+
+
+async def test_read_fetches_the_value_now_and_updates_the_cache(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port, poll_interval_s=60), CLOCK)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        server.unit(2).discrete[1] = True
+        reading = await driver.read("in_position")
+        cached = driver.last("in_position")
+    assert (reading.value, reading.quality) == (True, Quality.GOOD)
+    assert cached.value is True
+
+
+async def test_read_without_a_link_is_a_bad_reading_not_an_exception() -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", 1), SystemClock())
+    reading = await driver.read("clamped")
+    assert reading.quality is Quality.BAD
+    assert "not connected" in reading.reason
+
+
+async def test_an_unknown_tag_is_an_error_naming_device_and_tag(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    with pytest.raises(DeviceError, match=r"fixture\.nope: no such tag"):
+        driver.last("nope")
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+async def test_a_float_setpoint_write_lands_in_both_registers_and_is_read_back(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port, poll_interval_s=60), CLOCK)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await driver.write("width_sp", 455.5)
+        cached = driver.last("width_sp")
+    assert server.unit(2).get_float32(server.unit(2).holding, 0) == 455.5
+    assert (cached.value, cached.quality) == (455.5, Quality.GOOD)
+
+
+async def test_a_coil_write_switches_the_coil(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await driver.write("clamp", False)
+        cached = driver.last("clamp")
+    assert server.unit(2).coils[0] is False
+    assert cached.value is False
+
+
+async def test_a_write_to_a_read_only_tag_is_refused_and_nothing_is_sent(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        before = len([r for r in server.requests if r.function in (5, 6, 15, 16, 22)])
+        with pytest.raises(DeviceError, match=r"fixture\.clamped: tag is read-only") as caught:
+            await driver.write("clamped", True)
+        after = len([r for r in server.requests if r.function in (5, 6, 15, 16, 22)])
+    assert not isinstance(caught.value, CommError | DeviceFault)
+    assert after == before
+
+
+async def test_a_value_the_tag_cannot_hold_is_refused_before_anything_is_sent() -> None:
+    fake = FakeModbus()
+    unit = fake.unit(1)
+    unit.holding[0] = 0
+    unit.input[0] = 0
+    unit.discrete[0] = False
+    await fake.start()
+    try:
+        driver = ModbusDriver("toolchanger", example_device("toolchanger", fake.port), SystemClock())
+        async with running(driver):
+            await wait_health(driver, LinkState.UP, 5)
+            with pytest.raises(DeviceError, match=r"toolchanger\.tool_request: cannot write 70000"):
+                await driver.write("tool_request", 70000)
+        assert all(r.function != 6 for r in fake.requests)
+    finally:
+        await fake.stop()
+
+
+async def test_a_write_without_a_link_is_a_comm_error() -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", 1), SystemClock())
+    with pytest.raises(CommError, match=r"fixture\.clamp: not connected"):
+        await driver.write("clamp", True)
+
+
+async def test_an_exception_reply_to_a_write_is_a_device_fault_with_the_code(server: FakeModbus) -> None:
+    server.exceptions[(2, 16, 2)] = 4
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        with pytest.raises(DeviceFault, match=r"fixture\.depth_sp: .*exception code 4 \(device failure\)"):
+            await driver.write("depth_sp", 300.0)
+
+
+async def test_a_bit_in_a_register_is_written_with_a_masked_write_that_keeps_the_other_bits() -> None:
+    fake = FakeModbus()
+    fake.unit(1).holding[5] = 0b1010_0000_0000_0001
+    await fake.start()
+    device = DeviceConfig.model_validate(
+        {
+            "driver": "modbus",
+            "endpoint": f"tcp://127.0.0.1:{fake.port}",
+            "profile": "press",
+            "tags": {
+                "lamp": {
+                    "table": "holding_register",
+                    "address": 5,
+                    "bit": 3,
+                    "datatype": "bool",
+                    "access": "rw",
+                }
+            },
+        }
+    )
+    try:
+        driver = ModbusDriver("press", device, SystemClock())
+        async with running(driver):
+            await wait_health(driver, LinkState.UP, 5)
+            assert driver.last("lamp").value is False
+            await driver.write("lamp", True)
+            assert driver.last("lamp").value is True
+        assert fake.unit(1).holding[5] == 0b1010_0000_0000_1001
+        assert any(r.function == 22 for r in fake.requests)
+    finally:
+        await fake.stop()
+
+
+# --------------------------------------------------------------------------------------- bad replies
+
+
+async def test_an_exception_reply_to_a_poll_spoils_only_its_block(server: FakeModbus) -> None:
+    server.exceptions[(2, 4, 0)] = 2
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        act, sp = driver.last("width_act"), driver.last("width_sp")
+    assert act.quality is Quality.BAD
+    assert "exception code 2 (illegal data address)" in act.reason
+    assert (sp.quality, sp.value) == (Quality.GOOD, 420.0)
+
+
+async def test_a_reply_with_too_few_registers_is_never_decoded(server: FakeModbus) -> None:
+    server.short_replies.add((2, 4, 0))
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        act = driver.last("width_act")
+    assert act.quality is Quality.BAD
+    assert act.value is None
+    assert "malformed reply" in act.reason
+
+
+async def test_a_block_recovers_when_the_device_accepts_the_read_again(server: FakeModbus) -> None:
+    server.exceptions[(2, 4, 0)] = 6
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        assert driver.last("width_act").quality is Quality.BAD
+        del server.exceptions[(2, 4, 0)]
+        reading = await wait_reading(driver, "width_act", lambda r: r.quality is Quality.GOOD, 2)
+    assert reading.value == 419.5
+
+
+# ------------------------------------------------------------------------------------ outages
+
+
+async def test_a_stopped_server_makes_every_tag_bad_and_health_down_within_3_s(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await server.stop()
+        health = await wait_health(driver, LinkState.DOWN, 3)
+        readings = [driver.last(tag) for tag in driver.config.tags]
+    assert health.error
+    assert all(r.quality is Quality.BAD and r.value is None for r in readings)
+
+
+async def test_a_silent_server_is_found_down_within_3_s(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        server.blackhole = True
+        health = await wait_health(driver, LinkState.DOWN, 3)
+    assert "no reply" in health.error
+
+
+async def test_values_resume_within_5_s_when_the_server_comes_back(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await server.stop()
+        await wait_health(driver, LinkState.DOWN, 3)
+        server.unit(2).set_float32(server.unit(2).input, 2, 299.0)
+        await server.start()
+        await wait_health(driver, LinkState.UP, 5)
+        reading = driver.last("depth_act")
+    assert (reading.quality, reading.value) == (Quality.GOOD, 299.0)
+
+
+async def test_health_goes_connecting_then_up_then_down(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    states: list[LinkState] = []
+    driver.on_health(lambda h: states.append(h.state))
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await server.stop()
+        await wait_health(driver, LinkState.DOWN, 3)
+    assert states[:3] == [LinkState.CONNECTING, LinkState.UP, LinkState.DOWN]
+
+
+async def test_a_dead_endpoint_never_stalls_another_devices_polling(server: FakeModbus) -> None:
+    dead = FakeModbus()
+    dead.unit(1)
+    await dead.start()
+    dead.blackhole = True
+    try:
+        stuck = ModbusDriver("toolchanger", example_device("toolchanger", dead.port), SystemClock())
+        live = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+        async with running(stuck, live):
+            await wait_health(live, LinkState.UP, 5)
+            for value in (1.0, 2.0, 3.0):
+                server.unit(2).set_float32(server.unit(2).input, 0, value)
+                await wait_reading(live, "width_act", lambda r, v=value: r.value == v, 1)
+            assert stuck.health.state is not LinkState.UP
+    finally:
+        await dead.stop()
+
+
+async def test_a_refused_port_keeps_retrying_and_reports_down() -> None:
+    fake = FakeModbus()
+    port = await fake.start()
+    await fake.stop()  # the port is now closed
+    driver = ModbusDriver("fixture", example_device("fixture", port), SystemClock())
+    async with running(driver):
+        health = await wait_health(driver, LinkState.DOWN, 5, lambda h: "cannot connect" in h.error)
+    assert health.error == f"fixture: cannot connect to 127.0.0.1:{port}"
+    assert driver.last("clamped").quality is Quality.BAD
+
+
+# --------------------------------------------------------------------------------------- factory
+
+
+def test_build_driver_picks_modbus_for_a_modbus_device() -> None:
+    driver = build_driver("gauge", example_device("gauge", 1), SystemClock())
+    assert isinstance(driver, ModbusDriver)
+    assert driver.device == "gauge"
+
+
+async def test_a_tag_handle_waits_for_a_value_fed_by_the_poll(server: FakeModbus) -> None:
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        server.unit(2).discrete[1] = True
+        value = await Tag(driver, "in_position").wait_for_value(True, 2)
+    assert value is True
+
+
+async def test_nan_from_the_device_is_kept_but_not_usable(server: FakeModbus) -> None:
+    server.unit(2).set_float32(server.unit(2).input, 0, math.nan)
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        reading = driver.last("width_act")
+    assert isinstance(reading.value, float) and math.isnan(reading.value)
+    assert not reading.usable
