@@ -446,7 +446,12 @@ class ToolChangerSim(DeviceSim):
 
 
 class FixtureSim(DeviceSim):
-    """A fixture with clamps and named axes (``<axis>_sp`` / ``<axis>_act``) that move only when unclamped."""
+    """A fixture with clamps and named axes (``<axis>_sp`` / ``<axis>_act``) that move only when unclamped.
+
+    A move written while clamped (or while the clamp command is on) is refused: the setpoint register keeps
+    the written value but the axis stays, and ``in_position`` keeps its value, so a controller must compare
+    ``<axis>_act`` with what it asked for.
+    """
 
     profile = ProfileKind.FIXTURE
     settings: FixtureSettings

@@ -169,9 +169,16 @@ class SimCell:
                 used.add(server.port)
 
     async def _stop_all(self) -> None:
+        # Close everything even when one server fails to close, then report the first failure.
+        failures: list[Exception] = []
         for server in self._servers:
-            await server.aclose()
+            try:
+                await server.aclose()
+            except Exception as exc:
+                failures.append(exc)
         await self.world.aclose()
+        if failures:
+            raise failures[0]
 
     async def close(self) -> None:
         """Stop every server and every timed action; raises SimTaskError if a simulator task crashed."""
@@ -246,5 +253,10 @@ class SimCell:
         await self.world.wait_for(predicate, timeout)
 
     def value(self, ref: str) -> TagValue:
-        """True value of ``device.tag`` in the simulator."""
+        """True value of ``device.tag`` in the simulator (what the equipment holds)."""
         return self.world.value(ref)
+
+    def published(self, ref: str) -> TagValue:
+        """Value of ``device.tag`` as clients are served it (differs from ``value`` when forced)."""
+        device, _, tag = ref.partition(".")
+        return self.device_sim(device).published(tag)

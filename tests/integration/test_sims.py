@@ -22,7 +22,9 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from cellctl.errors import ConfigError
+from device_sims.__main__ import shift_ports
 from device_sims.behaviour import FixtureSim, GaugeSim, RobotSim
+from device_sims.console import FaultConsole
 from device_sims.harness import SimCell, free_port, load_cell_config
 from device_sims.sims_config import GaugeSettings, SimsConfig, load_sims_config
 
@@ -741,3 +743,25 @@ async def test_command_line_serves_on_free_ports_until_sigterm() -> None:
         async with asyncio.timeout(20):
             code = await process.wait()
     assert code == 0
+
+
+async def test_console_commands_inject_and_clear_faults(sim_cell: SimCell) -> None:
+    console = FaultConsole(sim_cell)
+    assert await console.run("latency fixture 0.25") == "ok latency fixture"
+    assert sim_cell.server_of("fixture").gate.latency_s == 0.25
+    assert await console.run("force gauge width_mm nan") == "ok force_value gauge.width_mm"
+    assert math.isnan(float(sim_cell.published("gauge.width_mm")))
+    assert await console.run("faults") == "ok latency fixture; force_value gauge.width_mm"
+    assert await console.run("clear latency fixture") == "ok cleared latency fixture"
+    assert await console.run("clear") == "ok cleared 1"
+    assert sim_cell.server_of("fixture").gate.latency_s == 0.0
+    assert sim_cell.published("gauge.width_mm") == 0.0
+    assert (await console.run("latency nowhere 1")).startswith("error latency:")
+    assert (await console.run("explode")).startswith("error unknown command")
+
+
+def test_port_offset_shifts_every_endpoint() -> None:
+    cell = shift_ports(load_cell_config(CONFIG), 1000)
+    assert cell.devices["robot1"].endpoint == "opc.tcp://127.0.0.1:49401/cellctl/robot1"
+    assert cell.devices["fixture"].host_port == ("127.0.0.1", 16020)
+    assert cell.devices["gauge"].host_port == ("127.0.0.1", 16021)
