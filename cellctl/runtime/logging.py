@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO, cast
 
 import structlog
 
 LogFormat = Literal["json", "console", "auto"]
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written (it may be swapped after configuration)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
@@ -33,7 +43,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         if fmt == "json"
         else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
     # Libraries (asyncua, pymodbus) log through stdlib logging: keep them quiet unless they warn.
