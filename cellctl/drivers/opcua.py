@@ -44,6 +44,9 @@ PROBE_INTERVAL_S = 1.0
 """How often the server's state is read to prove the link alive."""
 PROBE_TIMEOUT_S = 1.0
 """How long a liveness probe may take; with the interval, a silent link is found within 2 s."""
+SESSION_TIMEOUT_S = 30.0
+"""Session timeout asked of the server. Every reconnect opens a fresh session and the old one lingers on the
+server until it times out; PLCs allow few sessions, so it must not linger for asyncua's default hour."""
 CLOSE_TIMEOUT_S = 1.0
 """How long an orderly session close may take before the socket is just dropped."""
 
@@ -109,6 +112,7 @@ class OpcUaDriver(LinkedBackend):
     async def _serve(self) -> None:
         timeouts = self._config.timeouts
         client = Client(self._config.endpoint, timeout=timeouts.request_s)
+        client.session_timeout = round(SESSION_TIMEOUT_S * 1000)
         connected = False
         try:
             try:

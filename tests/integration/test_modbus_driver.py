@@ -22,6 +22,7 @@ from cellctl.core.tags import Quality, Reading, Tag
 from cellctl.drivers import ModbusDriver, build_driver
 from cellctl.errors import CommError, DeviceError, DeviceFault
 from cellctl.schema.cell import CellConfig, DeviceConfig
+from device_sims.harness import SimCell
 from tests.integration._modbus_fake import FakeModbus, Request
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "cell.yaml"
@@ -417,4 +418,139 @@ async def test_nan_from_the_device_is_kept_but_not_usable(server: FakeModbus) ->
         await wait_health(driver, LinkState.UP, 5)
         reading = driver.last("width_act")
     assert isinstance(reading.value, float) and math.isnan(reading.value)
+    assert not reading.usable
+
+
+# ---------------------------------------------------------------------------- against the simulators
+
+MODBUS_DEVICES = ["toolchanger", "fixture", "stapler", "gauge"]
+
+
+def sim_driver(sim_cell: SimCell, name: str) -> ModbusDriver:
+    """A driver for one Modbus device of the simulated example cell."""
+    return ModbusDriver(name, sim_cell.cell_config().devices[name], CLOCK)
+
+
+@pytest.mark.parametrize("device", MODBUS_DEVICES)
+async def test_every_tag_of_each_simulated_device_reads_its_true_value(
+    sim_cell: SimCell, device: str
+) -> None:
+    driver = sim_driver(sim_cell, device)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        readings = {tag: driver.last(tag) for tag in driver.config.tags}
+    for tag, reading in readings.items():
+        assert reading.quality is Quality.GOOD, (tag, reading)
+        expected = sim_cell.value(f"{device}.{tag}")
+        assert reading.value == pytest.approx(expected, rel=1e-6), tag
+
+
+async def test_a_tool_change_written_to_the_sim_completes_and_the_poll_sees_it(sim_cell: SimCell) -> None:
+    driver = sim_driver(sim_cell, "toolchanger")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        tool = next(
+            n for n in driver.config.tools.values() if n != sim_cell.value("toolchanger.tool_current")
+        )
+        await driver.write("tool_request", tool)
+        await Tag(driver, "tool_current").wait_for_value(tool, 5)
+        await Tag(driver, "moving").wait_for_value(False, 5)
+    assert sim_cell.counters[("toolchanger", "tool_change")] == 1
+    assert sim_cell.value("toolchanger.tool_current") == tool
+
+
+async def test_a_fixture_move_is_followed_by_the_actual_position(sim_cell: SimCell) -> None:
+    driver = sim_driver(sim_cell, "fixture")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await driver.write("clamp", False)
+        await Tag(driver, "clamped").wait_for_value(False, 5)
+        target = float(sim_cell.value("fixture.width_act")) + 12.5
+        await driver.write("width_sp", target)
+        await Tag(driver, "width_act").wait_until(lambda v: abs(float(v) - target) < 1e-3, 5)
+        await Tag(driver, "in_position").wait_for_value(True, 5)
+    assert sim_cell.value("fixture.width_sp") == pytest.approx(target)
+
+
+async def test_a_write_to_a_read_only_simulated_tag_never_reaches_the_sim(sim_cell: SimCell) -> None:
+    driver = sim_driver(sim_cell, "gauge")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        with pytest.raises(DeviceError, match=r"gauge\.ready: tag is read-only"):
+            await driver.write("ready", True)
+    assert sim_cell.writes[("gauge", "ready")] == 0
+
+
+async def test_a_stopped_sim_server_makes_tags_bad_and_health_down_then_values_resume(
+    sim_cell: SimCell,
+) -> None:
+    driver = sim_driver(sim_cell, "stapler")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        outage = await sim_cell.faults.refuse_connections("stapler")
+        await wait_health(driver, LinkState.DOWN, 3)
+        assert all(driver.last(tag).quality is Quality.BAD for tag in driver.config.tags)
+        await outage.clear()
+        await wait_health(driver, LinkState.UP, 5)
+        reading = driver.last("staples")
+    assert (reading.quality, reading.value) == (Quality.GOOD, sim_cell.value("stapler.staples"))
+
+
+async def test_a_dropped_connection_is_reconnected(sim_cell: SimCell) -> None:
+    driver = sim_driver(sim_cell, "fixture")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        assert sim_cell.faults.drop_connections("fixture") >= 1
+        await wait_health(driver, LinkState.DOWN, 3)
+        await wait_health(driver, LinkState.UP, 5)
+        assert driver.last("clamped").quality is Quality.GOOD
+
+
+async def test_a_blackholed_sim_is_found_down_within_3_s(sim_cell: SimCell) -> None:
+    driver = sim_driver(sim_cell, "gauge")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        async with sim_cell.faults.blackhole("gauge"):
+            health = await wait_health(driver, LinkState.DOWN, 3)
+    assert "no reply" in health.error
+
+
+async def test_a_blackholed_endpoint_never_stalls_a_device_on_another_endpoint(sim_cell: SimCell) -> None:
+    gauge, fixture = sim_driver(sim_cell, "gauge"), sim_driver(sim_cell, "fixture")
+    async with running(gauge, fixture):
+        await wait_health(fixture, LinkState.UP, 5)
+        await wait_health(gauge, LinkState.UP, 5)
+        async with sim_cell.faults.blackhole("gauge"):
+            # Each value must arrive within one second while the gauge's requests hang for two.
+            for value in (101.0, 202.0, 303.0):
+                async with sim_cell.faults.force_value("fixture", "depth_act", value):
+                    await wait_reading(fixture, "depth_act", lambda r, v=value: r.value == v, 1)
+            await wait_health(gauge, LinkState.DOWN, 3)
+
+
+async def test_a_modbus_exception_from_the_sim_spoils_that_tag_and_faults_its_write(
+    sim_cell: SimCell,
+) -> None:
+    driver = sim_driver(sim_cell, "stapler")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        sim_cell.faults.modbus_exception("stapler", "pitch_mm", code=4)
+        reading = await wait_reading(driver, "pitch_mm", lambda r: r.quality is Quality.BAD, 2)
+        with pytest.raises(DeviceFault, match="exception code 4"):
+            await driver.write("pitch_mm", 25.0)
+        await sim_cell.faults.clear_all()
+        await wait_reading(driver, "pitch_mm", lambda r: r.quality is Quality.GOOD, 2)
+    assert "exception code 4" in reading.reason
+    assert driver.health.state is LinkState.UP
+
+
+async def test_a_nan_gauge_channel_reads_as_unusable(sim_cell: SimCell) -> None:
+    driver = sim_driver(sim_cell, "gauge")
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        sim_cell.faults.gauge_value("gauge", "width_mm")
+        reading = await wait_reading(
+            driver, "width_mm", lambda r: isinstance(r.value, float) and math.isnan(r.value), 2
+        )
+        await sim_cell.faults.clear_all()
     assert not reading.usable

@@ -25,6 +25,8 @@ from cellctl.core.tags import Quality, Reading, Tag
 from cellctl.drivers import OpcUaDriver, build_driver
 from cellctl.errors import CommError, DeviceError, DeviceFault
 from cellctl.schema.cell import CellConfig, DeviceConfig
+from device_sims.harness import SimCell
+from device_sims.opcua_robot import new_server
 from tests.integration._tcp_proxy import FreezableProxy
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "cell.yaml"
@@ -77,8 +79,7 @@ class RobotServer:
 @pytest.fixture
 async def robot() -> AsyncIterator[RobotServer]:
     port = free_port()
-    server = Server()
-    await server.init()
+    server = await new_server()  # the simulators' cached standard address space: milliseconds, not seconds
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/cellctl/robot1")
     idx = await server.register_namespace(NS)
     assert idx == 2, "the example cell's NodeIds use ns=2"
@@ -94,9 +95,7 @@ async def robot() -> AsyncIterator[RobotServer]:
         yield RobotServer(server, port, nodes)
     finally:
         await server.stop()
-        # A session with subscriptions outlives a dropped link (Part 4 §6.7) and stop() leaves it running.
-        for session in list(server.iserver._external_sessions.values()):
-            await session.close_session()
+        await close_orphan_sessions(server)
 
 
 @asynccontextmanager
@@ -359,3 +358,119 @@ def test_build_driver_picks_opcua_for_an_opcua_device() -> None:
     driver = build_driver("robot1", robot_device(1), SystemClock())
     assert isinstance(driver, OpcUaDriver)
     assert driver.device == "robot1"
+
+
+# ---------------------------------------------------------------------------- against the simulators
+
+
+def sim_robot(sim_cell: SimCell) -> OpcUaDriver:
+    """A driver for the simulated example cell's robot."""
+    return OpcUaDriver("robot1", sim_cell.cell_config().devices["robot1"], SystemClock())
+
+
+async def close_orphan_sessions(server: Server) -> None:
+    """Close the sessions a dropped link left behind (Part 4 §6.7 keeps them while they have
+    subscriptions; asyncua's stop() leaves their tasks running)."""
+    for session in list(server.iserver._external_sessions.values()):
+        await session.close_session()
+
+
+@pytest.fixture
+async def sim(sim_cell: SimCell) -> AsyncIterator[SimCell]:
+    """The simulated cell; afterwards, close what its OPC UA server keeps of dropped sessions.
+
+    Until SimCell does this itself (reported to device_sims), it reaches into the sim's asyncua Server.
+    """
+    yield sim_cell
+    server = getattr(sim_cell.server_of("robot1"), "_server", None)
+    if server is not None:
+        await close_orphan_sessions(server)
+
+
+async def test_every_tag_of_the_simulated_robot_reads_its_true_value(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        readings = {tag: driver.last(tag) for tag in driver.config.tags}
+    for tag, reading in readings.items():
+        assert reading.quality is Quality.GOOD, (tag, reading)
+        assert reading.value == sim.value(f"robot1.{tag}"), tag
+
+
+async def test_a_program_written_to_the_sim_robot_is_loaded_and_reported(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await driver.write("program", 3)
+        await Tag(driver, "active_program").wait_for_value(3, 5)
+    assert sim.counters[("robot1", "program_load")] == 1
+
+
+async def test_a_robot_cycle_runs_through_busy_to_done_and_counts(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        before = int(sim.value("robot1.cycle_count"))
+        await driver.write("program", 2)
+        await Tag(driver, "active_program").wait_for_value(2, 5)
+        await driver.write("start", True)
+        await Tag(driver, "done").wait_for_value(True, 5)
+        await driver.write("start", False)
+        await Tag(driver, "done").wait_for_value(False, 5)
+        count = driver.last("cycle_count").value
+    assert count == before + 1
+    assert sim.counters[("robot1", "cycle_start")] == 1
+
+
+async def test_a_write_to_a_read_only_robot_tag_never_reaches_the_sim(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        with pytest.raises(DeviceError, match=r"robot1\.busy: tag is read-only"):
+            await driver.write("busy", True)
+    assert sim.writes[("robot1", "busy")] == 0
+
+
+async def test_a_stopped_sim_robot_makes_tags_bad_and_health_down_then_values_resume(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        outage = await sim.faults.refuse_connections("robot1")
+        await wait_health(driver, LinkState.DOWN, 3)
+        assert all(driver.last(tag).quality is Quality.BAD for tag in driver.config.tags)
+        await outage.clear()
+        await wait_health(driver, LinkState.UP, 5)
+        await driver.write("program", 4)
+        await Tag(driver, "active_program").wait_for_value(4, 5)
+
+
+async def test_a_blackholed_sim_robot_is_found_down_within_3_s(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        async with sim.faults.blackhole("robot1"):
+            health = await wait_health(driver, LinkState.DOWN, 3)
+        await wait_health(driver, LinkState.UP, 5)
+    assert health.error
+
+
+async def test_a_dropped_robot_connection_comes_back_with_a_new_subscription(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        assert sim.faults.drop_connections("robot1") >= 1
+        await wait_health(driver, LinkState.DOWN, 3)
+        await wait_health(driver, LinkState.UP, 5)
+        await driver.write("program", 5)
+        await Tag(driver, "active_program").wait_for_value(5, 5)
+
+
+async def test_a_bad_status_from_the_sim_robot_spoils_the_tag_until_cleared(sim: SimCell) -> None:
+    driver = sim_robot(sim)
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        async with await sim.faults.bad_status("robot1", "fault_code"):
+            bad = await wait_reading(driver, "fault_code", lambda r: r.quality is Quality.BAD, 2)
+        good = await wait_reading(driver, "fault_code", lambda r: r.quality is Quality.GOOD, 2)
+    assert bad.value is None
+    assert good.value == sim.value("robot1.fault_code")
