@@ -87,13 +87,14 @@ def insert(
 ) -> None:
     """Queue messages inside the caller's transaction, each with a new msg_id and its stream's next seq."""
     for message, body in zip(messages, bodies, strict=True):
-        (seq,) = conn.execute(_NEXT_SEQ, (message.stream,)).fetchone()
+        stream = str(message.stream)
+        (seq,) = conn.execute(_NEXT_SEQ, (stream,)).fetchone()
         conn.execute(
             _INSERT,
             (
                 journal_id,
                 message.topic,
-                message.stream,
+                stream,
                 seq,
                 str(uuid.uuid4()),
                 event_ts,

@@ -78,6 +78,12 @@ async def wait_online(collector: Collector, identity: Identity) -> None:
     await collector.wait_until(is_status("online", status_topic(identity)), timeout=WAIT_S)
 
 
+async def wait_online_via(broker: Mosquitto, identity: Identity) -> None:
+    """Wait until the publisher's retained birth is on the broker."""
+    async with collect(broker.host, broker.port, status_topic(identity)) as c:
+        await wait_online(c, identity)
+
+
 async def test_messages_arrive_in_id_order_with_contiguous_sequence_numbers(
     broker: Mosquitto, store: Store, identity: Identity
 ) -> None:
@@ -135,6 +141,35 @@ async def test_a_row_stays_in_the_outbox_until_the_broker_acknowledges_it(
             proxy.unstall()
             assert await publisher.flush(WAIT_S)
         assert publisher.delivered == 1
+
+
+async def test_rows_unacknowledged_when_the_link_drops_are_sent_again_with_the_same_ids(
+    broker: Mosquitto, store: Store, identity: Identity
+) -> None:
+    topic = f"{topic_root(identity)}/state"
+    async with TcpProxy(broker.host, broker.port) as proxy:
+        publisher = publisher_for(store, identity, proxy.host, proxy.port, window=50)
+        recorder = Recorder(store, identity)
+        recorder.add_listener(publisher.notify)
+        async with collect(broker.host, broker.port, topic) as c, running(publisher):
+            await wait_online_via(broker, identity)
+            # Given ten messages the broker has taken but whose PUBACKs never came back
+            proxy.stall()
+            for i in range(10):
+                await recorder.record(state(i))
+            await c.wait_until(has(10, topic), timeout=WAIT_S)
+            # When the link drops and comes back
+            await proxy.cut()
+            proxy.unstall()
+            await proxy.restore()
+            # Then the same ten are sent again, and only then leave the outbox
+            await c.wait_until(has(20, topic), timeout=WAIT_S)
+            assert await publisher.flush(WAIT_S)
+
+    received = payloads(c.messages, topic)
+    first, again = received[:10], received[10:]
+    assert [(p["msg_id"], p["seq"]) for p in again] == [(p["msg_id"], p["seq"]) for p in first]
+    assert [p["seq"] for p in first] == list(range(1, 11))
 
 
 async def test_a_broker_outage_keeps_rows_and_delivers_all_in_order_when_back(
