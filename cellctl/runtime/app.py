@@ -92,7 +92,9 @@ class CellApp:
         on_ready: Callable[[Controller], Awaitable[None]] | None,
     ) -> None:
         cell = self.config.cell
-        recorder = Recorder(store, cell.identity)
+        # With MQTT disabled in the cell file nothing will ever drain an outbox: journal only. A run without
+        # publishing (--no-mqtt, demo without a broker) still queues telemetry for a later connection.
+        recorder = Recorder(store, cell.identity, telemetry=cell.mqtt.enabled)
         drivers = {name: self._driver_factory(name, self.config, self._clock) for name in cell.devices}
         engine = Engine(self.config, drivers, recorder, self._clock)
         publisher = None
