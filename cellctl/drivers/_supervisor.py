@@ -3,7 +3,8 @@
 A protocol driver subclasses LinkedBackend and supplies ``_serve()``: connect, call ``_link_up()`` once it
 serves, and raise CommError when the link fails (after ``_link_down()`` when tidying up may take time).
 ``_supervise()`` turns that into the forever loop of the Driver contract:
-CONNECTING -> serve -> every tag BAD, DOWN -> capped jittered backoff -> again.
+CONNECTING -> serve (UP) -> every tag BAD, DOWN -> capped jittered backoff -> again; the retries of one outage
+stay DOWN, so each outage is one DOWN and one UP.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class LinkedBackend:
         self._device = device
         self._clock = clock
         self._backoff = backoff or Backoff()
-        self._log = structlog.get_logger("cellctl.drivers").bind(device=device)
+        self._log = structlog.get_logger("cellctl.drivers", device=device)  # lazy: follows later configure()
         self._cache: dict[str, Reading] = {
             name: Reading.bad(clock.monotonic(), "not connected yet") for name in tags
         }
@@ -95,6 +96,7 @@ class LinkedBackend:
         self._health = Health(device, LinkState.DOWN, clock.monotonic(), "not connected yet")
         self._down_since: float | None = None
         self._failed_attempts = 0
+        self._reported = False
 
     # ----------------------------------------------------------------------------------------- TagBackend
 
@@ -166,7 +168,10 @@ class LinkedBackend:
             self._store(tag, Reading.bad(now, reason))
 
     def _set_health(self, state: LinkState, error: str = "") -> None:
-        if state is self._health.state and error == self._health.error:
+        """Change the link state and tell the watchers; a new error in the same state is kept quietly."""
+        if state is self._health.state:
+            if error != self._health.error:
+                self._health = Health(self._device, state, self._health.since, error)
             return
         self._health = Health(self._device, state, self._now(), error)
         for callback in list(self._health_watchers):
@@ -195,6 +200,7 @@ class LinkedBackend:
         else:
             self._log.debug("reconnect failed", error=error, failed_attempts=self._failed_attempts)
         self._failed_attempts += 1
+        self._reported = True
         self._mark_all_bad(error)
         self._set_health(LinkState.DOWN, error)
 
@@ -205,13 +211,16 @@ class LinkedBackend:
         """
         while True:
             raise_if_cancelling()
-            self._set_health(LinkState.CONNECTING, self._health.error)
+            if self._down_since is None:
+                # Retries within an outage stay DOWN: one outage is one DOWN and one UP for the journal.
+                self._set_health(LinkState.CONNECTING, self._health.error)
             try:
                 await serve()
             except CommError as exc:
                 error = str(exc)
             else:
                 error = f"{self._device}: link closed"
-            if self._health.state is not LinkState.DOWN:  # serve() may have reported it already
+            if not self._reported:  # serve() may have reported this failure already
                 self._link_down(error)
+            self._reported = False
             await asyncio.sleep(self._backoff.next_delay())

@@ -40,7 +40,8 @@ def check_int_range(raw: int, datatype: Datatype) -> int:
 def to_raw(value: TagValue, datatype: Datatype, scale: float = 1.0, offset: float = 0.0) -> TagValue:
     """Convert an engineering value to the raw value the wire carries (raw = (value - offset) / scale).
 
-    Checks the Python type against the datatype and the raw range; bools and strings are not scaled.
+    Checks the Python type against the datatype and the raw range, and refuses NaN and infinities (a value
+    to write must be a real number); bools and strings are not scaled.
     """
     if datatype is Datatype.BOOL:
         if not isinstance(value, bool):
@@ -52,9 +53,17 @@ def to_raw(value: TagValue, datatype: Datatype, scale: float = 1.0, offset: floa
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise CodecError(f"a {datatype.value} tag takes a number, not {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN or infinity as a setpoint is a bug upstream; a device must never be sent one.
+        raise CodecError(f"{value} cannot be written to a {datatype.value} tag")
+    try:
+        return _numeric_to_raw(value, datatype, scale, offset)
+    except OverflowError as exc:
+        raise CodecError(f"{value} is out of range for {datatype.value}") from exc
+
+
+def _numeric_to_raw(value: int | float, datatype: Datatype, scale: float, offset: float) -> int | float:
     if datatype in INT_TYPES:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise CodecError(f"{value} cannot be written to a {datatype.value} tag")
         if is_identity(scale, offset):
             if isinstance(value, float) and not value.is_integer():
                 raise CodecError(f"{value} is not a whole number, as a {datatype.value} tag needs")
@@ -65,7 +74,9 @@ def to_raw(value: TagValue, datatype: Datatype, scale: float = 1.0, offset: floa
         return check_int_range(round(raw), datatype)
     assert datatype in FLOAT_TYPES
     raw_float = float(value) if is_identity(scale, offset) else (value - offset) / scale
-    if datatype is Datatype.FLOAT32 and math.isfinite(raw_float) and abs(raw_float) > FLOAT32_MAX:
+    if not math.isfinite(raw_float):
+        raise CodecError(f"{value} scales to {raw_float}, which a {datatype.value} tag cannot hold")
+    if datatype is Datatype.FLOAT32 and abs(raw_float) > FLOAT32_MAX:
         raise CodecError(f"{raw_float} is out of range for float32 (|x| <= {FLOAT32_MAX:.7g})")
     return raw_float
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
+from collections.abc import Iterator
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from cellctl.core.clock import ManualClock
 from cellctl.core.ports import Health, LinkState
@@ -114,7 +118,7 @@ def test_an_unsubscribed_watcher_hears_nothing_more() -> None:
     assert heard == ["a"]
 
 
-async def test_the_supervisor_retries_after_comm_errors_until_the_link_serves() -> None:
+async def test_the_supervisor_retries_after_comm_errors_until_the_link_serves_one_down_one_up() -> None:
     backend = Scripted(ManualClock())
     changes: list[Health] = []
     backend.on_health(changes.append)
@@ -124,14 +128,7 @@ async def test_the_supervisor_retries_after_comm_errors_until_the_link_serves() 
             await backend.serving.wait()
         task.cancel()
     assert backend.attempts == 3
-    assert [h.state for h in changes] == [
-        LinkState.CONNECTING,
-        LinkState.DOWN,
-        LinkState.CONNECTING,
-        LinkState.DOWN,
-        LinkState.CONNECTING,
-        LinkState.UP,
-    ]
+    assert [h.state for h in changes] == [LinkState.CONNECTING, LinkState.DOWN, LinkState.UP]
     assert changes[1].error == "dev: refused #1"
     assert backend.last("a").value == 1
     assert backend.last("b").quality is Quality.BAD
@@ -154,3 +151,41 @@ async def test_a_bug_in_serve_propagates_instead_of_being_retried() -> None:
 
     with pytest.raises(KeyError):
         await backend._supervise(broken)
+
+
+def test_a_new_error_during_an_outage_is_kept_without_telling_anyone() -> None:
+    backend = Scripted(ManualClock())
+    changes: list[Health] = []
+    backend._link_down("dev: first")
+    backend.on_health(changes.append)
+    backend._link_down("dev: second")
+    assert changes == []
+    assert backend.health.error == "dev: second"
+
+
+@pytest.fixture
+def debug_logs() -> Iterator[None]:
+    """Let debug entries through whatever level another test configured structlog at."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("debug_logs")
+async def test_an_outage_is_logged_once_as_a_warning_and_its_retries_at_debug() -> None:
+    backend = Scripted(ManualClock())
+    backend.fail_first = 4
+    with capture_logs() as logs:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(backend._supervise(backend.serve), name="driver:dev")
+            async with asyncio.timeout(5):
+                await backend.serving.wait()
+            task.cancel()
+    levels = [(entry["log_level"], entry["event"]) for entry in logs]
+    assert levels.count(("warning", "link down")) == 1
+    assert levels.count(("debug", "reconnect failed")) == 3
+    assert levels[-1] == ("info", "link up again")
+    assert {entry["device"] for entry in logs} == {"dev"}

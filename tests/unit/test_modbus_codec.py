@@ -205,6 +205,7 @@ def test_an_unscaled_int_stays_an_int() -> None:
         (Datatype.INT32, 2**31),
         (Datatype.UINT32, 2**32),
         (Datatype.FLOAT32, 1e39),
+        (Datatype.FLOAT64, 10**400),
     ],
 )
 def test_a_value_out_of_range_is_refused_with_the_range(datatype: Datatype, value: float) -> None:
@@ -219,6 +220,13 @@ def test_a_non_finite_number_into_an_int_is_refused(datatype: Datatype, value: f
         codec(datatype).encode(value)
     with pytest.raises(CodecError):
         encode_raw(value, datatype)
+
+
+@pytest.mark.parametrize("datatype", [Datatype.FLOAT32, Datatype.FLOAT64])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_number_is_never_written_to_a_float_tag(datatype: Datatype, value: float) -> None:
+    with pytest.raises(CodecError, match="cannot be written"):
+        codec(datatype).encode(value)
 
 
 def test_a_fraction_into_an_unscaled_int_is_refused() -> None:
