@@ -22,6 +22,8 @@ from cellctl.core.ports import Health, HealthCallback, LinkState
 from cellctl.core.tags import Quality, Reading, ReadingCallback, TagValue
 from cellctl.errors import CommError, DeviceError
 
+WRITE_ONLY = "tag is write-only"
+"""Reason of the (always BAD) reading of a tag declared ``access: w``: it is written, never read."""
 BACKOFF_START_S = 0.1
 """First delay before a reconnect."""
 BACKOFF_CAP_S = 5.0
@@ -82,14 +84,24 @@ class LinkedBackend:
     """Tag cache, watchers, health and supervisor loop of one device; protocol drivers subclass it."""
 
     def __init__(
-        self, device: str, tags: Iterable[str], clock: Clock, *, backoff: Backoff | None = None
+        self,
+        device: str,
+        tags: Iterable[str],
+        clock: Clock,
+        *,
+        write_only: Iterable[str] = (),
+        backoff: Backoff | None = None,
     ) -> None:
         self._device = device
         self._clock = clock
         self._backoff = backoff or Backoff()
         self._log = structlog.get_logger("cellctl.drivers", device=device)  # lazy: follows later configure()
+        self._write_only = frozenset(write_only)
         self._cache: dict[str, Reading] = {
-            name: Reading.bad(clock.monotonic(), "not connected yet") for name in tags
+            name: Reading.bad(
+                clock.monotonic(), WRITE_ONLY if name in self._write_only else "not connected yet"
+            )
+            for name in tags
         }
         self._watchers: list[ReadingCallback] = []
         self._health_watchers: list[HealthCallback] = []
@@ -165,7 +177,8 @@ class LinkedBackend:
     def _mark_all_bad(self, reason: str) -> None:
         now = self._now()
         for tag in self._cache:
-            self._store(tag, Reading.bad(now, reason))
+            if tag not in self._write_only:
+                self._store(tag, Reading.bad(now, reason))
 
     def _set_health(self, state: LinkState, error: str = "") -> None:
         """Change the link state and tell the watchers; a new error in the same state is kept quietly."""

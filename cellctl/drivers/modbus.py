@@ -17,7 +17,7 @@ from pymodbus.pdu import ModbusPDU
 
 from cellctl.core.clock import Clock
 from cellctl.core.tags import Reading, TagValue
-from cellctl.drivers._supervisor import Backoff, LinkedBackend, raise_if_cancelling
+from cellctl.drivers._supervisor import WRITE_ONLY, Backoff, LinkedBackend, raise_if_cancelling
 from cellctl.drivers.modbus_codec import (
     DEFAULT_MAX_GAP_BITS,
     DEFAULT_MAX_GAP_REGISTERS,
@@ -77,7 +77,8 @@ class ModbusDriver(LinkedBackend):
     ) -> None:
         if config.driver != "modbus":
             raise ValueError(f"device {name!r} uses driver {config.driver!r}, not modbus")
-        super().__init__(name, config.tags, clock, backoff=backoff)
+        write_only = [n for n, tag in config.tags.items() if tag.access == Access.WRITE]
+        super().__init__(name, config.tags, clock, write_only=write_only, backoff=backoff)
         self._config = config
         self._host, self._port = config.host_port
         issues: list[ConfigIssue] = []
@@ -89,7 +90,7 @@ class ModbusDriver(LinkedBackend):
                 issues.append(ConfigIssue("<cell>", None, f"devices.{name}.tags.{tag_name}", str(exc)))
         if issues:
             raise ConfigError(issues)
-        readable = [self._codecs[n] for n, tag in config.tags.items() if tag.access is not Access.WRITE]
+        readable = [self._codecs[n] for n, tag in config.tags.items() if tag.access != Access.WRITE]
         self._blocks = plan_reads(readable, max_gap_registers=max_gap_registers, max_gap_bits=max_gap_bits)
         self._client: AsyncModbusTcpClient | None = None
         self._block_errors: dict[tuple[ModbusTable, int, int], str] = {}
@@ -244,8 +245,8 @@ class ModbusDriver(LinkedBackend):
     async def read(self, tag: str) -> Reading:
         """Read the tag from the device now; a BAD reading (never an exception) when that fails."""
         codec = self._codec(tag)
-        if self._config.tags[tag].access is Access.WRITE:
-            return Reading.bad(self._now(), "tag is write-only")
+        if self._config.tags[tag].access == Access.WRITE:
+            return Reading.bad(self._now(), WRITE_ONLY)
         client = self._client
         if client is None or not client.connected:
             return Reading.bad(self._now(), "not connected")
@@ -295,7 +296,7 @@ class ModbusDriver(LinkedBackend):
             raise DeviceFault(
                 self._device, f"device refused the write: {_exception_text(reply.exception_code)}", tag=tag
             )
-        if self._config.tags[tag].access is Access.READ_WRITE:
+        if self._config.tags[tag].access == Access.READ_WRITE:
             # Read it back now so waits and last() see the written value without waiting for the next poll.
             await self.read(tag)
 

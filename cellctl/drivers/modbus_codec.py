@@ -221,6 +221,14 @@ class TagCodec:
     offset: float = 0.0
 
     def __post_init__(self) -> None:
+        # Plain strings (a config copied without validation) become the enums the rules compare by identity.
+        for field, kind in (
+            ("table", ModbusTable),
+            ("datatype", Datatype),
+            ("word_order", Order),
+            ("byte_order", Order),
+        ):
+            object.__setattr__(self, field, kind(getattr(self, field)))
         where = f"tag {self.name!r}"
         if self.table in BIT_TABLES and (self.datatype is not Datatype.BOOL or self.bit is not None):
             raise CodecError(f"{where}: a {self.table.value} holds single bits: bool without 'bit'")

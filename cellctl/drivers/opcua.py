@@ -21,7 +21,7 @@ from asyncua.ua.uatypes import Double
 
 from cellctl.core.clock import Clock
 from cellctl.core.tags import Quality, Reading, TagValue
-from cellctl.drivers._supervisor import Backoff, LinkedBackend, raise_if_cancelling
+from cellctl.drivers._supervisor import WRITE_ONLY, Backoff, LinkedBackend, raise_if_cancelling
 from cellctl.drivers._values import CodecError, coerce_received, to_engineering, to_raw
 from cellctl.errors import CommError, ConfigError, ConfigIssue, DeviceError, DeviceFault
 from cellctl.schema.cell import Access, Datatype, DeviceConfig
@@ -69,7 +69,8 @@ class OpcUaDriver(LinkedBackend):
     ) -> None:
         if config.driver != "opcua":
             raise ValueError(f"device {name!r} uses driver {config.driver!r}, not opcua")
-        super().__init__(name, config.tags, clock, backoff=backoff)
+        write_only = [n for n, tag in config.tags.items() if tag.access == Access.WRITE]
+        super().__init__(name, config.tags, clock, write_only=write_only, backoff=backoff)
         self._config = config
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
@@ -86,7 +87,8 @@ class OpcUaDriver(LinkedBackend):
                 )
         if issues:
             raise ConfigError(issues)
-        self._readable = [n for n, tag in config.tags.items() if tag.access is not Access.WRITE]
+        self._datatypes = {n: Datatype(tag.datatype) for n, tag in config.tags.items()}
+        self._readable = [n for n, tag in config.tags.items() if tag.access != Access.WRITE]
         self._tags_of: dict[ua.NodeId, list[str]] = {}
         for tag_name in self._readable:
             self._tags_of.setdefault(self._node_ids[tag_name], []).append(tag_name)
@@ -147,14 +149,17 @@ class OpcUaDriver(LinkedBackend):
         unique = list(self._tags_of)
         try:
             async with asyncio.timeout(self._config.timeouts.request_s * 2):
-                values = await client.read_attributes([client.get_node(n) for n in unique])
-                for node_id, value in zip(unique, values, strict=True):
-                    self._apply(node_id, value)
                 interval = self._config.publishing_interval_ms
+                handles: list[int | ua.StatusCode] = []
+                if unique:  # a device of write-only tags has nothing to read or monitor
+                    values = await client.read_attributes([client.get_node(n) for n in unique])
+                    for node_id, value in zip(unique, values, strict=True):
+                        self._apply(node_id, value)
                 subscription = await client.create_subscription(interval, handler=None)
-                handles = await subscription.subscribe_data_change(
-                    [nodes[self._tags_of[n][0]] for n in unique], sampling_interval=Double(interval)
-                )
+                if unique:
+                    handles = await subscription.subscribe_data_change(
+                        [nodes[self._tags_of[n][0]] for n in unique], sampling_interval=Double(interval)
+                    )
         except TimeoutError:
             raise CommError(self._device, "no reply while subscribing") from None
         except _COMM_ERRORS as exc:
@@ -228,13 +233,12 @@ class OpcUaDriver(LinkedBackend):
         if status.is_bad():
             return Reading.bad(now, f"server reports {status.name}")
         quality = Quality.UNCERTAIN if status.is_uncertain() else Quality.GOOD
-        datatype = self._config.tags[tag].datatype
+        config = self._config.tags[tag]
+        datatype = self._datatypes[tag]
         raw = value.Value.Value if value.Value is not None else None
         try:
             checked = coerce_received(raw, datatype)
-            engineering = to_engineering(
-                checked, datatype, self._config.tags[tag].scale, self._config.tags[tag].offset
-            )
+            engineering = to_engineering(checked, datatype, config.scale, config.offset)
         except CodecError as exc:
             return Reading.bad(now, str(exc))
         reason = f"server reports {status.name}" if quality is Quality.UNCERTAIN else ""
@@ -249,8 +253,8 @@ class OpcUaDriver(LinkedBackend):
     async def read(self, tag: str) -> Reading:
         """Read the tag from the server now (status included); a BAD reading when that fails."""
         self._known(tag)
-        if self._config.tags[tag].access is Access.WRITE:
-            return Reading.bad(self._now(), "tag is write-only")
+        if self._config.tags[tag].access == Access.WRITE:
+            return Reading.bad(self._now(), WRITE_ONLY)
         client = self._client
         if client is None:
             return Reading.bad(self._now(), "not connected")
@@ -272,14 +276,14 @@ class OpcUaDriver(LinkedBackend):
         if not config.writable:
             raise DeviceError(self._device, "tag is read-only", tag=tag)
         try:
-            raw = to_raw(value, config.datatype, config.scale, config.offset)
+            raw = to_raw(value, self._datatypes[tag], config.scale, config.offset)
         except CodecError as exc:
             raise DeviceError(self._device, f"cannot write {value!r}: {exc}", tag=tag) from exc
         client = self._client
         if client is None:
             raise CommError(self._device, "not connected", tag=tag)
         # No source timestamp: many PLC servers refuse writes that carry one.
-        data = ua.DataValue(ua.Variant(raw, VARIANT_TYPES[config.datatype]))
+        data = ua.DataValue(ua.Variant(raw, VARIANT_TYPES[self._datatypes[tag]]))
         timeout = self._config.timeouts.request_s
         try:
             async with asyncio.timeout(timeout):

@@ -281,6 +281,37 @@ async def test_a_bit_in_a_register_is_written_with_a_masked_write_that_keeps_the
         await fake.stop()
 
 
+async def test_a_write_only_tag_is_written_but_never_polled_nor_read() -> None:
+    fake = FakeModbus()
+    unit = fake.unit(1)
+    unit.holding.update({0: 0, 1: 0})
+    await fake.start()
+    device = DeviceConfig.model_validate(
+        {
+            "driver": "modbus",
+            "endpoint": f"tcp://127.0.0.1:{fake.port}",
+            "profile": "press",
+            "tags": {
+                "command": {"table": "holding_register", "address": 0, "datatype": "uint16", "access": "w"},
+                "status": {"table": "holding_register", "address": 1, "datatype": "uint16"},
+            },
+        }
+    )
+    try:
+        driver = ModbusDriver("press", device, CLOCK)
+        async with running(driver):
+            await wait_health(driver, LinkState.UP, 5)
+            await driver.write("command", 9)
+            read = await driver.read("command")
+            cached = driver.last("command")
+        assert unit.holding[0] == 9
+        assert [(b.start, b.count) for b in driver.blocks] == [(1, 1)]
+        assert (read.quality, read.reason) == (Quality.BAD, "tag is write-only")
+        assert cached.reason == "tag is write-only"
+    finally:
+        await fake.stop()
+
+
 # --------------------------------------------------------------------------------------- bad replies
 
 

@@ -273,6 +273,19 @@ async def test_a_write_the_server_refuses_is_a_device_fault_with_the_status(robo
             await driver.write("busy", True)
 
 
+async def test_a_device_of_write_only_tags_still_connects_and_writes(robot: RobotServer) -> None:
+    device = robot_device(robot.port)
+    tags = {"program": device.tags["program"].model_copy(update={"access": "w"})}
+    driver = OpcUaDriver("robot1", device.model_copy(update={"tags": tags}), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        await driver.write("program", 11)
+        stored = await robot.get("Program")
+        reading = await driver.read("program")
+    assert stored.Value is not None and stored.Value.Value == 11
+    assert (reading.quality, reading.reason) == (Quality.BAD, "tag is write-only")
+
+
 async def test_a_write_without_a_link_is_a_comm_error() -> None:
     driver = OpcUaDriver("robot1", robot_device(1), SystemClock())
     with pytest.raises(CommError, match=r"robot1\.program: not connected"):
