@@ -83,7 +83,6 @@ class CellApp:
             await self._run_with_store(store, stop, on_ready)
         finally:
             await store.close()
-            log.info("store closed")
 
     async def _run_with_store(
         self,

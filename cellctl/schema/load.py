@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +79,8 @@ class LoadedConfig:
     def resolve(self, relative: str | Path) -> Path:
         """``relative`` taken from the cell file's folder; an absolute path is returned unchanged."""
         path = Path(relative)
-        return path if path.is_absolute() else self.cell_file.parent / path
+        # normpath, not resolve(): '..' is folded for logs and messages, symlinks stay as the person wrote them.
+        return path if path.is_absolute() else Path(os.path.normpath(self.cell_file.parent / path))
 
     def with_cell(self, cell: CellConfig) -> LoadedConfig:
         """The same recipes with another cell model (e.g. endpoints rewritten for simulators on free ports).
