@@ -79,7 +79,7 @@ class LoadedConfig:
     def resolve(self, relative: str | Path) -> Path:
         """``relative`` taken from the cell file's folder; an absolute path is returned unchanged."""
         path = Path(relative)
-        # normpath, not resolve(): '..' is folded for logs and messages, symlinks stay as the person wrote them.
+        # normpath, not resolve(): '..' is folded for logs, symlinks stay as the person wrote them.
         return path if path.is_absolute() else Path(os.path.normpath(self.cell_file.parent / path))
 
     def with_cell(self, cell: CellConfig) -> LoadedConfig:
