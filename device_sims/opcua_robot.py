@@ -206,6 +206,10 @@ class OpcUaDeviceServer:
             return
         self._listening = False
         self.gate.closing()
+        # OPC UA (Part 4 §6.7) keeps a session with subscriptions after its link drops, and asyncua's stop()
+        # leaves those sessions' tasks running: a restarted server must lose them, as a real PLC does.
+        for session in list(self._server.iserver._external_sessions.values()):
+            await session.close_session()
         await self._server.stop()
         self.log.info("sim.stopped", endpoint=self.endpoint)
 

@@ -46,9 +46,10 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
-    # Libraries (asyncua, pymodbus) log through stdlib logging: keep them quiet unless they warn.
+    # Libraries log through stdlib logging. asyncua and pymodbus log every failed retry at error, while our
+    # drivers log an outage once and report health: keep theirs for debugging sessions only.
     logging.basicConfig(
         level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s"
     )
     for noisy in ("asyncua", "pymodbus"):
-        logging.getLogger(noisy).setLevel(max(numeric, logging.ERROR))
+        logging.getLogger(noisy).setLevel(logging.WARNING if numeric <= logging.DEBUG else logging.CRITICAL)
