@@ -1,1 +1,1 @@
-"""Telemetry: the topic scheme and payload contract, the recording event sink and the MQTT outbox publisher."""
+"""Telemetry: topic scheme and payload contract, the recording event sink, the MQTT outbox publisher."""
