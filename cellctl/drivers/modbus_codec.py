@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from cellctl.core.tags import TagValue
 from cellctl.drivers._values import CodecError, check_int_range, to_engineering, to_raw
 from cellctl.schema.cell import Datatype, ModbusTable, Order, TagConfig
+from cellctl.schema.cell import register_count as schema_register_count
 
 __all__ = [
     "BIT_TABLES",
@@ -62,24 +63,14 @@ _STRUCT: dict[Datatype, str] = {
     Datatype.FLOAT32: ">f",
     Datatype.FLOAT64: ">d",
 }
-_WORDS: dict[Datatype, int] = {
-    Datatype.BOOL: 1,
-    Datatype.INT16: 1,
-    Datatype.UINT16: 1,
-    Datatype.INT32: 2,
-    Datatype.UINT32: 2,
-    Datatype.FLOAT32: 2,
-    Datatype.FLOAT64: 4,
-}
 
 
 def register_count(datatype: Datatype, length: int | None = None) -> int:
-    """Registers one value of ``datatype`` occupies (``length`` for a string)."""
-    if datatype is Datatype.STRING:
-        if length is None or length < 1:
-            raise CodecError("a string needs a length of at least 1 register")
-        return length
-    return _WORDS[datatype]
+    """Registers one value of ``datatype`` occupies (``length`` for a string); CodecError for a bad length."""
+    try:
+        return schema_register_count(datatype, length)
+    except ValueError as exc:
+        raise CodecError(str(exc)) from exc
 
 
 def _bytes_to_words(data: bytes, word_order: Order, byte_order: Order) -> list[int]:

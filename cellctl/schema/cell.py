@@ -58,6 +58,27 @@ class Datatype(StrEnum):
 
 INT_TYPES = frozenset({Datatype.INT16, Datatype.UINT16, Datatype.INT32, Datatype.UINT32})
 FLOAT_TYPES = frozenset({Datatype.FLOAT32, Datatype.FLOAT64})
+_REGISTERS: dict[Datatype, int] = {
+    Datatype.BOOL: 1,
+    Datatype.INT16: 1,
+    Datatype.UINT16: 1,
+    Datatype.INT32: 2,
+    Datatype.UINT32: 2,
+    Datatype.FLOAT32: 2,
+    Datatype.FLOAT64: 4,
+}
+
+
+def register_count(datatype: Datatype, length: int | None = None) -> int:
+    """Modbus registers one value of ``datatype`` occupies (``length`` of them for a string).
+
+    Raises ``ValueError`` for a string without a length of at least 1.
+    """
+    if datatype is Datatype.STRING:
+        if length is None or length < 1:
+            raise ValueError("a string needs a length of at least 1 register")
+        return length
+    return _REGISTERS[datatype]
 
 
 class Access(StrEnum):

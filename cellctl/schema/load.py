@@ -39,6 +39,7 @@ from cellctl.schema.cell import (
     DeviceConfig,
     ModbusTable,
     TagConfig,
+    register_count,
 )
 from cellctl.schema.recipe import TAGREF_PATTERN, Characteristic, DeviceSetup, Parameter, Recipe
 
@@ -625,15 +626,6 @@ def _check_slots(name: str, device: DeviceConfig, source: _Source) -> list[Confi
     return issues
 
 
-_REGISTERS: dict[Datatype, int] = {
-    Datatype.BOOL: 1,
-    Datatype.INT16: 1,
-    Datatype.UINT16: 1,
-    Datatype.INT32: 2,
-    Datatype.UINT32: 2,
-    Datatype.FLOAT32: 2,
-    Datatype.FLOAT64: 4,
-}
 _BIT_TABLES = frozenset({ModbusTable.COIL, ModbusTable.DISCRETE_INPUT})
 _TABLE_END = 65535
 
@@ -668,7 +660,8 @@ def _span(name: str, tag: TagConfig) -> _Span | None:
         return _Span(name, tag.table, tag.address, tag.address, None)
     if tag.bit is not None:
         return _Span(name, tag.table, tag.address, tag.address, tag.bit)
-    width = (tag.length or 1) if tag.datatype is Datatype.STRING else _REGISTERS[tag.datatype]
+    # A string in a register table always has a length: TagConfig validates it.
+    width = register_count(tag.datatype, tag.length)
     return _Span(name, tag.table, tag.address, tag.address + width - 1, None)
 
 

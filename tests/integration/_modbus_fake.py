@@ -12,6 +12,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tests.fixtures.loopback import LoopbackServer
+
 
 @dataclass
 class Unit:
@@ -43,10 +45,11 @@ class Request:
     address: int
 
 
-class FakeModbus:
+class FakeModbus(LoopbackServer):
     """A Modbus TCP server on 127.0.0.1 that a test can stop, restart, count and break."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.units: dict[int, Unit] = {}
         self.requests: list[Request] = []
         self.exceptions: dict[tuple[int, int, int], int] = {}
@@ -55,47 +58,19 @@ class FakeModbus:
         """(unit, function, address) of reads answered with one register or bit-byte too few."""
         self.blackhole = False
         """When set, requests are read and never answered."""
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
 
     def unit(self, unit_id: int) -> Unit:
         """The tables of ``unit_id`` (created empty)."""
         return self.units.setdefault(unit_id, Unit())
 
-    async def start(self) -> int:
-        """Listen (on the same port as before after a stop); returns the port."""
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
-
-    async def stop(self) -> None:
-        """Stop listening and drop every connection (the clients see a reset)."""
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._handlers:
-            # Aborted transports end the handlers; cancelling them instead makes asyncio log errors.
-            _done, pending = await asyncio.wait(self._handlers, timeout=1.0)
-            for task in pending:
-                task.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
     async def wait_requests(self, predicate: Callable[[list[Request]], bool], timeout: float = 5.0) -> None:
         """Wait until the requests seen so far satisfy ``predicate``."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: predicate(self.requests))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._writers.add(writer)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer one client's requests until it disconnects or the server stops."""
         try:
             while True:
                 header = await reader.readexactly(7)
@@ -113,10 +88,6 @@ class FakeModbus:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        finally:
-            self._writers.discard(writer)
-            self._handlers.discard(task)
-            writer.transport.abort()
 
     def _answer(self, unit_id: int, function: int, pdu: bytes) -> bytes:
         address = struct.unpack(">H", pdu[1:3])[0]

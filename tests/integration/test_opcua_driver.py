@@ -27,7 +27,7 @@ from cellctl.errors import CommError, DeviceError, DeviceFault
 from cellctl.schema.cell import CellConfig, DeviceConfig
 from device_sims.harness import SimCell
 from device_sims.opcua_robot import new_server
-from tests.integration._tcp_proxy import FreezableProxy
+from tests.fixtures.tcp_proxy import TcpProxy
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "cell.yaml"
 NS = "urn:cellctl:test:robot1"
@@ -323,37 +323,29 @@ async def test_values_resume_within_5_s_when_the_server_comes_back(robot: RobotS
 
 
 async def test_a_silent_link_is_found_down_within_3_s(robot: RobotServer) -> None:
-    proxy = FreezableProxy(robot.port)
-    await proxy.start()
-    try:
+    async with TcpProxy("127.0.0.1", robot.port) as proxy:
         driver = OpcUaDriver("robot1", robot_device(proxy.port), SystemClock())
         async with running(driver):
             await wait_health(driver, LinkState.UP, 5)
-            proxy.frozen = True
+            proxy.freeze()
             health = await wait_health(driver, LinkState.DOWN, 3)
             busy = driver.last("busy")
         assert busy.quality is Quality.BAD
         assert health.error
-    finally:
-        await proxy.stop()
 
 
 async def test_a_silent_link_that_recovers_resumes_within_5_s(robot: RobotServer) -> None:
-    proxy = FreezableProxy(robot.port)
-    await proxy.start()
-    try:
+    async with TcpProxy("127.0.0.1", robot.port) as proxy:
         driver = OpcUaDriver("robot1", robot_device(proxy.port), SystemClock())
         async with running(driver):
             await wait_health(driver, LinkState.UP, 5)
-            proxy.frozen = True
+            proxy.freeze()
             await wait_health(driver, LinkState.DOWN, 3)
-            proxy.frozen = False
+            proxy.thaw()
             await wait_health(driver, LinkState.UP, 5)
             await robot.set("Busy", True)
             reading = await wait_reading(driver, "busy", lambda r: r.value is True, 2)
         assert reading.quality is Quality.GOOD
-    finally:
-        await proxy.stop()
 
 
 async def test_no_server_at_all_keeps_retrying_and_reports_down() -> None:

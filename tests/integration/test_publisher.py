@@ -18,7 +18,8 @@ from cellctl.telemetry.payloads import StateMessage, parse_message
 from cellctl.telemetry.publisher import OutboxPublisher
 from cellctl.telemetry.recorder import Recorder
 from cellctl.telemetry.topics import status_topic, topic_root
-from tests.fixtures.broker import Collector, Mosquitto, Received, TcpProxy, collect
+from tests.fixtures.broker import Collector, Mosquitto, Received, collect
+from tests.fixtures.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker
 
