@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class CellctlError(Exception):
@@ -51,7 +52,107 @@ class DeviceFault(DeviceError):
 
 
 class WriteVerifyError(DeviceError):
-    """A value read back after a write differs from what was written."""
+    """A value read back after a write differs from what was written (or could not be read back)."""
+
+    def __init__(
+        self,
+        device: str,
+        message: str,
+        *,
+        tag: str | None = None,
+        written: object = None,
+        read_back: object = None,
+    ) -> None:
+        self.written = written
+        self.read_back = read_back
+        super().__init__(device, message, tag=tag)
+
+
+MODBUS_EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+"""Modbus exception codes by number, named as the Modbus application protocol names them."""
+
+
+class ModbusExceptionError(DeviceFault):
+    """A Modbus device answered a request with an exception code (``code``, ``name``).
+
+    ``ModbusExceptionError.of`` returns the subclass of the code, so callers can catch one kind by type;
+    codes without a subclass (5, 8, unknown) are plain ModbusExceptionErrors. docs/integrator.md lists
+    the driver's reaction to each.
+    """
+
+    CODE: ClassVar[int] = 0
+    _BY_CODE: ClassVar[dict[int, type[ModbusExceptionError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.CODE:
+            ModbusExceptionError._BY_CODE[cls.CODE] = cls
+
+    def __init__(self, device: str, code: int, what: str, *, tag: str | None = None) -> None:
+        self.code = code
+        self.name = MODBUS_EXCEPTION_NAMES.get(code, "unknown")
+        super().__init__(device, f"{what}: exception code {code} ({self.name})", tag=tag)
+
+    @classmethod
+    def of(cls, device: str, code: int, what: str, *, tag: str | None = None) -> ModbusExceptionError:
+        """The error for exception ``code`` in answer to ``what`` (e.g. "read of 2 coil(s) at 0")."""
+        return cls._BY_CODE.get(code, ModbusExceptionError)(device, code, what, tag=tag)
+
+
+class ModbusIllegalFunction(ModbusExceptionError):
+    """Exception 1: the device does not support the function (a configuration mismatch)."""
+
+    CODE = 1
+
+
+class ModbusIllegalAddress(ModbusExceptionError):
+    """Exception 2: the address range does not exist on the device (a configuration mismatch)."""
+
+    CODE = 2
+
+
+class ModbusIllegalValue(ModbusExceptionError):
+    """Exception 3: the device refuses the value (a write) or the quantity (a read)."""
+
+    CODE = 3
+
+
+class ModbusDeviceFailure(ModbusExceptionError):
+    """Exception 4: the device failed while serving the request."""
+
+    CODE = 4
+
+
+class ModbusDeviceBusy(ModbusExceptionError):
+    """Exception 6: the device is busy; it did not execute the request."""
+
+    CODE = 6
+
+
+class ModbusGatewayError(ModbusExceptionError, CommError):
+    """Exceptions 10 and 11: the unit behind a gateway is unreachable; a link failure of that unit."""
+
+
+class ModbusGatewayPathUnavailable(ModbusGatewayError):
+    """Exception 10: the gateway has no path to the unit."""
+
+    CODE = 10
+
+
+class ModbusGatewayTargetFailed(ModbusGatewayError):
+    """Exception 11: the unit behind the gateway did not answer."""
+
+    CODE = 11
 
 
 class InvalidTransition(CellctlError):
