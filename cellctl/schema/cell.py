@@ -126,6 +126,10 @@ class TagConfig(Strict):
     bit: Annotated[int, Field(ge=0, le=15)] | None = Field(default=None, description="bit in a register")
     scale: float = 1.0
     offset: float = 0.0
+    poll_group: Name | None = Field(
+        default=None, description="Modbus: a key of the device's poll_groups (default: poll_interval_s)"
+    )
+    verify: bool = Field(default=False, description="Modbus: read back after each write and compare")
 
     @property
     def writable(self) -> bool:
@@ -155,6 +159,8 @@ class TagConfig(Strict):
         if self.writable and self.table in (ModbusTable.DISCRETE_INPUT, ModbusTable.INPUT_REGISTER):
             table = self.table.value.replace("_", " ")
             raise located(f"{table}s are read-only: access must be 'r'", "access")
+        if self.verify and self.access is not Access.READ_WRITE:
+            raise located("'verify' reads the tag back after a write: access must be 'rw'", "verify")
         return self
 
 
@@ -163,6 +169,12 @@ class Timeouts(Strict):
 
     connect_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     request_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
+class PollGroup(Strict):
+    """A set of Modbus tags polled together at their own rate."""
+
+    interval_s: Annotated[float, Field(gt=0, le=3600)]
 
 
 class DeviceConfig(Strict):
@@ -174,6 +186,9 @@ class DeviceConfig(Strict):
     unit_id: Annotated[int, Field(ge=0, le=255)] = 1
     timeouts: Timeouts = Timeouts()
     poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.05
+    poll_groups: dict[Name, PollGroup] = Field(
+        default_factory=dict, description="Modbus: named poll rates that tags join with 'poll_group'"
+    )
     publishing_interval_ms: Annotated[float, Field(ge=0, le=60000)] = 20.0
     tools: dict[Name, Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=dict, description="tool changers: tool name -> tool number"
@@ -220,6 +235,27 @@ class DeviceConfig(Strict):
                         raise located(f"tag {name!r}: a Modbus tag needs {key!r}", "tags", name, key)
                 if tag.node is not None:
                     raise located(f"tag {name!r}: a Modbus tag has no OPC UA 'node'", "tags", name, "node")
+        return self
+
+    @model_validator(mode="after")
+    def _poll_groups(self) -> DeviceConfig:
+        if self.driver != "modbus":
+            if self.poll_groups:
+                raise located("'poll_groups' are for Modbus devices", "poll_groups")
+            for name, tag in self.tags.items():
+                for key in ("poll_group", "verify"):
+                    if getattr(tag, key):
+                        raise located(f"tag {name!r}: {key!r} is for Modbus tags", "tags", name, key)
+            return self
+        for name, tag in self.tags.items():
+            if tag.poll_group is not None and tag.poll_group not in self.poll_groups:
+                known = ", ".join(self.poll_groups) or "none"
+                raise located(
+                    f"tag {name!r}: unknown poll group {tag.poll_group!r} (poll_groups: {known})",
+                    "tags",
+                    name,
+                    "poll_group",
+                )
         return self
 
     @property
