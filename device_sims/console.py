@@ -17,11 +17,13 @@ HELP = """commands (one a line; each answers one line, 'ok ...' or 'error ...'):
   refuse DEVICE                 stop the device's server, port kept (clear to listen again)
   restart DEVICE                stop and start the device's server on the same port
   latency DEVICE SECONDS        delay every request to the device's server
-  blackhole DEVICE              hold every request unanswered
+  blackhole DEVICE [unit]       hold every request unanswered (with 'unit': only the device's own)
   freeze DEVICE                 stop the device publishing changes
   force DEVICE TAG VALUE        publish VALUE for TAG (nan, inf, -inf, true, false, numbers)
   robot-fault DEVICE [CODE] [AT] fault the robot now, or at AT (0..1) of its next cycle
-  exception DEVICE TAG [CODE]   Modbus exception CODE (default 4) on every request touching TAG
+  exception DEVICE TAG [CODE]   Modbus exception CODE (default 4) on every request touching TAG (* = any)
+  malformed DEVICE KIND [TAG]   spoil Modbus replies to the device (touching TAG): byte_count, short,
+                                function_code, transaction_id, unit_id or truncated
   status DEVICE TAG [STATUS]    OPC UA status (default BadSensorFailure) on TAG
   clear [KIND TARGET]           undo one fault (as listed by 'faults'), or all of them
   faults                        list active faults as KIND TARGET
@@ -62,6 +64,7 @@ class FaultConsole:
             "force": self._force,
             "robot-fault": self._robot_fault,
             "exception": self._exception,
+            "malformed": self._malformed,
             "status": self._status,
             "clear": self._clear,
             "faults": self._faults,
@@ -105,7 +108,9 @@ class FaultConsole:
         return self._keep(self.sim.faults.latency(args[0], float(args[1])))
 
     async def _blackhole(self, args: list[str]) -> str:
-        return self._keep(self.sim.faults.blackhole(args[0]))
+        if args[1:] not in ([], ["unit"]):
+            raise ValueError("usage: blackhole DEVICE [unit]")
+        return self._keep(self.sim.faults.blackhole(args[0], unit=args[1:] == ["unit"]))
 
     async def _freeze(self, args: list[str]) -> str:
         return self._keep(self.sim.faults.freeze(args[0]))
@@ -120,7 +125,12 @@ class FaultConsole:
 
     async def _exception(self, args: list[str]) -> str:
         code = int(args[2]) if len(args) > 2 else 4
-        return self._keep(self.sim.faults.modbus_exception(args[0], args[1], code))
+        tag = None if args[1] == "*" else args[1]
+        return self._keep(self.sim.faults.modbus_exception(args[0], tag, code))
+
+    async def _malformed(self, args: list[str]) -> str:
+        tag = args[2] if len(args) > 2 else None
+        return self._keep(self.sim.faults.malformed_reply(args[0], tag, args[1]))  # type: ignore[arg-type]
 
     async def _status(self, args: list[str]) -> str:
         status = args[2] if len(args) > 2 else "BadSensorFailure"

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from cellctl.core.tags import TagValue
 from device_sims.behaviour import DeviceSim, GaugeSim, RobotSim
-from device_sims.gate import Request, RequestGate
+from device_sims.gate import MALFORMATIONS, Malformation, Request, RequestGate
 
 DEFAULT_ROBOT_FAULT = 900
 """Fault code of an injected robot fault unless another is given (clear codes 1-3 are the robot's own)."""
@@ -166,25 +166,59 @@ class SimFaults:
 
         return self._handle("latency", device, undo)
 
-    def blackhole(self, device: str) -> FaultHandle:
-        """Hold every request to ``device``'s server unanswered (no reset, no reply) until cleared."""
+    def blackhole(self, device: str, *, unit: bool = False) -> FaultHandle:
+        """Hold every request to ``device``'s server unanswered (no reset, no reply) until cleared.
+
+        With ``unit`` only the device's own requests are held: its unit at a shared Modbus endpoint (a
+        gateway whose target went silent) while the other units there keep answering.
+        """
         gate = self._cell.server_of(device).gate
+        if unit:
+            gate.hold_device(device)
+
+            def undo() -> None:
+                gate.release_device(device)
+
+            return self._handle("blackhole_unit", device, undo)
         gate.hold()
         return self._handle("blackhole", device, gate.release)
 
-    def modbus_exception(self, device: str, tag: str, code: int = 4) -> FaultHandle:
-        """Answer every Modbus request touching ``tag`` of ``device`` with exception ``code``
-        (4: server device failure, 6: busy, 2: illegal address...)."""
+    def modbus_exception(self, device: str, tag: str | None, code: int = 4) -> FaultHandle:
+        """Answer every Modbus request touching ``tag`` of ``device`` (every request of the device when
+        ``tag`` is None) with exception ``code`` (4: server device failure, 6: busy, 2: illegal address,
+        11: gateway target failed to respond...)."""
+        server = self._modbus_server(device, tag)
+
+        def rule(request: Request) -> int | None:
+            return code if self._picks(request, device, tag) else None
+
+        return self._handle("modbus_exception", f"{device}.{tag or '*'}", server.gate.add_rule(rule))
+
+    def malformed_reply(
+        self, device: str, tag: str | None = None, kind: Malformation = "byte_count"
+    ) -> FaultHandle:
+        """Spoil the reply to every Modbus request touching ``tag`` of ``device`` (every request of the
+        device when ``tag`` is None) as ``kind`` says (see ``device_sims.gate.Malformation``)."""
+        if kind not in MALFORMATIONS:
+            raise ValueError(f"unknown malformation {kind!r} (one of {', '.join(MALFORMATIONS)})")
+        server = self._modbus_server(device, tag)
+
+        def rule(request: Request) -> Malformation | None:
+            return kind if self._picks(request, device, tag) else None
+
+        return self._handle("malformed_reply", f"{device}.{tag or '*'}", server.gate.add_malformation(rule))
+
+    def _modbus_server(self, device: str, tag: str | None) -> SimServer:
         server = self._cell.server_of(device)
         if server.protocol != "modbus":
             raise ValueError(f"{device} is not a Modbus device")
-        if tag not in self._cell.device_sim(device).config.tags:
+        if tag is not None and tag not in self._cell.device_sim(device).config.tags:
             raise KeyError(f"{device} has no tag {tag!r}")
+        return server
 
-        def rule(request: Request) -> int | None:
-            return code if request.device == device and tag in request.tags else None
-
-        return self._handle("modbus_exception", f"{device}.{tag}", server.gate.add_rule(rule))
+    @staticmethod
+    def _picks(request: Request, device: str, tag: str | None) -> bool:
+        return request.device == device and (tag is None or tag in request.tags)
 
     async def bad_status(self, device: str, tag: str, status: str = "BadSensorFailure") -> FaultHandle:
         """Serve an OPC UA tag with a non-Good status (a name of asyncua's StatusCodes) until cleared."""

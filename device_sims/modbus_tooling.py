@@ -23,7 +23,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from cellctl.core.tags import TagValue
 from cellctl.schema.cell import Datatype, ModbusTable, Order, TagConfig
 from device_sims.behaviour import DeviceSim
-from device_sims.gate import Request, RequestGate
+from device_sims.gate import Malformation, Request, RequestGate
 
 _log = structlog.get_logger(__name__)
 
@@ -46,6 +46,8 @@ _TABLE_ORDER = (
     ModbusTable.HOLDING_REGISTER,
     ModbusTable.INPUT_REGISTER,
 )
+_SIBLING_FUNCTION = {1: 2, 2: 1, 3: 4, 4: 3, 5: 15, 15: 5, 6: 16, 16: 6, 22: 16}
+"""The function code a reply of ``function_code`` malformation carries instead of the one asked."""
 _STRUCT: dict[Datatype, str] = {
     Datatype.INT16: "h",
     Datatype.UINT16: "H",
@@ -54,6 +56,28 @@ _STRUCT: dict[Datatype, str] = {
     Datatype.FLOAT32: "f",
     Datatype.FLOAT64: "d",
 }
+
+
+def spoil_reply(frame: bytes, kind: Malformation) -> bytes:
+    """A Modbus TCP reply frame spoiled as ``kind`` says (see ``device_sims.gate.Malformation``)."""
+    if kind == "truncated":
+        return frame[: len(frame) // 2]
+    tid, pid, _length, unit = struct.unpack(">HHHB", frame[:7])
+    pdu = frame[7:]
+    function = pdu[0]
+    step = 2 if function in (3, 4) else 1
+    if kind == "byte_count" and function in (1, 2, 3, 4):
+        pdu = bytes((function, max(0, pdu[1] - step))) + pdu[2:]
+    elif kind == "short" and function in (1, 2, 3, 4):
+        data = pdu[2 : max(2, len(pdu) - step)]
+        pdu = bytes((function, len(data))) + data
+    elif kind == "function_code":
+        pdu = bytes((_SIBLING_FUNCTION.get(function, function),)) + pdu[1:]
+    elif kind == "transaction_id":
+        tid = (tid + 1) & 0xFFFF
+    elif kind == "unit_id":
+        unit = (unit + 1) & 0xFF
+    return struct.pack(">HHHB", tid, pid, len(pdu) + 1, unit) + pdu
 
 
 def register_span(tag: TagConfig) -> int:
@@ -254,6 +278,7 @@ class ModbusEndpointServer:
         self.images = {unit: UnitImage(sim) for unit, sim in units.items()}
         self._unwatch = [image.sim.watch(image.publish) for image in self.images.values()]
         self._server: ModbusTcpServer | None = None
+        self._spoil: dict[int, Malformation] = {}
         self.log = _log.bind(devices=self.devices)
 
     @property
@@ -295,12 +320,23 @@ class ModbusEndpointServer:
             code = await self.gate.admit(request)
             if code is not None:
                 return ExcCodes(code)
+            kind = self.gate.malformation(request)
+            if kind is not None:
+                # The reply leaves in this same turn of the loop, so the unit id finds it in _outgoing.
+                self._spoil[unit] = kind
             if set_values is not None:
                 image.apply_write(table, address, set_values)
             image.fill(table, registers)
             return None
 
         return action
+
+    def _outgoing(self, sending: bool, frame: bytes) -> bytes:
+        """pymodbus' packet hook: spoil a reply a malformation rule picked; received frames pass."""
+        if not sending or len(frame) < 8:
+            return frame
+        kind = self._spoil.pop(frame[6], None)
+        return frame if kind is None else spoil_reply(frame, kind)
 
     async def start(self) -> None:
         """Listen on the endpoint; OSError when the port cannot be bound."""
@@ -309,7 +345,7 @@ class ModbusEndpointServer:
         devices = [
             image.sim_device(unit, self._action_for(unit, image)) for unit, image in self.images.items()
         ]
-        server = ModbusTcpServer(devices, address=(self.host, self.port))
+        server = ModbusTcpServer(devices, address=(self.host, self.port), trace_packet=self._outgoing)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:

@@ -1,8 +1,25 @@
-"""Modbus TCP driver: one connection per device, coalesced block polls feeding the tag cache, typed writes.
+"""Modbus TCP driver: one connection per device, poll groups of coalesced block reads feeding the tag cache,
+typed writes with optional read-back verification, and a defined reaction to every exception code.
 
-The only module of cellctl that imports pymodbus (3.16). Register encoding lives in the pure modbus_codec.
-pymodbus' own reconnect is switched off (``reconnect_delay=0``) and its retries set to 0: the supervisor
-loop in LinkedBackend owns reconnecting, and each request is bounded by the device's ``request_s``.
+The only module of cellctl that imports pymodbus (3.16). Register encoding lives in the pure modbus_codec and
+the order of block reads in the pure modbus_poll. pymodbus' own reconnect is switched off
+(``reconnect_delay=0``) and its retries set to 0: the supervisor loop in LinkedBackend owns reconnecting, and
+each request is bounded by the device's ``request_s``.
+
+Reactions to exception codes (docs/integrator.md, "Modbus devices", is the table integrators read):
+1 illegal function: the block's tags BAD ("configuration mismatch"), the block benched with a backoff (1 s
+  doubling to 60 s, tried again on every reconnect), logged once as an error; a write raises at once.
+2 illegal data address / 3 illegal data value on a read: a coalesced block is split into one read per tag
+  (a bridged gap may be what the device refused), then as 1 for what is still refused; on a write: raised at
+  once, never retried.
+4 server device failure: the block's tags BAD, read again next poll; a write raises.
+6 server device busy: asked again after a short, doubling delay within the request's ``request_s``, then as 4.
+10 / 11 gateway errors: the unit is unreachable: a link failure (CommError) of this device only: every tag
+  BAD, health DOWN, reconnect with backoff; other devices, even at the same endpoint, are untouched.
+Other codes (5, 8, unknown): as 4.
+A reply that does not fit its request (function code, byte count, register count, write echo) is never
+decoded: the block's tags go BAD (a write raises CommError); replies with another transaction or unit id are
+not taken at all, so the request times out and the link is reconnected.
 """
 
 from __future__ import annotations
@@ -24,46 +41,62 @@ from cellctl.drivers.modbus_codec import (
     BitMask,
     CodecError,
     Coil,
+    Encoded,
     RawData,
     ReadBlock,
     Registers,
     TagCodec,
     plan_reads,
 )
-from cellctl.errors import CommError, ConfigError, ConfigIssue, DeviceError, DeviceFault
+from cellctl.drivers.modbus_poll import (
+    MISMATCH_RETRY_CAP_S,
+    MISMATCH_RETRY_START_S,
+    PollGroupPlan,
+    PollSchedule,
+)
+from cellctl.errors import (
+    CommError,
+    ConfigError,
+    ConfigIssue,
+    DeviceError,
+    ModbusExceptionError,
+    ModbusGatewayError,
+    ModbusIllegalAddress,
+    ModbusIllegalFunction,
+    ModbusIllegalValue,
+    WriteVerifyError,
+)
 from cellctl.schema.cell import Access, DeviceConfig, ModbusTable
 
-__all__ = ["ModbusDriver"]
+__all__ = ["BUSY_RETRY_START_S", "ModbusDriver"]
 
-_EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
+BUSY_RETRY_START_S = 0.02
+"""First delay before asking a busy device (exception 6) again; it doubles, within the request timeout."""
+BUSY_RETRY_CAP_S = 0.5
+"""Longest delay between two tries of a request the device answered busy."""
+MISMATCH = "configuration mismatch"
+"""Reason prefix of tags whose block the device refuses as not existing (exceptions 1, 2, 3 on a read)."""
+
 _READ_FUNCTION = {
     ModbusTable.COIL: 1,
     ModbusTable.DISCRETE_INPUT: 2,
     ModbusTable.HOLDING_REGISTER: 3,
     ModbusTable.INPUT_REGISTER: 4,
 }
+_BUSY = 6
 
 
-class _RefusedRead(Exception):
-    """The device answered a read with an exception code or a reply that does not fit the request."""
+class _MalformedReply(Exception):
+    """The reply does not fit its request (function code, byte count, register count, echo)."""
 
 
-def _exception_text(code: int) -> str:
-    return f"exception code {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})"
+def _unit(bits: bool) -> str:
+    return "bit(s)" if bits else "register(s)"
 
 
 class ModbusDriver(LinkedBackend):
-    """A Modbus TCP device: polls its readable tags in coalesced blocks and writes its writable tags."""
+    """A Modbus TCP device: polls its readable tags in coalesced blocks per poll group, writes its writable
+    tags (reading back those marked ``verify``)."""
 
     def __init__(
         self,
@@ -74,6 +107,7 @@ class ModbusDriver(LinkedBackend):
         max_gap_registers: int = DEFAULT_MAX_GAP_REGISTERS,
         max_gap_bits: int = DEFAULT_MAX_GAP_BITS,
         backoff: Backoff | None = None,
+        mismatch_retry_s: tuple[float, float] = (MISMATCH_RETRY_START_S, MISMATCH_RETRY_CAP_S),
     ) -> None:
         if config.driver != "modbus":
             raise ValueError(f"device {name!r} uses driver {config.driver!r}, not modbus")
@@ -88,12 +122,30 @@ class ModbusDriver(LinkedBackend):
                 self._codecs[tag_name] = TagCodec.from_config(tag_name, tag)
             except CodecError as exc:
                 issues.append(ConfigIssue("<cell>", None, f"devices.{name}.tags.{tag_name}", str(exc)))
+            if tag.poll_group is not None and tag.poll_group not in config.poll_groups:
+                where = f"devices.{name}.tags.{tag_name}.poll_group"
+                issues.append(ConfigIssue("<cell>", None, where, f"unknown poll group {tag.poll_group!r}"))
         if issues:
             raise ConfigError(issues)
-        readable = [self._codecs[n] for n, tag in config.tags.items() if tag.access != Access.WRITE]
-        self._blocks = plan_reads(readable, max_gap_registers=max_gap_registers, max_gap_bits=max_gap_bits)
+        intervals: dict[str | None, float] = {None: config.poll_interval_s}
+        intervals.update({group: g.interval_s for group, g in config.poll_groups.items()})
+        members: dict[str | None, list[TagCodec]] = {group: [] for group in intervals}
+        for tag_name, tag in config.tags.items():
+            if tag.access != Access.WRITE:
+                members[tag.poll_group].append(self._codecs[tag_name])
+        gaps = {"max_gap_registers": max_gap_registers, "max_gap_bits": max_gap_bits}
+        start, cap = mismatch_retry_s
+        self._schedule = PollSchedule(
+            [
+                PollGroupPlan(group, intervals[group], tuple(plan_reads(codecs, **gaps)))
+                for group, codecs in members.items()
+            ],
+            mismatch_retry_start_s=start,
+            mismatch_retry_cap_s=cap,
+        )
         self._client: AsyncModbusTcpClient | None = None
         self._block_errors: dict[tuple[ModbusTable, int, int], str] = {}
+        self._bad_frames: set[int] = set()
 
     @property
     def config(self) -> DeviceConfig:
@@ -102,8 +154,12 @@ class ModbusDriver(LinkedBackend):
 
     @property
     def blocks(self) -> tuple[ReadBlock, ...]:
-        """The block reads of one poll cycle."""
-        return tuple(self._blocks)
+        """The block reads of every poll group (fastest group first)."""
+        return self._schedule.blocks
+
+    def group_blocks(self, group: str | None = None) -> tuple[ReadBlock, ...]:
+        """The block reads of one poll group (None: the tags polled at ``poll_interval_s``)."""
+        return self._schedule.group_blocks(group)
 
     @property
     def connected(self) -> bool:
@@ -113,7 +169,7 @@ class ModbusDriver(LinkedBackend):
     # -------------------------------------------------------------------------------------------- run
 
     async def run(self) -> None:
-        """Connect, poll every ``poll_interval_s``, back off and reconnect after a failure; forever."""
+        """Connect, poll each group at its rate, back off and reconnect after a failure; forever."""
         await self._supervise(self._serve)
 
     async def _serve(self) -> None:
@@ -132,6 +188,7 @@ class ModbusDriver(LinkedBackend):
             retries=0,
             reconnect_delay=0,
             trace_connect=on_connect,
+            trace_packet=self._check_frame,
         )
         try:
             try:
@@ -145,47 +202,88 @@ class ModbusDriver(LinkedBackend):
             if not connected:
                 raise CommError(self._device, f"cannot connect to {self._host}:{self._port}")
             self._client = client
-            await self._poll_cycle(client)
+            self._bad_frames.clear()
+            # One full cycle of every group before the link counts as up, so UP means every tag was read.
+            now = asyncio.get_running_loop().time()
+            self._schedule.restart(now)
+            while (block := self._schedule.next_block(now)) is not None:
+                await self._poll_block(client, block)
             self._link_up()
             await self._poll_forever(client, lost)
         finally:
             self._client = None
-            self._block_errors.clear()
             client.close()
 
     async def _poll_forever(self, client: AsyncModbusTcpClient, lost: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        interval = self._config.poll_interval_s
-        due = loop.time()
         while True:
             raise_if_cancelling()
-            due += interval
-            # A fixed rate, but never a burst to catch up after a slow cycle.
-            due = max(due, loop.time())
-            try:
-                async with asyncio.timeout_at(due):
-                    await lost.wait()
-            except TimeoutError:
-                pass
             if lost.is_set() or not client.connected:
                 raise CommError(self._device, "connection closed by the device")
-            await self._poll_cycle(client)
-
-    async def _poll_cycle(self, client: AsyncModbusTcpClient) -> None:
-        for block in self._blocks:
-            try:
-                raw = await self._read_block(client, block)
-            except _RefusedRead as exc:
-                self._block_refused(block, str(exc))
+            block = self._schedule.next_block(loop.time())
+            if block is not None:
+                await self._poll_block(client, block)
                 continue
-            # No await between the reply and the cache update: a write's read-back can never be overtaken
-            # by an older poll reply.
-            self._apply_block(block, raw)
+            due = self._schedule.next_due()
+            try:
+                if due == float("inf"):
+                    await lost.wait()  # nothing to poll (only write-only tags)
+                else:
+                    async with asyncio.timeout_at(due):
+                        await lost.wait()
+            except TimeoutError:
+                pass
 
-    def _block_refused(self, block: ReadBlock, reason: str) -> None:
+    async def _poll_block(self, client: AsyncModbusTcpClient, block: ReadBlock) -> None:
+        """Read one block into the cache; the reaction to a refusal is the module docstring's table."""
+        try:
+            raw = await self._read_block(client, block)
+        except ModbusGatewayError:
+            raise  # the unit is unreachable: a link failure, the supervisor's to handle
+        except (ModbusIllegalFunction, ModbusIllegalAddress, ModbusIllegalValue) as exc:
+            if not isinstance(exc, ModbusIllegalFunction) and len(self._schedule.split(block)) > 1:
+                self._log.warning(
+                    "block read refused; reading its tags one by one",
+                    table=block.table.value,
+                    start=block.start,
+                    count=block.count,
+                    error=str(exc),
+                )
+                return
+            delay = self._schedule.bench(block, asyncio.get_running_loop().time())
+            self._block_refused(block, f"{MISMATCH}: {self._reason(exc)}", mismatch=True, retry_s=delay)
+            return
+        except ModbusExceptionError as exc:
+            self._block_refused(block, self._reason(exc))
+            return
+        except _MalformedReply as exc:
+            self._block_refused(block, str(exc))
+            return
+        self._schedule.accepted(block)
+        # No await between the reply and the cache update: a write's read-back can never be overtaken
+        # by an older poll reply.
+        self._apply_block(block, raw)
+
+    def _reason(self, exc: DeviceError) -> str:
+        """An error's text without the leading device name (a tag's reason names no device)."""
+        text = str(exc)
+        prefix = f"{self._device}: "
+        return text[len(prefix) :] if text.startswith(prefix) else text
+
+    def _block_refused(
+        self, block: ReadBlock, reason: str, *, mismatch: bool = False, retry_s: float | None = None
+    ) -> None:
         key = (block.table, block.start, block.count)
         if self._block_errors.get(key) != reason:
-            self._log.warning("read refused", table=block.table.value, start=block.start, error=reason)
+            where = {"table": block.table.value, "start": block.start, "count": block.count}
+            if mismatch:
+                # Config and device disagree: nothing fixes that but a person, so it is alarm-worthy.
+                tags = [tag.name for tag in block.tags]
+                self._log.error(
+                    "modbus configuration mismatch", **where, tags=tags, error=reason, retry_s=retry_s
+                )
+            else:
+                self._log.warning("read refused", **where, error=reason)
         self._block_errors[key] = reason
         for tag in block.tags:
             self._store_bad(tag.name, reason)
@@ -203,23 +301,46 @@ class ModbusDriver(LinkedBackend):
 
     # ------------------------------------------------------------------------------------------- I/O
 
+    def _check_frame(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus' packet hook: note each read reply whose byte count disagrees with its frame length.
+
+        pymodbus ignores the byte count of a bit reply, so this is the only place such a reply is caught.
+        """
+        if not sending and len(data) >= 9 and data[7] in (1, 2, 3, 4):
+            length = int.from_bytes(data[4:6], "big")
+            if len(data) >= 6 + length and data[8] != length - 3:
+                self._bad_frames.add(int.from_bytes(data[0:2], "big"))
+        return data
+
     async def _request(
         self, what: str, call: Callable[[], Awaitable[ModbusPDU]], tag: str | None = None
     ) -> ModbusPDU:
-        """Run one request within ``request_s``; link failures become CommError."""
+        """One request within ``request_s``; link failures become CommError.
+
+        A busy device (exception 6) is asked again after a short, doubling delay while ``request_s`` lasts;
+        its last busy reply is returned when it does not.
+        """
         timeout = self._config.timeouts.request_s
-        try:
-            async with asyncio.timeout(timeout):
-                reply = await call()
-        except TimeoutError:
-            raise CommError(self._device, f"no reply to {what} within {timeout:g} s", tag=tag) from None
-        except (ModbusException, OSError) as exc:
-            raise CommError(self._device, f"{what} failed: {exc}", tag=tag) from exc
-        raise_if_cancelling()
-        return reply
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = BUSY_RETRY_START_S
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    reply = await call()
+            except TimeoutError:
+                raise CommError(self._device, f"no reply to {what} within {timeout:g} s", tag=tag) from None
+            except (ModbusException, OSError) as exc:
+                raise CommError(self._device, f"{what} failed: {exc}", tag=tag) from exc
+            raise_if_cancelling()
+            if not (reply.isError() and reply.exception_code == _BUSY) or loop.time() + delay >= deadline:
+                return reply
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, BUSY_RETRY_CAP_S)
 
     async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock) -> RawData:
-        """Read one block; CommError when the link failed, _RefusedRead when the reply is unusable."""
+        """Read one block: CommError when the link failed, ModbusExceptionError when the device refused,
+        _MalformedReply when the reply does not fit the request."""
         unit = self._config.unit_id
         what = f"read of {block.count} {block.table.value}(s) at {block.start}"
         reader: Callable[..., Awaitable[ModbusPDU]] = {
@@ -229,15 +350,21 @@ class ModbusDriver(LinkedBackend):
             ModbusTable.INPUT_REGISTER: client.read_input_registers,
         }[block.table]
         reply = await self._request(what, partial(reader, block.start, count=block.count, device_id=unit))
+        bad_frame = reply.transaction_id in self._bad_frames
+        self._bad_frames.clear()  # requests are one at a time: any other mark is stale
         if reply.isError():
-            raise _RefusedRead(f"device refused the {what}: {_exception_text(reply.exception_code)}")
+            raise ModbusExceptionError.of(self._device, reply.exception_code, f"device refused the {what}")
         if reply.function_code != _READ_FUNCTION[block.table]:
-            raise _RefusedRead(f"malformed reply to the {what}: function code {reply.function_code}")
+            raise _MalformedReply(f"malformed reply to the {what}: function code {reply.function_code}")
+        if bad_frame:
+            raise _MalformedReply(
+                f"malformed reply to the {what}: byte count disagrees with the frame length"
+            )
         raw: RawData = list(reply.bits) if block.bits else list(reply.registers)
         try:
             block.slice(raw)
         except CodecError as exc:
-            raise _RefusedRead(f"malformed reply: {exc}") from None
+            raise _MalformedReply(f"malformed reply: {exc}") from None
         return raw
 
     # --------------------------------------------------------------------------------------- TagBackend
@@ -255,17 +382,22 @@ class ModbusDriver(LinkedBackend):
             raw = await self._read_block(client, block)
         except CommError as exc:
             # The link's failure is the supervisor's to report; this caller only learns the value is unknown.
-            return Reading.bad(self._now(), str(exc))
-        except _RefusedRead as exc:
+            return Reading.bad(self._now(), self._reason(exc))
+        except ModbusExceptionError as exc:
+            self._store_bad(tag, self._reason(exc))
+            return self._cache[tag]
+        except _MalformedReply as exc:
             self._store_bad(tag, str(exc))
             return self._cache[tag]
         self._apply_block(block, raw)
         return self._cache[tag]
 
     async def write(self, tag: str, value: TagValue) -> None:
-        """Write a declared-writable tag; DeviceError for bad input, CommError or DeviceFault if not taken."""
+        """Write a declared-writable tag; DeviceError for bad input, CommError, ModbusExceptionError (a
+        DeviceFault) when the device did not take it, WriteVerifyError when a ``verify`` read-back differs."""
         codec = self._codec(tag)
-        if not self._config.tags[tag].writable:
+        config = self._config.tags[tag]
+        if not config.writable:
             raise DeviceError(self._device, "tag is read-only", tag=tag)
         try:
             encoded = codec.encode(value)
@@ -278,12 +410,14 @@ class ModbusDriver(LinkedBackend):
         call: Callable[[], Awaitable[ModbusPDU]]
         match encoded:
             case Coil(on=on):
-                call = partial(client.write_coil, codec.address, on, device_id=unit)
+                function, call = 5, partial(client.write_coil, codec.address, on, device_id=unit)
             case Registers(words=(word,)):
-                call = partial(client.write_register, codec.address, word, device_id=unit)
+                function, call = 6, partial(client.write_register, codec.address, word, device_id=unit)
             case Registers(words=words):
+                function = 16
                 call = partial(client.write_registers, codec.address, list(words), device_id=unit)
             case BitMask(and_mask=and_mask, or_mask=or_mask):
+                function = 22
                 call = partial(
                     client.mask_write_register,
                     address=codec.address,
@@ -291,14 +425,60 @@ class ModbusDriver(LinkedBackend):
                     or_mask=or_mask,
                     device_id=unit,
                 )
-        reply = await self._request(f"write of {value!r}", call, tag)
+        what = f"write of {value!r}"
+        reply = await self._request(what, call, tag)
         if reply.isError():
-            raise DeviceFault(
-                self._device, f"device refused the write: {_exception_text(reply.exception_code)}", tag=tag
+            error = ModbusExceptionError.of(
+                self._device, reply.exception_code, f"device refused the {what}", tag=tag
             )
-        if self._config.tags[tag].access == Access.READ_WRITE:
+            self._log.warning("write refused", tag=tag, error=str(error))
+            raise error
+        if reply.function_code != function or reply.address != codec.address:
+            # The device's echo does not match: whether it wrote anything is unknown.
+            raise CommError(
+                self._device,
+                f"malformed reply to the {what}: function {reply.function_code} at {reply.address}, "
+                f"expected function {function} at {codec.address}",
+                tag=tag,
+            )
+        if config.verify:
+            await self._verify(client, tag, codec, encoded, value)
+        elif config.access == Access.READ_WRITE:
             # Read it back now so waits and last() see the written value without waiting for the next poll.
             await self.read(tag)
+
+    async def _verify(
+        self, client: AsyncModbusTcpClient, tag: str, codec: TagCodec, encoded: Encoded, value: TagValue
+    ) -> None:
+        """Read a written tag back and compare the registers (or bit) with what was sent."""
+        block = ReadBlock(codec.table, codec.address, codec.width, (codec,))
+        try:
+            raw = await self._read_block(client, block)
+        except (CommError, ModbusExceptionError, _MalformedReply) as exc:
+            reason = self._reason(exc) if isinstance(exc, DeviceError) else str(exc)
+            self._store_bad(tag, reason)
+            raise WriteVerifyError(
+                self._device, f"wrote {value!r} but could not read it back: {reason}", tag=tag, written=value
+            ) from exc
+        self._apply_block(block, raw)
+        match encoded:
+            case Coil(on=on):
+                same = bool(raw[0]) == on
+            case BitMask(or_mask=or_mask):
+                assert codec.bit is not None
+                same = bool(int(raw[0]) >> codec.bit & 1) == bool(or_mask)
+            case Registers(words=words):
+                same = [int(w) for w in raw] == list(words)
+        if not same:
+            read_back = self._cache[tag].value
+            self._log.warning("write not verified", tag=tag, written=value, read_back=read_back)
+            raise WriteVerifyError(
+                self._device,
+                f"wrote {value!r}, read back {read_back!r}",
+                tag=tag,
+                written=value,
+                read_back=read_back,
+            )
 
     def _codec(self, tag: str) -> TagCodec:
         self._known(tag)

@@ -1,8 +1,8 @@
 """A small Modbus TCP server for driver tests: plain tables per unit, counted requests, scripted faults.
 
 Written from the protocol spec with struct, independent of cellctl's codec and of pymodbus, so a driver
-bug cannot hide behind a shared encoder. Faults: exception codes per (unit, function, address), replies
-one register short, and a blackhole that accepts requests and never answers.
+bug cannot hide behind a shared encoder. Faults: exception codes per (unit, function, address), a number of
+busy replies, replies one register short, and a blackhole that accepts requests and never answers.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class FakeModbus(LoopbackServer):
         self.requests: list[Request] = []
         self.exceptions: dict[tuple[int, int, int], int] = {}
         """(unit, function, address) -> exception code to answer with."""
+        self.busy_for: dict[tuple[int, int, int], int] = {}
+        """(unit, function, address) -> how many more requests to answer with exception 6 (busy)."""
         self.short_replies: set[tuple[int, int, int]] = set()
         """(unit, function, address) of reads answered with one register or bit-byte too few."""
         self.blackhole = False
@@ -94,6 +96,9 @@ class FakeModbus(LoopbackServer):
         code = self.exceptions.get((unit_id, function, address))
         if code is not None:
             return bytes((function | 0x80, code))
+        if self.busy_for.get((unit_id, function, address), 0) > 0:
+            self.busy_for[(unit_id, function, address)] -= 1
+            return bytes((function | 0x80, 6))
         unit = self.units.get(unit_id)
         if unit is None:
             return bytes((function | 0x80, 11))

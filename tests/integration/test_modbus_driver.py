@@ -244,7 +244,7 @@ async def test_an_exception_reply_to_a_write_is_a_device_fault_with_the_code(ser
     driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
     async with running(driver):
         await wait_health(driver, LinkState.UP, 5)
-        with pytest.raises(DeviceFault, match=r"fixture\.depth_sp: .*exception code 4 \(device failure\)"):
+        with pytest.raises(DeviceFault, match=r"fixture\.depth_sp: .*code 4 \(server device failure\)"):
             await driver.write("depth_sp", 300.0)
 
 
