@@ -46,6 +46,8 @@ _TABLE_ORDER = (
     ModbusTable.HOLDING_REGISTER,
     ModbusTable.INPUT_REGISTER,
 )
+GATEWAY_NO_RESPONSE = 11
+"""Exception code a gateway answers for a unit it cannot reach; the endpoint answers it for absent units."""
 _SIBLING_FUNCTION = {1: 2, 2: 1, 3: 4, 4: 3, 5: 15, 15: 5, 6: 16, 16: 6, 22: 16}
 """The function code a reply of ``function_code`` malformation carries instead of the one asked."""
 _STRUCT: dict[Datatype, str] = {
@@ -332,11 +334,26 @@ class ModbusEndpointServer:
         return action
 
     def _outgoing(self, sending: bool, frame: bytes) -> bytes:
-        """pymodbus' packet hook: spoil a reply a malformation rule picked; received frames pass."""
+        """pymodbus' packet hook: spoil a reply a malformation rule picked, and answer for units not served
+        here as a gateway does (exception 11); received frames pass."""
         if not sending or len(frame) < 8:
             return frame
-        kind = self._spoil.pop(frame[6], None)
+        unit = frame[6]
+        if unit not in self.images and 0 not in self.images:
+            return frame[:4] + (3).to_bytes(2, "big") + bytes((unit, frame[7] | 0x80, GATEWAY_NO_RESPONSE))
+        kind = self._spoil.pop(unit, None)
         return frame if kind is None else spoil_reply(frame, kind)
+
+    @staticmethod
+    def _absent_units() -> SimDevice:
+        """Unit 0, to which pymodbus hands every unit it does not know: it answers them exception 11."""
+
+        async def action(*_args: object) -> ExcCodes:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+
+        bits, words = DataType.BITS, DataType.REGISTERS
+        blocks = [[SimData(0, values=[0], datatype=kind)] for kind in (bits, bits, words, words)]
+        return SimDevice(id=0, simdata=(blocks[0], blocks[1], blocks[2], blocks[3]), action=action)
 
     async def start(self) -> None:
         """Listen on the endpoint; OSError when the port cannot be bound."""
@@ -345,6 +362,8 @@ class ModbusEndpointServer:
         devices = [
             image.sim_device(unit, self._action_for(unit, image)) for unit, image in self.images.items()
         ]
+        if 0 not in self.images:
+            devices.append(self._absent_units())
         server = ModbusTcpServer(devices, address=(self.host, self.port), trace_packet=self._outgoing)
         try:
             await server.serve_forever(background=True)

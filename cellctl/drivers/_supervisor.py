@@ -109,6 +109,7 @@ class LinkedBackend:
         self._down_since: float | None = None
         self._failed_attempts = 0
         self._reported = False
+        self._last_failure: CommError | None = None
 
     # ----------------------------------------------------------------------------------------- TagBackend
 
@@ -138,6 +139,11 @@ class LinkedBackend:
     def health(self) -> Health:
         """Current link health."""
         return self._health
+
+    @property
+    def last_failure(self) -> CommError | None:
+        """The error that ended the latest connection or attempt; None while up (for diagnostics: probe)."""
+        return self._last_failure
 
     def on_health(self, callback: HealthCallback) -> Callable[[], None]:
         """Call back on every health change; returns the unsubscribe function."""
@@ -202,6 +208,7 @@ class LinkedBackend:
             self._log.info("link up")
         self._down_since = None
         self._failed_attempts = 0
+        self._last_failure = None
         self._backoff.reset()
         self._set_health(LinkState.UP)
 
@@ -231,8 +238,10 @@ class LinkedBackend:
                 await serve()
             except CommError as exc:
                 error = str(exc)
+                self._last_failure = exc
             else:
                 error = f"{self._device}: link closed"
+                self._last_failure = CommError(self._device, "link closed")
             if not self._reported:  # serve() may have reported this failure already
                 self._link_down(error)
             self._reported = False

@@ -513,3 +513,24 @@ async def test_an_endpoint_answering_gateway_errors_never_stalls_another_endpoin
             await assert_keeps_polling(sim_cell, fixture)
         await wait_health(gauge, LinkState.UP, 5)
     assert "gateway path unavailable" in health.error
+
+
+async def test_a_unit_the_sim_endpoint_does_not_serve_answers_like_a_gateway(sim_cell: SimCell) -> None:
+    device = quick_device(sim_cell, "fixture").model_copy(update={"unit_id": 9})
+    driver = ModbusDriver("fixture", device, CLOCK)
+    async with running(driver):
+        health = await wait_health(driver, LinkState.DOWN, 3, lambda h: "exception code" in h.error)
+    assert "exception code 11 (gateway target failed to respond)" in health.error
+    assert isinstance(driver.last_failure, ModbusGatewayTargetFailed)
+
+
+async def test_the_last_failure_is_forgotten_once_the_link_is_up(server: FakeModbus) -> None:
+    driver = ModbusDriver("gauge", two_words(server.port, second=1), CLOCK, backoff=fast_backoff())
+    server.exceptions[(1, 4, 0)] = 10
+    async with running(driver):
+        await wait_health(driver, LinkState.DOWN, 3, lambda h: "exception code 10" in h.error)
+        failure = driver.last_failure
+        del server.exceptions[(1, 4, 0)]
+        await wait_health(driver, LinkState.UP, 5)
+    assert isinstance(failure, ModbusGatewayPathUnavailable)
+    assert driver.last_failure is None
