@@ -3,6 +3,11 @@
 Client writes reach the device through the server's PostWrite callback (only writes from client sessions,
 and only those the server accepted: wrong variant types and writes to read-only nodes are refused by asyncua
 itself). Device changes are written back into the address space, so client subscriptions fire.
+
+Node references of the cell file name where each tag lives: a NodeId by index or by namespace URI (the
+device's own namespace ``urn:cellctl:sim:<device>`` is always index 2), or a browse path from the Objects
+folder, whose objects the simulator creates. Security is optional (``SimSecurity``): a certificate and key,
+the policies offered, and a user list that turns anonymous access off.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as asyncua_version
 from pathlib import Path
@@ -24,14 +31,18 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 from asyncua import ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
+from asyncua.common.node import Node
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
-
 from cellctl.core.tags import TagValue
-from cellctl.schema.cell import Datatype
+from cellctl.schema.noderef import BrowseName, BrowsePathRef, Namespace, NodeIdRef, NodeRef, parse_node_ref
+from cryptography import x509
 from device_sims.behaviour import DeviceSim
 from device_sims.gate import Request, RequestGate
+
+from cellctl.schema.cell import Datatype
 
 _log = structlog.get_logger(__name__)
 
@@ -112,16 +123,76 @@ def _publish(staging: Path, final: Path) -> None:
         staging.rename(final)
 
 
+SECURE_POLICIES = (
+    "Basic256Sha256_Sign",
+    "Basic256Sha256_SignAndEncrypt",
+    "Aes128Sha256RsaOaep_Sign",
+    "Aes128Sha256RsaOaep_SignAndEncrypt",
+    "Aes256Sha256RsaPss_Sign",
+    "Aes256Sha256RsaPss_SignAndEncrypt",
+)
+"""Names (``ua.SecurityPolicyType``) of the policies a secured simulator offers by default."""
+
+
+@dataclass(frozen=True)
+class SimSecurity:
+    """How a simulated OPC UA server is secured.
+
+    ``certificate`` (.der or .pem) and ``private_key`` are the server's; its application URI is taken from
+    the certificate. ``policies`` are ``ua.SecurityPolicyType`` names (add ``"NoSecurity"`` to offer an open
+    endpoint too). With ``users`` (name -> password) only those users get a session; anonymous access is off.
+    """
+
+    certificate: Path
+    private_key: Path
+    policies: tuple[str, ...] = SECURE_POLICIES
+    users: Mapping[str, str] | None = None
+
+
+class _Users:
+    """asyncua user manager of a secured simulator: a fixed list of users and passwords."""
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+
+    def get_user(
+        self,
+        iserver: object,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username is not None and self._users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+def _namespaces(ref: NodeRef) -> list[Namespace]:
+    if isinstance(ref, NodeIdRef):
+        return [ref.namespace]
+    return [segment.namespace for segment in ref.segments]
+
+
 class OpcUaDeviceServer:
     """An OPC UA server for one simulated device, on the endpoint path of the cell file."""
 
     protocol = "opcua"
 
-    def __init__(self, sim: DeviceSim, host: str, port: int, gate: RequestGate | None = None) -> None:
+    def __init__(
+        self,
+        sim: DeviceSim,
+        host: str,
+        port: int,
+        gate: RequestGate | None = None,
+        security: SimSecurity | None = None,
+    ) -> None:
         self.sim = sim
         self.host = host
         self.port = port
         self.gate = gate or RequestGate()
+        self.security = security
+        """Read when the server is first built (the first start)."""
+        self._ns: dict[str, int] = {}
         self._server: Server | None = None
         self._listening = False
         self._nodes: dict[str, ua.NodeId] = {}
@@ -149,30 +220,102 @@ class OpcUaDeviceServer:
         """True while listening."""
         return self._listening
 
+    @property
+    def namespace_uri(self) -> str:
+        """The device's own namespace, always index 2 on this server."""
+        return f"urn:cellctl:sim:{self.sim.name}"
+
+    def node_id(self, text: str) -> ua.NodeId:
+        """The NodeId a NodeId reference of the cell file (``ns=``, ``nsu=``) names on this server."""
+        ref = parse_node_ref(text)
+        if not isinstance(ref, NodeIdRef):
+            raise ValueError(f"{text!r}: the simulator serves this at a NodeId only, not a browse path")
+        return self._node_id(ref)
+
+    def _node_id(self, ref: NodeIdRef) -> ua.NodeId:
+        return ua.NodeId.from_string(f"ns={self._index(ref.namespace)};{ref.identifier}")
+
+    def _index(self, namespace: Namespace) -> int:
+        return namespace if isinstance(namespace, int) else self._ns[namespace]
+
+    async def _register_namespaces(self, server: Server, refs: Iterable[NodeRef]) -> None:
+        """Index 2 is the device's own namespace, then fillers up to the highest ``ns=`` index the references
+        use, then every namespace URI they name (one already there keeps its index)."""
+        indexes = {2}
+        uris: list[str] = []
+        for ref in refs:
+            for namespace in _namespaces(ref):
+                if isinstance(namespace, int):
+                    indexes.add(namespace)
+                else:
+                    uris.append(namespace)
+        for index in range(2, max(indexes) + 1):
+            uri = self.namespace_uri + ("" if index == 2 else f":{index}")
+            got = await server.register_namespace(uri)
+            if got != index:
+                raise RuntimeError(f"namespace {uri} got index {got}, expected {index}")
+        for uri in uris:
+            await server.register_namespace(uri)
+        self._ns = {uri: index for index, uri in enumerate(await server.get_namespace_array())}
+
+    async def _secure(self, server: Server) -> None:
+        security = self.security
+        if security is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            return
+        server.set_security_policy([ua.SecurityPolicyType[name] for name in security.policies])
+        await server.load_certificate(str(security.certificate))
+        await server.load_private_key(str(security.private_key))
+        certificate = server.iserver.certificate
+        uris = _certificate_uris(certificate) if certificate is not None else []
+        if uris:
+            # Clients check the certificate names the server's application URI.
+            await server.set_application_uri(uris[0])
+        if security.users is not None:
+            server.iserver.set_user_manager(_Users(security.users))  # type: ignore[arg-type]
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+
+    async def _path_parent(
+        self, segments: tuple[BrowseName, ...], parents: dict[tuple[BrowseName, ...], Node]
+    ) -> Node:
+        """The object at ``segments`` below the Objects folder, created (with its parents) when missing."""
+        node = parents.get(segments)
+        if node is None:
+            parent = await self._path_parent(segments[:-1], parents)
+            last = segments[-1]
+            index = self._index(last.namespace)
+            nodeid = ua.NodeId.from_string(f"ns={index};s={self.sim.name}:{BrowsePathRef(segments)}")
+            node = await parent.add_object(nodeid, ua.QualifiedName(last.name, index))
+            parents[segments] = node
+        return node
+
     async def _build(self) -> Server:
         # Built once per server object and kept across stop/start: a restart keeps the device's values.
         server = await new_server()
         server.disable_clock(True)  # its 1 s clock task would make stop() wait up to a second
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        await self._secure(server)
         server.set_server_name(f"cellctl simulator {self.sim.name}")
         server.set_endpoint(self.endpoint)
-        needed = {
-            ua.NodeId.from_string(str(cfg.node)).NamespaceIndex for cfg in self.sim.config.tags.values()
-        }
-        for index in range(2, max(needed | {2}) + 1):
-            uri = f"urn:cellctl:sim:{self.sim.name}" + ("" if index == 2 else f":{index}")
-            got = await server.register_namespace(uri)
-            if got != index:
-                raise RuntimeError(f"namespace {uri} got index {got}, expected {index}")
+        refs = {tag: parse_node_ref(str(cfg.node)) for tag, cfg in self.sim.config.tags.items()}
+        await self._register_namespaces(server, refs.values())
         folder = await server.nodes.objects.add_object(2, self.sim.name)
+        parents: dict[tuple[BrowseName, ...], Node] = {
+            (): server.nodes.objects,
+            (BrowseName(self.namespace_uri, self.sim.name),): folder,
+        }
         for tag, cfg in self.sim.config.tags.items():
-            nodeid = ua.NodeId.from_string(str(cfg.node))
+            ref = refs[tag]
+            if isinstance(ref, BrowsePathRef):
+                parent = await self._path_parent(ref.segments[:-1], parents)
+                index = self._index(ref.segments[-1].namespace)
+                nodeid = ua.NodeId.from_string(f"ns={index};s={self.sim.name}.{tag}")
+                name = ua.QualifiedName(ref.segments[-1].name, index)
+            else:
+                parent = folder
+                nodeid = self._node_id(ref)
+                name = ua.QualifiedName(tag, nodeid.NamespaceIndex)
             vtype = VARIANT_TYPES[cfg.datatype]
-            variable = await folder.add_variable(
-                nodeid,
-                ua.QualifiedName(tag, nodeid.NamespaceIndex),
-                ua.Variant(self.sim.published(tag), vtype),
-            )
+            variable = await parent.add_variable(nodeid, name, ua.Variant(self.sim.published(tag), vtype))
             if cfg.writable:
                 await variable.set_writable()
             self._nodes[tag] = nodeid
@@ -305,6 +448,15 @@ class OpcUaDeviceServer:
             self.sim.client_write(tag, variant.Value)
         # Publish what the write caused before the client gets its reply, as a PLC scan would.
         await self._flush()
+
+
+def _certificate_uris(certificate: Any) -> list[str]:
+    """The URIs among a certificate's subject alternative names."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(names.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def quiet_asyncua(level: int = logging.WARNING) -> None:

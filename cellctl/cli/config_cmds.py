@@ -10,11 +10,14 @@ from typing import Any
 from cellctl.errors import ConfigError
 from cellctl.schema.export import json_schemas
 from cellctl.schema.load import load_config
+from cellctl.schema.load import warnings as config_warnings
 
 
 def add_parsers(sub: Any) -> None:
     """Register ``check`` and ``schema``."""
-    check = sub.add_parser("check", help="validate a cell folder (cell.yaml + recipes); exit 0 or 2")
+    check = sub.add_parser(
+        "check", help="validate a cell folder (cell.yaml + recipes); exit 0 (warnings included) or 2"
+    )
     check.add_argument("config", help="folder holding cell.yaml, or a cell file")
     check.set_defaults(handler=run_check)
 
@@ -24,7 +27,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Validate every file of a cell; print every problem as file:line: path: message."""
+    """Validate every file of a cell; print every problem as file:line: path: message, and every warning
+    (valid but unsafe, e.g. OPC UA without security) as 'warning: ...' without failing."""
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
@@ -32,6 +36,8 @@ def run_check(args: argparse.Namespace) -> int:
             sys.stderr.write(f"{issue}\n")
         sys.stderr.write(f"{len(exc.issues)} problem(s) found; nothing was started.\n")
         return 2
+    for warning in config_warnings(loaded):
+        sys.stderr.write(f"warning: {warning}\n")
     cell = loaded.cell
     devices, recipes = ", ".join(cell.devices), ", ".join(sorted(loaded.recipes))
     sys.stdout.write(

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from cellctl.core.clock import Clock
 from cellctl.core.ports import Driver
 from cellctl.drivers._supervisor import Backoff
@@ -16,11 +19,17 @@ from cellctl.schema.cell import DeviceConfig
 __all__ = ["Backoff", "ModbusDriver", "OpcUaDriver", "SoftDriver", "build_driver"]
 
 
-def build_driver(name: str, device: DeviceConfig, clock: Clock) -> Driver:
-    """The driver for ``device`` (by its ``driver`` field), not yet running: run it with ``await d.run()``."""
+def build_driver(
+    name: str, device: DeviceConfig, clock: Clock, *, resolve_path: Callable[[str], Path] = Path
+) -> Driver:
+    """The driver for ``device`` (by its ``driver`` field), not yet running: run it with ``await d.run()``.
+
+    ``resolve_path`` turns file names of the config (OPC UA certificates, key, trust folder) into paths: pass
+    the cell file's ``LoadedConfig.resolve``; by default they are taken from the working folder.
+    """
     match device.driver:
         case "opcua":
-            return OpcUaDriver(name, device, clock)
+            return OpcUaDriver(name, device, clock, resolve_path=resolve_path)
         case "modbus":
             return ModbusDriver(name, device, clock)
     raise ValueError(f"device {name!r}: unknown driver {device.driver!r}")

@@ -1,5 +1,9 @@
 """OPC UA driver: a session per connection, one subscription feeding the tag cache, a liveness probe, writes.
 
+Sessions are opened as the device's ``security`` says (opcua_session.py), and node references (NodeIds by
+index or namespace URI, browse paths) are resolved against the server at every connect: a reference that does
+not resolve makes its tag BAD with the reason, and the device's other tags still serve.
+
 The only module of cellctl that imports asyncua (2.1). asyncua's own ``auto_reconnect`` is left off: it
 re-activates the old session, starts at a 1 s delay and holds requests while it reconnects, where this
 driver's contract needs a fresh session, every tag BAD and writes failing fast while the link is down.
@@ -9,6 +13,8 @@ So each connection is a new ``Client``; the supervisor loop in LinkedBackend own
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -16,14 +22,22 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.uaerrors import UaError
 from asyncua.ua.uatypes import Double
-
 from cellctl.core.clock import Clock
 from cellctl.core.tags import Quality, Reading, TagValue
 from cellctl.drivers._supervisor import WRITE_ONLY, Backoff, LinkedBackend, raise_if_cancelling
 from cellctl.drivers._values import CodecError, coerce_received, to_engineering, to_raw
+from cellctl.drivers.opcua_session import (
+    COMM_ERRORS,
+    SessionSettings,
+    close_session,
+    describe,
+    open_session,
+    resolve_refs,
+)
 from cellctl.errors import CommError, ConfigError, ConfigIssue, DeviceError, DeviceFault
+from cellctl.schema.noderef import NodeRef, NodeRefError, parse_node_ref
+
 from cellctl.schema.cell import Access, Datatype, DeviceConfig
 
 __all__ = ["PROBE_INTERVAL_S", "VARIANT_TYPES", "OpcUaDriver"]
@@ -44,14 +58,10 @@ PROBE_INTERVAL_S = 1.0
 """How often the server's state is read to prove the link alive."""
 PROBE_TIMEOUT_S = 1.0
 """How long a liveness probe may take; with the interval, a silent link is found within 2 s."""
-SESSION_TIMEOUT_S = 30.0
-"""Session timeout asked of the server. Every reconnect opens a fresh session and the old one lingers on the
-server until it times out; PLCs allow few sessions, so it must not linger for asyncua's default hour."""
-CLOSE_TIMEOUT_S = 1.0
-"""How long an orderly session close may take before the socket is just dropped."""
+_COMM_ERRORS = COMM_ERRORS
 
-_COMM_ERRORS = (OSError, TimeoutError, UaError)
-"""What asyncua raises when the link or the session fails (ConnectionError is an OSError)."""
+RefKey = tuple[str, str, str]
+"""What a node reference belongs to: ("tag", name, "node") or ("method", name, "object" | "method")."""
 
 
 class OpcUaDriver(LinkedBackend):
@@ -66,7 +76,10 @@ class OpcUaDriver(LinkedBackend):
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         backoff: Backoff | None = None,
+        resolve_path: Callable[[str], Path] = Path,
     ) -> None:
+        """``resolve_path`` turns the security block's file names into paths (the cell file's
+        ``LoadedConfig.resolve``; the working folder by default)."""
         if config.driver != "opcua":
             raise ValueError(f"device {name!r} uses driver {config.driver!r}, not opcua")
         write_only = [n for n, tag in config.tags.items() if tag.access == Access.WRITE]
@@ -74,24 +87,25 @@ class OpcUaDriver(LinkedBackend):
         self._config = config
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
+        self._session = SessionSettings.of(name, config, resolve_path)
         issues: list[ConfigIssue] = []
-        self._node_ids: dict[str, ua.NodeId] = {}
-        for tag_name, tag in config.tags.items():
+        self._refs: dict[RefKey, NodeRef] = {}
+        wanted: list[tuple[RefKey, str]] = []
+        wanted += [(("tag", n, "node"), t.node or "") for n, t in config.tags.items()]
+        for key, text in wanted:
             try:
-                self._node_ids[tag_name] = ua.NodeId.from_string(tag.node or "")
-            except UaError as exc:
-                issues.append(
-                    ConfigIssue(
-                        "<cell>", None, f"devices.{name}.tags.{tag_name}.node", f"not a NodeId: {exc}"
-                    )
-                )
+                self._refs[key] = parse_node_ref(text)
+            except NodeRefError as exc:
+                where = ".".join(("devices", name, "tags" if key[0] == "tag" else "methods", *key[1:]))
+                issues.append(ConfigIssue("<cell>", None, where, str(exc)))
         if issues:
             raise ConfigError(issues)
         self._datatypes = {n: Datatype(tag.datatype) for n, tag in config.tags.items()}
         self._readable = [n for n, tag in config.tags.items() if tag.access != Access.WRITE]
+        # Filled from the references at every connect (a server may renumber its namespaces in between).
+        self._node_ids: dict[str, ua.NodeId] = {}
         self._tags_of: dict[ua.NodeId, list[str]] = {}
-        for tag_name in self._readable:
-            self._tags_of.setdefault(self._node_ids[tag_name], []).append(tag_name)
+        self._unresolved: dict[tuple[str, str], str] = {}
         self._client: Client | None = None
         self._nodes: dict[str, Node] = {}
 
@@ -105,6 +119,12 @@ class OpcUaDriver(LinkedBackend):
         """True while a session with the server is open and serving."""
         return self._client is not None
 
+    @property
+    def unresolved(self) -> dict[str, str]:
+        """Tags (``"busy"``) and methods (``"method start_cycle"``) whose node reference did not resolve at
+        the last connect, with the reason."""
+        return {(n if kind == "tag" else f"method {n}"): why for (kind, n), why in self._unresolved.items()}
+
     # -------------------------------------------------------------------------------------------- run
 
     async def run(self) -> None:
@@ -112,22 +132,9 @@ class OpcUaDriver(LinkedBackend):
         await self._supervise(self._serve)
 
     async def _serve(self) -> None:
-        timeouts = self._config.timeouts
-        client = Client(self._config.endpoint, timeout=timeouts.request_s)
-        client.session_timeout = round(SESSION_TIMEOUT_S * 1000)
-        connected = False
+        client = await open_session(self._session)  # CommError (SessionRefused included) when it cannot
         try:
-            try:
-                async with asyncio.timeout(timeouts.connect_s):
-                    await client.connect()
-            except TimeoutError:
-                raise CommError(
-                    self._device,
-                    f"connect to {self._config.endpoint} timed out after {timeouts.connect_s:g} s",
-                ) from None
-            except _COMM_ERRORS as exc:
-                raise CommError(self._device, f"connect to {self._config.endpoint} failed: {exc!r}") from exc
-            connected = True
+            await self._resolve(client)
             nodes = {name: client.get_node(node_id) for name, node_id in self._node_ids.items()}
             subscription = await self._start(client, nodes)
             self._nodes = nodes
@@ -142,7 +149,29 @@ class OpcUaDriver(LinkedBackend):
         finally:
             self._client = None
             self._nodes = {}
-            await self._close(client, connected)
+            await close_session(client)
+
+    async def _resolve(self, client: Client) -> None:
+        """Resolve every node reference on this server; one that does not resolve spoils only its tag or
+        method (a config error of that tag, named in its reading and the log), never the link."""
+        try:
+            async with asyncio.timeout(self._config.timeouts.request_s * 2):
+                resolved, failed = await resolve_refs(client, self._refs)
+        except TimeoutError:
+            raise CommError(self._device, "no reply while resolving node references") from None
+        except _COMM_ERRORS as exc:
+            raise CommError(self._device, f"resolving node references failed: {describe(exc)}") from exc
+        self._node_ids = {key[1]: node_id for key, node_id in resolved.items() if key[0] == "tag"}
+        self._tags_of = {}
+        for tag in self._readable:
+            if tag in self._node_ids:
+                self._tags_of.setdefault(self._node_ids[tag], []).append(tag)
+        self._unresolved = {}
+        for (kind, name, _part), reason in failed.items():
+            self._unresolved.setdefault((kind, name), reason)
+            if kind == "tag" and name in self._readable:
+                self._store_bad(name, reason)
+            self._log.warning("node reference unresolved", **{kind: name}, error=reason)
 
     async def _start(self, client: Client, nodes: dict[str, Node]) -> Subscription:
         """Seed the cache with one batched read, then subscribe to every readable node."""
@@ -209,19 +238,6 @@ class OpcUaDriver(LinkedBackend):
         if state != ua.ServerState.Running:
             raise CommError(self._device, f"server state is {ua.ServerState(state).name}")
 
-    async def _close(self, client: Client, connected: bool) -> None:
-        if not connected:
-            # A connect cut short by our timeout may have left the socket open.
-            client.disconnect_socket()
-            return
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await client.disconnect()
-        except _COMM_ERRORS as exc:
-            # The server may be gone already; the socket still has to go.
-            self._log.debug("session close failed", error=repr(exc))
-            client.disconnect_socket()
-
     # ------------------------------------------------------------------------------------------ values
 
     def _reading(self, tag: str, value: ua.DataValue | None) -> Reading:
@@ -258,9 +274,12 @@ class OpcUaDriver(LinkedBackend):
         client = self._client
         if client is None:
             return Reading.bad(self._now(), "not connected")
+        node = self._nodes.get(tag)
+        if node is None:
+            return Reading.bad(self._now(), self._unresolved.get(("tag", tag), "node not resolved"))
         try:
             async with asyncio.timeout(self._config.timeouts.request_s):
-                (value,) = await client.read_attributes([self._nodes[tag]])
+                (value,) = await client.read_attributes([node])
         except TimeoutError:
             return Reading.bad(self._now(), f"no reply within {self._config.timeouts.request_s:g} s")
         except _COMM_ERRORS as exc:
@@ -282,14 +301,16 @@ class OpcUaDriver(LinkedBackend):
         client = self._client
         if client is None:
             raise CommError(self._device, "not connected", tag=tag)
+        node = self._nodes.get(tag)
+        if node is None:
+            reason = self._unresolved.get(("tag", tag), "node not resolved")
+            raise DeviceFault(self._device, reason, tag=tag)
         # No source timestamp: many PLC servers refuse writes that carry one.
         data = ua.DataValue(ua.Variant(raw, VARIANT_TYPES[self._datatypes[tag]]))
         timeout = self._config.timeouts.request_s
         try:
             async with asyncio.timeout(timeout):
-                (status,) = await client.write_values(
-                    [self._nodes[tag]], [data], raise_on_partial_error=False
-                )
+                (status,) = await client.write_values([node], [data], raise_on_partial_error=False)
         except TimeoutError:
             raise CommError(self._device, f"no reply to write within {timeout:g} s", tag=tag) from None
         except _COMM_ERRORS as exc:

@@ -19,6 +19,7 @@ from cellctl.drivers import build_driver
 from cellctl.engine import Engine
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
+from cellctl.schema.load import warnings as config_warnings
 from cellctl.store import Store
 from cellctl.telemetry.publisher import OutboxPublisher
 from cellctl.telemetry.recorder import Recorder
@@ -49,7 +50,7 @@ DriverFactory = Callable[[str, LoadedConfig, Clock], Driver]
 
 
 def _default_driver(name: str, config: LoadedConfig, clock: Clock) -> Driver:
-    return build_driver(name, config.cell.devices[name], clock)
+    return build_driver(name, config.cell.devices[name], clock, resolve_path=config.resolve)
 
 
 class CellApp:
@@ -78,6 +79,9 @@ class CellApp:
         """Run until ``stop`` is set, then shut down in order: Stop, drivers closed, flush, store closed."""
         cell = self.config.cell
         structlog.contextvars.bind_contextvars(cell=cell.identity.cell)
+        # What `cellctl check` warns about (e.g. an OPC UA device without security), once at start.
+        for warning in config_warnings(self.config):
+            log.warning("config warning", warning=str(warning))
         store = await Store.open(self.config.resolve(cell.store.path), synchronous=cell.store.synchronous)
         try:
             await self._run_with_store(store, stop, on_ready)

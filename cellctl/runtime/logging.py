@@ -51,5 +51,6 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     logging.basicConfig(
         level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s: %(message)s"
     )
-    for noisy in ("asyncua", "pymodbus"):
+    # asyncua's trust store logs a refused certificate with a traceback under "asyncuagds".
+    for noisy in ("asyncua", "asyncuagds", "pymodbus"):
         logging.getLogger(noisy).setLevel(logging.WARNING if numeric <= logging.DEBUG else logging.CRITICAL)

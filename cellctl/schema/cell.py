@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from cellctl.core.devices import ProfileKind
+from cellctl.schema.noderef import NodeRefError, parse_node_ref
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
@@ -114,7 +115,11 @@ class TagConfig(Strict):
     units: str = ""
     description: str = ""
     # OPC UA
-    node: str | None = Field(default=None, description="NodeId string, e.g. 'ns=2;s=Robot.Busy'")
+    node: str | None = Field(
+        default=None,
+        description="node reference: 'ns=2;s=Robot1.Busy', 'nsu=<namespace uri>;s=Robot1.Busy' or a browse "
+        "path '/Objects/<namespace uri>Robot1/<namespace uri>Busy' (docs/integrator.md)",
+    )
     # Modbus
     table: ModbusTable | None = None
     address: Annotated[int, Field(ge=0, le=65535)] | None = None
@@ -135,6 +140,16 @@ class TagConfig(Strict):
     def writable(self) -> bool:
         """True when the controller may write this tag."""
         return self.access in (Access.WRITE, Access.READ_WRITE)
+
+    @field_validator("node")
+    @classmethod
+    def _node_reference(cls, node: str | None) -> str | None:
+        if node is not None:
+            try:
+                parse_node_ref(node)
+            except NodeRefError as exc:
+                raise ValueError(str(exc)) from None
+        return node
 
     @field_validator("scale")
     @classmethod
@@ -162,6 +177,64 @@ class TagConfig(Strict):
         if self.verify and self.access is not Access.READ_WRITE:
             raise located("'verify' reads the tag back after a write: access must be 'rw'", "verify")
         return self
+
+
+class SecurityPolicy(StrEnum):
+    """OPC UA security policies cellctl connects with (the deprecated Basic128Rsa15 and Basic256 are not)."""
+
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128_Sha256_RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256_Sha256_RsaPss"
+
+
+class SecurityMode(StrEnum):
+    """OPC UA message security mode."""
+
+    NONE = "None"
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+
+
+class OpcUaSecurity(Strict):
+    """How an OPC UA session is secured: policy and mode, cellctl's certificate and key, the folder of trusted
+    server certificates, and the user (relative paths are from the cell file)."""
+
+    policy: SecurityPolicy
+    mode: SecurityMode | None = Field(
+        default=None, description="default: SignAndEncrypt with a policy, None with policy None"
+    )
+    certificate: str | None = Field(default=None, description="cellctl's certificate (.der or .pem)")
+    private_key: str | None = Field(default=None, description="its private key (.pem or .der)")
+    trust_dir: str | None = Field(
+        default=None, description="folder of trusted server (or CA) certificates (.der or .pem)"
+    )
+    username: str | None = None
+    password: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaSecurity:
+        secured = self.policy is not SecurityPolicy.NONE
+        if self.mode is None:
+            object.__setattr__(self, "mode", SecurityMode.SIGN_AND_ENCRYPT if secured else SecurityMode.NONE)
+        elif secured and self.mode is SecurityMode.NONE:
+            raise located(f"policy {self.policy.value} needs mode Sign or SignAndEncrypt", "mode")
+        elif not secured and self.mode is not SecurityMode.NONE:
+            raise located(f"mode {self.mode.value} needs a policy other than None", "mode")
+        if secured:
+            for key in ("certificate", "private_key", "trust_dir"):
+                if getattr(self, key) is None:
+                    raise located(f"policy {self.policy.value} needs {key!r}", key)
+        if (self.username is None) != (self.password is None):
+            missing = "password" if self.password is None else "username"
+            raise located(f"'username' and 'password' go together: {missing!r} is missing", missing)
+        return self
+
+    @property
+    def message_mode(self) -> SecurityMode:
+        """The mode, its default filled in."""
+        assert self.mode is not None  # set by the validator
+        return self.mode
 
 
 class Timeouts(Strict):
@@ -192,6 +265,9 @@ class DeviceConfig(Strict):
     publishing_interval_ms: Annotated[float, Field(ge=0, le=60000)] = 20.0
     tools: dict[Name, Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=dict, description="tool changers: tool name -> tool number"
+    )
+    security: OpcUaSecurity | None = Field(
+        default=None, description="OPC UA devices: session security; left out means policy None"
     )
     tags: dict[Name, TagConfig]
 
@@ -235,6 +311,8 @@ class DeviceConfig(Strict):
                         raise located(f"tag {name!r}: a Modbus tag needs {key!r}", "tags", name, key)
                 if tag.node is not None:
                     raise located(f"tag {name!r}: a Modbus tag has no OPC UA 'node'", "tags", name, "node")
+        if self.security is not None and self.driver != "opcua":
+            raise located("'security' is for OPC UA devices", "security")
         return self
 
     @model_validator(mode="after")

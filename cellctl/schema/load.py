@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import stat
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from cellctl.schema.cell import (
     Datatype,
     DeviceConfig,
     ModbusTable,
+    SecurityPolicy,
     TagConfig,
     register_count,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "load_cell_file",
     "load_config",
     "load_recipe_file",
+    "warnings",
 ]
 
 CELL_FILE_NAME = "cell.yaml"
@@ -76,6 +79,8 @@ class LoadedConfig:
     recipe_files: dict[str, Path]
     # Line indexes of the recipe files, so with_cell can still point at recipe lines.
     _recipe_sources: dict[str, _Source] = field(default_factory=dict, repr=False, compare=False)
+    # Line index of the cell file, so warnings point at lines too.
+    _cell_source: _Source | None = field(default=None, repr=False, compare=False)
 
     def resolve(self, relative: str | Path) -> Path:
         """``relative`` taken from the cell file's folder; an absolute path is returned unchanged."""
@@ -124,6 +129,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ConfigError(issues)
     checked = _check_cell(cell_doc)
     issues += checked.issues
+    issues += _check_security_files(checked.devices, cell_file.parent, cell_doc.source)
     recipes = _Recipes()
     if checked.recipes_dir is not None:
         recipes_dir = (cell_file.parent / checked.recipes_dir).resolve()
@@ -143,7 +149,79 @@ def load_config(path: str | Path) -> LoadedConfig:
         cell_file=cell_file,
         recipe_files=recipes.files,
         _recipe_sources=recipes.sources,
+        _cell_source=cell_doc.source,
     )
+
+
+def warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
+    """What is valid but unsafe in a loaded cell, located like errors: every OPC UA device on security policy
+    None (said or defaulted), a password sent without encryption, a private key others can read.
+
+    ``cellctl check`` prints these and still exits 0; ``cellctl run`` logs them at start.
+    """
+    source = loaded._cell_source or _Source(_display(loaded.cell_file))
+    found: list[ConfigIssue] = []
+    for name, device in loaded.cell.devices.items():
+        if device.driver != "opcua":
+            continue
+        security = device.security
+        at: YamlPath = ("devices", name)
+        if security is None or security.policy is SecurityPolicy.NONE:
+            said = " (it has no 'security' block)" if security is None else ""
+            found.append(
+                source.issue(
+                    (*at, "security", "policy") if security is not None else at,
+                    f"OPC UA device {name!r} connects with security policy None{said}: its traffic is "
+                    "neither signed nor encrypted and the server is not authenticated",
+                )
+            )
+            if security is not None and security.password is not None:
+                found.append(
+                    source.issue((*at, "security", "password"), f"{name!r} sends its password unencrypted")
+                )
+        elif security.private_key is not None:
+            key = loaded.resolve(security.private_key)
+            try:
+                mode = key.stat().st_mode
+            except OSError:
+                continue  # a missing key is an error of load_config already
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                found.append(
+                    source.issue(
+                        (*at, "security", "private_key"),
+                        f"private key {_display(key)} can be read by others "
+                        f"(mode {stat.S_IMODE(mode):o}): chmod 600 it",
+                    )
+                )
+    return found
+
+
+def _check_security_files(
+    devices: Mapping[str, DeviceConfig], folder: Path, source: _Source
+) -> list[ConfigIssue]:
+    """The certificate, key and trust folder an OPC UA device names exist (relative to the cell file)."""
+    issues: list[ConfigIssue] = []
+    for name, device in devices.items():
+        security = device.security
+        if security is None:
+            continue
+        wanted = (
+            ("certificate", security.certificate, False),
+            ("private_key", security.private_key, False),
+            ("trust_dir", security.trust_dir, True),
+        )
+        for key, value, is_dir in wanted:
+            if value is None:
+                continue
+            path = Path(os.path.normpath(folder / value))
+            if is_dir and not path.is_dir():
+                message = f"trust folder {_display(path)} does not exist"
+            elif not is_dir and not path.is_file():
+                message = f"{key.replace('_', ' ')} file {_display(path)} does not exist"
+            else:
+                continue
+            issues.append(source.issue(("devices", name, "security", key), message))
+    return issues
 
 
 @dataclass

@@ -30,7 +30,8 @@ from device_sims.opcua_robot import new_server
 from tests.fixtures.tcp_proxy import TcpProxy
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "cell.yaml"
-NS = "urn:cellctl:test:robot1"
+NS = "urn:cellctl:sim:robot1"
+"""The robot's namespace, which the example cell's nodes name by URI."""
 
 ROBOT_NODES: dict[str, tuple[Any, ua.VariantType]] = {
     "Program": (0, ua.VariantType.UInt16),
@@ -82,7 +83,7 @@ async def robot() -> AsyncIterator[RobotServer]:
     server = await new_server()  # the simulators' cached standard address space: milliseconds, not seconds
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/cellctl/robot1")
     idx = await server.register_namespace(NS)
-    assert idx == 2, "the example cell's NodeIds use ns=2"
+    assert idx == 2, "the raw NodeIds of these tests use ns=2"
     folder = await server.nodes.objects.add_object(ua.NodeId("Robot1", idx), "Robot1")
     nodes = {}
     for name, (value, vtype) in ROBOT_NODES.items():
