@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import random
 import select
 import signal
 import statistics
@@ -342,12 +343,11 @@ def _counter_rule(device_sim: Callable[[str], Any], tag: str) -> Callable[[Any],
 
 
 async def _stamp(force: Callable[[str, float], None], tag: str, every: float) -> None:
-    """Change ``tag`` to the monotonic clock (shared by every process of the machine) every ``every`` s."""
-    loop = asyncio.get_running_loop()
-    due = loop.time()
+    """Change ``tag`` to the monotonic clock (shared by every process of the machine) about every ``every``
+    s; the spacing is drawn in [0.5, 1.5] x ``every`` so that changes do not lock to a publishing cycle."""
+    rng = random.Random(0)
     while True:
-        due += every
-        await asyncio.sleep(max(0.0, due - loop.time()))
+        await asyncio.sleep(every * rng.uniform(0.5, 1.5))
         force(tag, time.monotonic())
 
 
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--scan-counter", default="", help="tag bumped on every read of it (Modbus)")
     parser.add_argument("--stamp", default="", help="DEVICE.TAG set to time.monotonic() every --every s")
-    parser.add_argument("--every", type=float, default=0.01)
+    parser.add_argument("--every", type=float, default=0.01, help="mean seconds between two stamps")
     parser.add_argument("--max-s", type=float, default=600.0, help="stop after this long in any case")
     args = parser.parse_args(argv)
     quiet_logs()

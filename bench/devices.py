@@ -679,7 +679,7 @@ def opcua_section(plan: Plan) -> dict[str, Any]:
         "server": "device_sims OpcUaDeviceServer (asyncua 2.1 server) in a child process",
         "change_every_s": STAMP_EVERY_S,
         "method": (
-            "the simulator sets a float64 tag to time.monotonic() at each change (every 10 ms); latency = "
+            "the simulator sets a float64 tag to time.monotonic() at each change (every 5-15 ms); latency = "
             "receiver's time.monotonic() at OpcUaDriver's watch callback / at the raw asyncua iterator's "
             "DataChangeEvent minus that value. Driver and raw runs alternate, one at a time, default loop."
         ),
