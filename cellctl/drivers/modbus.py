@@ -389,6 +389,7 @@ class ModbusDriver(LinkedBackend):
         except _MalformedReply as exc:
             self._store_bad(tag, str(exc))
             return self._cache[tag]
+        self._schedule.accepted(block)
         self._apply_block(block, raw)
         return self._cache[tag]
 
@@ -460,6 +461,7 @@ class ModbusDriver(LinkedBackend):
             raise WriteVerifyError(
                 self._device, f"wrote {value!r} but could not read it back: {reason}", tag=tag, written=value
             ) from exc
+        self._schedule.accepted(block)
         self._apply_block(block, raw)
         match encoded:
             case Coil(on=on):

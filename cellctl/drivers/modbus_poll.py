@@ -136,8 +136,13 @@ class PollSchedule:
         return delay
 
     def accepted(self, block: ReadBlock) -> None:
-        """The device answered ``block``: it is read every cycle again."""
-        self._benched.pop(block, None)
+        """The device answered ``block``: it, and every benched block sharing a tag with it, is read every
+        cycle again (so a tag read on demand never keeps a value its benched block would leave stale)."""
+        if not self._benched:
+            return
+        names = {tag.name for tag in block.tags}
+        for other in [b for b in self._benched if b == block or names & {t.name for t in b.tags}]:
+            del self._benched[other]
 
     def split(self, block: ReadBlock) -> tuple[ReadBlock, ...]:
         """Replace a coalesced block by one block per tag's registers, read in the current cycle."""

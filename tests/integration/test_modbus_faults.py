@@ -534,3 +534,17 @@ async def test_the_last_failure_is_forgotten_once_the_link_is_up(server: FakeMod
         await wait_health(driver, LinkState.UP, 5)
     assert isinstance(failure, ModbusGatewayPathUnavailable)
     assert driver.last_failure is None
+
+
+async def test_a_tag_read_on_demand_brings_its_benched_block_back_into_the_polls(server: FakeModbus) -> None:
+    server.exceptions[(1, 4, 0)] = 1
+    driver = ModbusDriver("gauge", two_words(server.port, second=1), CLOCK, mismatch_retry_s=(60.0, 60.0))
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        assert driver.last("second").reason.startswith("configuration mismatch")
+        del server.exceptions[(1, 4, 0)]
+        server.unit(1).input[1] = 1212
+        on_demand = await driver.read("first")
+        polled = await wait_reading(driver, "second", lambda r: r.value == 1212, 2)
+    assert (on_demand.quality, on_demand.value) == (Quality.GOOD, 11)
+    assert polled.quality is Quality.GOOD

@@ -189,3 +189,16 @@ def test_next_due_is_now_while_a_cycle_has_blocks_left_and_never_without_blocks(
 def test_an_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval must be > 0"):
         PollSchedule([PollGroupPlan("x", 0.0, ())])
+
+
+def test_accepting_a_block_releases_every_benched_block_sharing_a_tag() -> None:
+    first, second = tag("first", 0), tag("second", 1)
+    coalesced, alone, other = block(first, second), block(first), single("other", 50)
+    schedule = PollSchedule([PollGroupPlan(None, 1.0, (coalesced, other))])
+    schedule.bench(coalesced, 0.0)
+    schedule.bench(other, 0.0)
+
+    schedule.accepted(alone)  # e.g. a read of 'first' on demand
+
+    assert not schedule.benched(coalesced, 0.0)
+    assert schedule.benched(other, 0.0)
