@@ -173,7 +173,7 @@ class ScanSample:
     @property
     def client_cpu_ms_per_scan(self) -> float:
         """CPU of this process (the client) per full scan, in ms."""
-        return 1000 * self.client_cpu_s * self.scan_ms / 1000 / self.window_s
+        return self.client_cpu_s * self.scan_ms / self.window_s
 
     @property
     def server_busy(self) -> float:
