@@ -162,7 +162,8 @@ def test_recipes_are_checked_against_the_valid_devices_of_an_invalid_cell(config
     issues = issues_of(config_copy)
 
     # The gauge is broken (reported once); the recipes' quality sources on it are not reported again.
-    assert where(issues) == {("cell.yaml", 65, "devices.gauge.profile")}
+    line = cell.read_text().splitlines().index("    profile: gage") + 1
+    assert where(issues) == {("cell.yaml", line, "devices.gauge.profile")}
 
 
 def test_every_duplicate_key_is_reported_with_both_lines(gauge_cell: Path) -> None:
