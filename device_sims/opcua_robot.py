@@ -36,13 +36,13 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
-from cellctl.core.tags import TagValue
-from cellctl.schema.noderef import BrowseName, BrowsePathRef, Namespace, NodeIdRef, NodeRef, parse_node_ref
 from cryptography import x509
+
+from cellctl.core.tags import TagValue
+from cellctl.schema.cell import Datatype
+from cellctl.schema.noderef import BrowseName, BrowsePathRef, Namespace, NodeIdRef, NodeRef, parse_node_ref
 from device_sims.behaviour import DeviceSim
 from device_sims.gate import Request, RequestGate
-
-from cellctl.schema.cell import Datatype
 
 _log = structlog.get_logger(__name__)
 

@@ -23,6 +23,7 @@ from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uatypes import Double
+
 from cellctl.core.clock import Clock
 from cellctl.core.tags import Quality, Reading, TagValue
 from cellctl.drivers._supervisor import WRITE_ONLY, Backoff, LinkedBackend, raise_if_cancelling
@@ -36,9 +37,8 @@ from cellctl.drivers.opcua_session import (
     resolve_refs,
 )
 from cellctl.errors import CommError, ConfigError, ConfigIssue, DeviceError, DeviceFault
-from cellctl.schema.noderef import NodeRef, NodeRefError, parse_node_ref
-
 from cellctl.schema.cell import Access, Datatype, DeviceConfig
+from cellctl.schema.noderef import NodeRef, NodeRefError, parse_node_ref
 
 __all__ = ["PROBE_INTERVAL_S", "VARIANT_TYPES", "OpcUaDriver"]
 
