@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cellctl.core.tags import TagValue
 from cellctl.drivers._values import CodecError, check_int_range, to_engineering, to_raw
@@ -210,16 +210,17 @@ class TagCodec:
     bit: int | None = None
     scale: float = 1.0
     offset: float = 0.0
+    _width: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Plain strings (a config copied without validation) become the enums the rules compare by identity.
-        for field, kind in (
+        for name, kind in (
             ("table", ModbusTable),
             ("datatype", Datatype),
             ("word_order", Order),
             ("byte_order", Order),
         ):
-            object.__setattr__(self, field, kind(getattr(self, field)))
+            object.__setattr__(self, name, kind(getattr(self, name)))
         where = f"tag {self.name!r}"
         if self.table in BIT_TABLES and (self.datatype is not Datatype.BOOL or self.bit is not None):
             raise CodecError(f"{where}: a {self.table.value} holds single bits: bool without 'bit'")
@@ -229,6 +230,9 @@ class TagCodec:
             raise CodecError(f"{where}: a string needs a length of at least 1 register")
         if self.scale == 0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
             raise CodecError(f"{where}: scale must be finite and not 0, offset finite")
+        # Computed once: every poll slices and checks each tag by its width.
+        width = 1 if self.table in BIT_TABLES else register_count(self.datatype, self.length)
+        object.__setattr__(self, "_width", width)
         if self.address < 0 or self.address + self.width > 65536:
             raise CodecError(f"{where}: address {self.address} + {self.width} runs past 65535")
 
@@ -258,9 +262,7 @@ class TagCodec:
     @property
     def width(self) -> int:
         """Registers (or bits, in a bit table) the tag occupies."""
-        if self.table in BIT_TABLES:
-            return 1
-        return register_count(self.datatype, self.length)
+        return self._width
 
     @property
     def end(self) -> int:
