@@ -6,7 +6,8 @@ multiplied by the world's ``time_scale``; timed actions run as tasks the device 
 Commands that start an action are counted in ``World.commands``, refused ones in ``World.refused``, and every
 raw client write in ``World.writes``, so tests can check that nothing ran twice.
 
-Command names, keyed ``(device, command)``: robot ``program_load``, ``cycle_start``; tool changer
+Command names, keyed ``(device, command)``: robot ``program_load``, ``cycle_start`` (whether written as
+signals or called as methods); tool changer
 ``tool_change``; fixture ``clamp``, ``unclamp``, ``move:<axis>``; press ``cycle_start``; gauge ``trigger``;
 any other writable tag ``setpoint:<tag>``. Register commands count on every write; bool commands on the
 edge that asks for the action (writing ``start`` high while it is already high is only a write).
@@ -17,6 +18,7 @@ A refused command flips the robot's ``fault_code`` (1: no program, 2: program ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import struct
@@ -26,7 +28,15 @@ from typing import Any, ClassVar
 
 import structlog
 
-from cellctl.core.devices import PROFILE_SLOTS, ProfileKind, ValueKind, axis_actual_tag, axis_setpoint_tag
+from cellctl.core.devices import (
+    Handshake,
+    ProfileKind,
+    RobotState,
+    ValueKind,
+    axis_actual_tag,
+    axis_setpoint_tag,
+    profile_slots,
+)
 from cellctl.core.tags import TagValue
 from cellctl.schema.cell import Datatype, DeviceConfig
 from device_sims.sims_config import (
@@ -92,6 +102,17 @@ def default_value(datatype: Datatype) -> TagValue:
 
 class SimTaskError(RuntimeError):
     """A simulator's own timed action crashed (a bug in device_sims, not a simulated fault)."""
+
+
+class CommandRefused(Exception):
+    """A command the equipment refused; a method face answers it with a Bad status."""
+
+    def __init__(self, command: str, reason: str, *, bad_argument: bool = False) -> None:
+        self.command = command
+        self.reason = reason
+        self.bad_argument = bad_argument
+        """True when an argument was wrong (an unknown program), not the moment."""
+        super().__init__(f"{command} refused: {reason}")
 
 
 class World:
@@ -166,8 +187,11 @@ class DeviceSim:
         self.config = config
         self.world = world
         self.settings = settings
+        # The slots of every handshake style: one simulated device serves either face.
         self.types: dict[str, Datatype] = {
-            slot.name: _SLOT_TYPES[slot.kind] for slot in PROFILE_SLOTS.get(self.profile, ())
+            slot.name: _SLOT_TYPES[slot.kind]
+            for style in Handshake
+            for slot in profile_slots(self.profile, style)
         }
         self.types.update({tag: cfg.datatype for tag, cfg in config.tags.items()})
         self.values: dict[str, TagValue] = {tag: default_value(dt) for tag, dt in self.types.items()}
@@ -266,6 +290,13 @@ class DeviceSim:
         """React to a client write; by default a writable tag is a plain setpoint."""
         self._accept(f"setpoint:{tag}")
 
+    def call(self, method: str, args: tuple[TagValue, ...]) -> tuple[TagValue, ...]:
+        """A client called ``method``: act and return its outputs, or raise CommandRefused.
+
+        KeyError for a method the device does not have (most have none).
+        """
+        raise KeyError(f"{self.name} has no method {method!r}")
+
     def _accept(self, command: str) -> None:
         self.world.commands[(self.name, command)] += 1
         self.log.debug("sim.command", command=command)
@@ -320,7 +351,12 @@ class DeviceSim:
 
 
 class RobotSim(DeviceSim):
-    """A robot: ``program`` loads after a load time; ``start`` runs a cycle; ``fault_code`` flags refusals."""
+    """A robot: loads a program after a load time, runs cycles, flags refusals in ``fault_code``.
+
+    One robot, two protocol faces: the signal face (``program`` written, ``start`` held high until ``done``)
+    reaches it through ``client_write``, the method face (``load_program``, ``start_cycle``) through
+    ``call``. Both drive the same logic and keep ``state`` (RobotState) as well as ``busy``/``done``.
+    """
 
     profile = ProfileKind.ROBOT
     FAULT_NO_PROGRAM = 1
@@ -328,6 +364,8 @@ class RobotSim(DeviceSim):
     FAULT_UNKNOWN_PROGRAM = 3
     COMMAND_FAULTS = frozenset({FAULT_NO_PROGRAM, FAULT_PROGRAM_WHILE_BUSY, FAULT_UNKNOWN_PROGRAM})
     """Faults a successful program load clears; any other code stays until ``reset_fault``."""
+    METHODS = ("load_program", "start_cycle")
+    """Methods of the method face (keys of the cell file's ``methods:``)."""
 
     settings: RobotSettings
 
@@ -336,51 +374,86 @@ class RobotSim(DeviceSim):
         self._armed_fault: tuple[int, float] | None = None
 
     def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
-        """Program select, cycle start and start release."""
+        """Signal face: program select, cycle start and start release."""
         if tag == "program":
-            self._load(int(new))
+            self._try(self._load, int(new))
         elif tag == "start":
             if new and not old:
-                self._cycle_start()
+                self._try(self._cycle_start)
             elif not new:
                 self._set("done", False)
         else:
             super().on_write(tag, old, new)
 
+    def call(self, method: str, args: tuple[TagValue, ...]) -> tuple[TagValue, ...]:
+        """Method face: ``load_program(number or name)`` and ``start_cycle()``; CommandRefused when refused.
+
+        Arguments arrive checked against the declared types by the protocol face; a program name is the
+        program number as text.
+        """
+        if method == "load_program":
+            (program,) = args
+            if isinstance(program, str):
+                if not program.strip().isdigit():
+                    self._set_fault(self.FAULT_UNKNOWN_PROGRAM)
+                    self._refuse("program_load", f"unknown program {program!r}")
+                    raise CommandRefused("program_load", f"unknown program {program!r}", bad_argument=True)
+                program = int(program)
+            self._load(int(program))
+        elif method == "start_cycle":
+            self._cycle_start()
+        else:
+            raise KeyError(f"{self.name} has no method {method!r}")
+        self.world.notify()
+        return ()
+
+    def _try(self, command: Callable[..., None], *args: Any) -> None:
+        """A signal-face command: a refusal shows only in ``fault_code`` and the counters."""
+        with contextlib.suppress(CommandRefused):
+            command(*args)
+
+    def _set_fault(self, code: int) -> None:
+        self._set("fault_code", code)
+        self._set("state", RobotState.FAULT if code else RobotState.IDLE)
+
     def _load(self, program: int) -> None:
         if self.values["busy"]:
-            self._set("fault_code", self.FAULT_PROGRAM_WHILE_BUSY)
+            self._set_fault(self.FAULT_PROGRAM_WHILE_BUSY)
             self._refuse("program_load", "a cycle is running")
-            return
+            raise CommandRefused("program_load", "a cycle is running")
         known = self.settings.programs
         if program != 0 and known is not None and program not in known:
-            self._set("fault_code", self.FAULT_UNKNOWN_PROGRAM)
+            self._set_fault(self.FAULT_UNKNOWN_PROGRAM)
             self._refuse("program_load", f"unknown program {program}")
-            return
+            raise CommandRefused("program_load", f"unknown program {program}", bad_argument=True)
         self._accept("program_load")
         self._set("active_program", 0)
+        if self.values["fault_code"] == 0:
+            self._set("state", RobotState.IDLE)
         self._run("program", self._loading(program))
 
     async def _loading(self, program: int) -> None:
         await self._sleep(self.settings.program_load_s)
         self._set("active_program", program)
         if self.values["fault_code"] in self.COMMAND_FAULTS:
-            self._set("fault_code", 0)
+            self._set_fault(0)
 
     def _cycle_start(self) -> None:
         if self.values["fault_code"] != 0:
-            self._refuse("cycle_start", f"faulted (code {self.values['fault_code']})")
-            return
+            reason = f"faulted (code {self.values['fault_code']})"
+            self._refuse("cycle_start", reason)
+            raise CommandRefused("cycle_start", reason)
         if self.values["busy"]:
             self._refuse("cycle_start", "a cycle is running")
-            return
+            raise CommandRefused("cycle_start", "a cycle is running")
         if self.values["active_program"] == 0 or "program" in self._tasks:
-            self._set("fault_code", self.FAULT_NO_PROGRAM)
+            self._set_fault(self.FAULT_NO_PROGRAM)
             self._refuse("cycle_start", "no program loaded")
-            return
+            raise CommandRefused("cycle_start", "no program loaded")
         self._accept("cycle_start")
         self._set("done", False)
         self._set("busy", True)
+        self._set("state", RobotState.RUNNING)
         armed, self._armed_fault = self._armed_fault, None
         self._run("cycle", self._cycle(armed))
 
@@ -392,16 +465,18 @@ class RobotSim(DeviceSim):
             return
         await self._sleep(self.settings.cycle_s)
         self._set("busy", False)
+        # The count before the state, so a client that sees DONE sees the new count with it or before.
         self._set("cycle_count", int(self.values["cycle_count"]) + 1)
         self._set("done", True)
+        self._set("state", RobotState.DONE)
 
     def fault(self, code: int) -> None:
-        """Fault now: ``fault_code`` set, a running cycle stops and never completes."""
+        """Fault now: ``fault_code`` set, ``state`` FAULT, a running cycle stops and never completes."""
         if code == 0:
             raise ValueError("a fault code is not 0")
         self._cancel("cycle")
         self._set("busy", False)
-        self._set("fault_code", code)
+        self._set_fault(code)
 
     def arm_fault(self, code: int, at: float = 0.5) -> None:
         """Make the next cycle fault with ``code`` after ``at`` (0..1) of its cycle time."""
@@ -410,9 +485,9 @@ class RobotSim(DeviceSim):
         self._armed_fault = (code, at)
 
     def reset_fault(self) -> None:
-        """Clear the fault code (an operator's reset)."""
+        """Clear the fault code (an operator's reset); ``state`` goes back to IDLE."""
         self._armed_fault = None
-        self._set("fault_code", 0)
+        self._set_fault(0)
 
 
 class ToolChangerSim(DeviceSim):
@@ -522,7 +597,13 @@ class FixtureSim(DeviceSim):
         self._arrived(axis)
 
     def _arrived(self, axis: str) -> None:
-        moving = {slot for slot in self._tasks if slot.startswith("move:") and slot != f"move:{axis}"}
+        # An axis whose motion ended in this same loop turn is done already, though its task is still listed
+        # until its done-callback runs: it must not keep ``in_position`` False for good.
+        moving = {
+            slot
+            for slot, task in self._tasks.items()
+            if slot.startswith("move:") and slot != f"move:{axis}" and not task.done()
+        }
         if not moving:
             self._set("in_position", True)
 

@@ -3,6 +3,8 @@
 Client writes reach the device through the server's PostWrite callback (only writes from client sessions,
 and only those the server accepted: wrong variant types and writes to read-only nodes are refused by asyncua
 itself). Device changes are written back into the address space, so client subscriptions fire.
+The methods of the cell file's ``methods:`` are served at their NodeIds on the device's object; a call is
+checked against the declared input types and handed to ``DeviceSim.call``.
 
 Node references of the cell file name where each tag lives: a NodeId by index or by namespace URI (the
 device's own namespace ``urn:cellctl:sim:<device>`` is always index 2), or a browse path from the Objects
@@ -20,7 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as asyncua_version
@@ -39,9 +41,9 @@ from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 
 from cellctl.core.tags import TagValue
-from cellctl.schema.cell import Datatype
+from cellctl.schema.cell import Datatype, MethodConfig
 from cellctl.schema.noderef import BrowseName, BrowsePathRef, Namespace, NodeIdRef, NodeRef, parse_node_ref
-from device_sims.behaviour import DeviceSim
+from device_sims.behaviour import CommandRefused, DeviceSim
 from device_sims.gate import Request, RequestGate
 
 _log = structlog.get_logger(__name__)
@@ -59,6 +61,10 @@ VARIANT_TYPES: dict[Datatype, ua.VariantType] = {
     Datatype.FLOAT64: ua.VariantType.Double,
     Datatype.STRING: ua.VariantType.String,
 }
+
+
+def _status(code: int) -> ua.StatusCode:
+    return ua.StatusCode(ua.UInt32(code))
 
 
 def _now() -> ua.DateTime:
@@ -198,6 +204,7 @@ class OpcUaDeviceServer:
         self._nodes: dict[str, ua.NodeId] = {}
         self._tags_by_node: dict[ua.NodeId, str] = {}
         self._status: dict[str, ua.StatusCode] = {}
+        self._method_status: dict[str, ua.StatusCode] = {}
         self._pending: collections.deque[tuple[str, TagValue]] = collections.deque()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -297,8 +304,13 @@ class OpcUaDeviceServer:
         server.set_server_name(f"cellctl simulator {self.sim.name}")
         server.set_endpoint(self.endpoint)
         refs = {tag: parse_node_ref(str(cfg.node)) for tag, cfg in self.sim.config.tags.items()}
-        await self._register_namespaces(server, refs.values())
-        folder = await server.nodes.objects.add_object(2, self.sim.name)
+        method_refs = [
+            parse_node_ref(ref)
+            for method in self.sim.config.methods.values()
+            for ref in (method.object, method.method)
+        ]
+        await self._register_namespaces(server, [*refs.values(), *method_refs])
+        folder = await server.nodes.objects.add_object(self._object_node_id(), self.sim.name)
         parents: dict[tuple[BrowseName, ...], Node] = {
             (): server.nodes.objects,
             (BrowseName(self.namespace_uri, self.sim.name),): folder,
@@ -320,6 +332,7 @@ class OpcUaDeviceServer:
                 await variable.set_writable()
             self._nodes[tag] = nodeid
             self._tags_by_node[nodeid] = tag
+        await self._add_methods(folder)
         server.subscribe_server_callback(CallbackType.PostWrite, self._post_write)
         server.subscribe_server_callback(CallbackType.PreWrite, self._pre_write)
         server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
@@ -404,10 +417,16 @@ class OpcUaDeviceServer:
         await self._server.write_attribute_value(self._nodes[tag], datavalue)
 
     async def set_status(self, tag: str, status: str) -> None:
-        """Serve ``tag`` with a Bad/Uncertain status code named like ``BadSensorFailure`` until cleared."""
+        """Serve ``tag`` with a Bad/Uncertain status code named like ``BadSensorFailure`` until cleared.
+
+        ``tag`` may name a method of the cell file's ``methods:``: every call of it then returns the status.
+        """
         if self._server is None:
             raise RuntimeError("the server is not started")
         code = ua.StatusCode(getattr(StatusCodes, status))
+        if tag in self.sim.config.methods and tag not in self._nodes:
+            self._method_status[tag] = code
+            return
         self._status[tag] = code
         now = _now()
         await self._server.write_attribute_value(
@@ -415,7 +434,8 @@ class OpcUaDeviceServer:
         )
 
     async def clear_status(self, tag: str) -> None:
-        """Serve ``tag``'s value again with a Good status."""
+        """Serve ``tag``'s value again with a Good status (or let its method run again)."""
+        self._method_status.pop(tag, None)
         if self._status.pop(tag, None) is not None and self._server is not None:
             await self._write_node(tag, self.sim.published(tag))
 
@@ -448,6 +468,59 @@ class OpcUaDeviceServer:
             self.sim.client_write(tag, variant.Value)
         # Publish what the write caused before the client gets its reply, as a PLC scan would.
         await self._flush()
+
+    # -- methods --------------------------------------------------------------------------------------------
+    def _object_node_id(self) -> ua.NodeId | int:
+        """The NodeId of the device's object: the one its methods are called on, else a fresh one in ns 2."""
+        for method in self.sim.config.methods.values():
+            return self.node_id(method.object)
+        return 2
+
+    async def _add_methods(self, folder: Node) -> None:
+        """Add each configured method, on the device's object or on another object the config names."""
+        objects: dict[ua.NodeId, Node] = {folder.nodeid: folder}
+        for name, method in self.sim.config.methods.items():
+            object_id = self.node_id(method.object)
+            parent = objects.get(object_id)
+            if parent is None:
+                parent = await folder.add_object(
+                    object_id, ua.QualifiedName(name + "Object", object_id.NamespaceIndex)
+                )
+                objects[object_id] = parent
+            method_id = self.node_id(method.method)
+            await parent.add_method(
+                method_id,
+                ua.QualifiedName(name, method_id.NamespaceIndex),
+                self._method_handler(name, method),
+                [VARIANT_TYPES[d] for d in method.inputs],
+                [VARIANT_TYPES[d] for d in method.outputs],
+            )
+
+    def _method_handler(self, name: str, method: MethodConfig) -> Callable[..., Awaitable[Any]]:
+        async def handler(_parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant] | ua.StatusCode:
+            request = Request(protocol="opcua", device=self.sim.name, write=True, count=1, tags=(name,))
+            code = await self.gate.admit(request)
+            if code is not None:
+                return _status(code)
+            if name in self._method_status:
+                return self._method_status[name]
+            if len(args) != len(method.inputs):
+                few = len(args) < len(method.inputs)
+                return _status(StatusCodes.BadArgumentsMissing if few else StatusCodes.BadTooManyArguments)
+            if any(v.VariantType != VARIANT_TYPES[d] for v, d in zip(args, method.inputs, strict=True)):
+                return _status(StatusCodes.BadTypeMismatch)
+            try:
+                outputs = self.sim.call(name, tuple(v.Value for v in args))
+            except CommandRefused as exc:
+                self.log.info("sim.call_refused", method=name, reason=exc.reason)
+                bad = StatusCodes.BadInvalidArgument if exc.bad_argument else StatusCodes.BadInvalidState
+                return _status(bad)
+            finally:
+                # Publish what the call caused before the client gets its reply, as for a write.
+                await self._flush()
+            return [ua.Variant(v, VARIANT_TYPES[d]) for v, d in zip(outputs, method.outputs, strict=True)]
+
+        return handler
 
 
 def _certificate_uris(certificate: Any) -> list[str]:

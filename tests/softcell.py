@@ -1,34 +1,113 @@
-"""A whole cell of soft devices that answer the handshakes at once, for engine unit tests (no sockets)."""
+"""A whole cell of soft devices that answer the handshakes at once, for engine unit tests (no sockets).
+
+A robot answers in the handshake style its config names (signal or method); ``soft_robot(dev)`` gives the
+robot's responder, so a test can make its next cycle fault part way.
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from cellctl.core.devices import ProfileKind
+from cellctl.core.devices import Handshake, ProfileKind, RobotState
 from cellctl.core.tags import TagValue
 from cellctl.drivers.soft import SoftDriver
+from cellctl.errors import DeviceFault
 from cellctl.schema.cell import CellConfig
 
 GaugeFn = Callable[[str], float]
 """Gauge channel name -> value measured for the next part."""
 
 
-def _robot(dev: SoftDriver) -> None:
-    def hook(tag: str, value: TagValue) -> None:
-        if tag == "program":
-            dev.set("active_program", value)
-        elif tag == "start" and value:
-            if dev.last("active_program").value in (0, None):
-                dev.set("fault_code", 1)
-                return
-            dev.set("busy", False)
-            dev.set("done", True)
-            count = dev.last("cycle_count").value
-            dev.set("cycle_count", int(count if isinstance(count, int) else 0) + 1)
-        elif tag == "start":
-            dev.set("done", False)
+FAULT_NO_PROGRAM = 1
+"""Fault code of a cycle started with no program, as the simulated robot sets it."""
 
-    dev.on_write(hook)
+
+@dataclass
+class SoftRobot:
+    """A soft robot: a program loads at once, a cycle completes at once unless a fault is armed."""
+
+    dev: SoftDriver
+    armed_fault: int | None = None
+    """Fault code the next cycle stops with, part way (then disarmed)."""
+
+    def _no_program(self) -> bool:
+        return self.dev.last("active_program").value in (0, None)
+
+    def _count_cycle(self) -> None:
+        count = self.dev.last("cycle_count").value
+        self.dev.set("cycle_count", int(count if isinstance(count, int) else 0) + 1)
+
+    def signal_face(self) -> None:
+        """Answer writes of ``program`` and ``start``."""
+        dev = self.dev
+
+        def hook(tag: str, value: TagValue) -> None:
+            if tag == "program":
+                dev.set("active_program", value)
+            elif tag == "start" and value:
+                if self._no_program():
+                    dev.set("fault_code", FAULT_NO_PROGRAM)
+                    return
+                dev.set("busy", True)
+                if self.armed_fault is not None:
+                    code, self.armed_fault = self.armed_fault, None
+                    dev.set("busy", False)
+                    dev.set("fault_code", code)
+                    return
+                dev.set("busy", False)
+                self._count_cycle()
+                dev.set("done", True)
+            elif tag == "start":
+                dev.set("done", False)
+
+        dev.on_write(hook)
+
+    def method_face(self) -> None:
+        """Answer calls of ``load_program`` (number, or name as text) and ``start_cycle``."""
+        dev = self.dev
+
+        def load_program(args: tuple[TagValue, ...]) -> tuple[TagValue, ...]:
+            (program,) = args
+            dev.set("active_program", int(program))
+            dev.set("state", RobotState.IDLE)
+            return ()
+
+        def start_cycle(_args: tuple[TagValue, ...]) -> tuple[TagValue, ...]:
+            if self._no_program():
+                dev.set("fault_code", FAULT_NO_PROGRAM)
+                dev.set("state", RobotState.FAULT)
+                raise DeviceFault(dev.device, "method 'start_cycle' failed: BadInvalidState")
+            dev.set("state", RobotState.RUNNING)
+            if self.armed_fault is not None:
+                code, self.armed_fault = self.armed_fault, None
+                dev.set("fault_code", code)
+                dev.set("state", RobotState.FAULT)
+                return ()
+            self._count_cycle()
+            dev.set("state", RobotState.DONE)
+            return ()
+
+        dev.on_call("load_program", load_program)
+        dev.on_call("start_cycle", start_cycle)
+
+
+_ROBOTS: weakref.WeakKeyDictionary[SoftDriver, SoftRobot] = weakref.WeakKeyDictionary()
+
+
+def soft_robot(dev: SoftDriver) -> SoftRobot:
+    """The responder of a soft robot made by ``soft_cell``."""
+    return _ROBOTS[dev]
+
+
+def _robot(dev: SoftDriver, handshake: Handshake) -> None:
+    robot = SoftRobot(dev)
+    _ROBOTS[dev] = robot
+    if handshake is Handshake.METHOD:
+        robot.method_face()
+    else:
+        robot.signal_face()
 
 
 def _tool_changer(dev: SoftDriver) -> None:
@@ -89,7 +168,7 @@ def soft_cell(
         start.update((initial or {}).get(name, {}))
         dev = SoftDriver.from_config(name, config, initial=start)
         if config.profile is ProfileKind.ROBOT:
-            _robot(dev)
+            _robot(dev, config.handshake)
         elif config.profile is ProfileKind.TOOL_CHANGER:
             _tool_changer(dev)
         elif config.profile is ProfileKind.FIXTURE:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -71,6 +71,14 @@ class TagBackend(Protocol):
 
     def watch(self, callback: ReadingCallback) -> Callable[[], None]:
         """Call back on every new reading of any tag of this device; returns the unsubscribe function."""
+        ...
+
+    async def call(self, method: str, args: Sequence[TagValue]) -> tuple[TagValue, ...]:
+        """Call ``method`` (a key of the device's ``methods:`` map) with ``args``; return its outputs.
+
+        Raises CommError when the link fails, DeviceFault when the device answers with a Bad status (named
+        in the message), DeviceError for an unknown method or a wrong argument count or type.
+        """
         ...
 
 

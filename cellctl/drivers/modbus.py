@@ -25,7 +25,7 @@ not taken at all, so the request times out and the link is reconnected.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -481,6 +481,10 @@ class ModbusDriver(LinkedBackend):
                 written=value,
                 read_back=read_back,
             )
+
+    async def call(self, method: str, args: Sequence[TagValue]) -> tuple[TagValue, ...]:
+        """Modbus has no methods: always DeviceError."""
+        raise DeviceError(self._device, "this device has no methods")
 
     def _codec(self, tag: str) -> TagCodec:
         self._known(tag)

@@ -13,15 +13,18 @@ So each connection is a new ``Client``; the supervisor loop in LinkedBackend own
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
+from asyncua.common.methods import call_method_full
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaStatusCodeError
 from asyncua.ua.uatypes import Double
 
 from cellctl.core.clock import Clock
@@ -63,6 +66,32 @@ _COMM_ERRORS = COMM_ERRORS
 RefKey = tuple[str, str, str]
 """What a node reference belongs to: ("tag", name, "node") or ("method", name, "object" | "method")."""
 
+_LINK_STATUSES = frozenset(
+    getattr(StatusCodes, name)
+    for name in (
+        "BadCommunicationError",
+        "BadConnectionClosed",
+        "BadDisconnect",
+        "BadNoCommunication",
+        "BadNotConnected",
+        "BadRequestInterrupted",
+        "BadRequestTimeout",
+        "BadSecureChannelClosed",
+        "BadSecureChannelIdInvalid",
+        "BadServerHalted",
+        "BadServerNotConnected",
+        "BadSessionClosed",
+        "BadSessionIdInvalid",
+        "BadSessionNotActivated",
+        "BadShutdown",
+        "BadTcpInternalError",
+        "BadTimeout",
+        "BadTooManyOperations",
+    )
+)
+"""Bad statuses of a method call that say the link or session failed, not the method: CommError, not
+DeviceFault. asyncua raises a service's and an operation's Bad status alike, so they are told by name."""
+
 
 class OpcUaDriver(LinkedBackend):
     """An OPC UA device: subscribes to its readable tags, probes the server, writes with declared types."""
@@ -92,6 +121,9 @@ class OpcUaDriver(LinkedBackend):
         self._refs: dict[RefKey, NodeRef] = {}
         wanted: list[tuple[RefKey, str]] = []
         wanted += [(("tag", n, "node"), t.node or "") for n, t in config.tags.items()]
+        for method_name, method in config.methods.items():
+            wanted += [(("method", method_name, "object"), method.object)]
+            wanted += [(("method", method_name, "method"), method.method)]
         for key, text in wanted:
             try:
                 self._refs[key] = parse_node_ref(text)
@@ -105,6 +137,7 @@ class OpcUaDriver(LinkedBackend):
         # Filled from the references at every connect (a server may renumber its namespaces in between).
         self._node_ids: dict[str, ua.NodeId] = {}
         self._tags_of: dict[ua.NodeId, list[str]] = {}
+        self._method_ids: dict[str, tuple[ua.NodeId, ua.NodeId]] = {}
         self._unresolved: dict[tuple[str, str], str] = {}
         self._client: Client | None = None
         self._nodes: dict[str, Node] = {}
@@ -166,6 +199,11 @@ class OpcUaDriver(LinkedBackend):
         for tag in self._readable:
             if tag in self._node_ids:
                 self._tags_of.setdefault(self._node_ids[tag], []).append(tag)
+        self._method_ids = {
+            m: (resolved[("method", m, "object")], resolved[("method", m, "method")])
+            for m in self._config.methods
+            if ("method", m, "object") in resolved and ("method", m, "method") in resolved
+        }
         self._unresolved = {}
         for (kind, name, _part), reason in failed.items():
             self._unresolved.setdefault((kind, name), reason)
@@ -318,3 +356,62 @@ class OpcUaDriver(LinkedBackend):
         raise_if_cancelling()
         if not status.is_good():
             raise DeviceFault(self._device, f"server refused the write of {value!r}: {status.name}", tag=tag)
+
+    async def call(self, method: str, args: Sequence[TagValue]) -> tuple[TagValue, ...]:
+        """Call a configured method with Variants of its declared input types; its outputs as declared.
+
+        DeviceError for an unknown method, a wrong argument count or type, or outputs that do not match the
+        declaration; DeviceFault naming the Bad status the method returned; CommError when the link fails or
+        no reply comes within the device's request timeout.
+        """
+        config = self._config.methods.get(method)
+        if config is None:
+            known = ", ".join(self._config.methods) or "none"
+            raise DeviceError(self._device, f"no method {method!r} (methods: {known})")
+        if len(args) != len(config.inputs):
+            raise DeviceError(
+                self._device, f"method {method!r} takes {len(config.inputs)} argument(s), not {len(args)}"
+            )
+        variants: list[ua.Variant] = []
+        for index, (value, datatype) in enumerate(zip(args, config.inputs, strict=True), start=1):
+            try:
+                raw = to_raw(value, datatype)
+            except CodecError as exc:
+                raise DeviceError(self._device, f"method {method!r} argument {index}: {exc}") from exc
+            variants.append(ua.Variant(raw, VARIANT_TYPES[datatype]))
+        client = self._client
+        if client is None:
+            raise CommError(self._device, f"not connected: method {method!r} not called")
+        ids = self._method_ids.get(method)
+        if ids is None:
+            reason = self._unresolved.get(("method", method), "node not resolved")
+            raise DeviceFault(self._device, f"method {method!r}: {reason}")
+        object_id, method_id = ids
+        timeout = self._config.timeouts.request_s
+        try:
+            async with asyncio.timeout(timeout):
+                result = await call_method_full(client.get_node(object_id), method_id, *variants)
+        except TimeoutError:
+            raise CommError(self._device, f"no reply to method {method!r} within {timeout:g} s") from None
+        except UaStatusCodeError as exc:
+            status = ua.StatusCode(exc.code)
+            if exc.code in _LINK_STATUSES or client.state is not UaClientState.CONNECTED:
+                raise CommError(self._device, f"method {method!r} failed: {status.name}") from exc
+            raise DeviceFault(self._device, f"method {method!r} failed: {status.name}") from exc
+        except _COMM_ERRORS as exc:
+            raise CommError(self._device, f"method {method!r} failed: {exc!r}") from exc
+        raise_if_cancelling()
+        outputs = list(result.OutputArguments)
+        if len(outputs) != len(config.outputs):
+            raise DeviceError(
+                self._device,
+                f"method {method!r} returned {len(outputs)} output(s), "
+                f"the config declares {len(config.outputs)}",
+            )
+        try:
+            return tuple(
+                coerce_received(value, datatype)
+                for value, datatype in zip(outputs, config.outputs, strict=True)
+            )
+        except CodecError as exc:
+            raise DeviceError(self._device, f"method {method!r} returned {exc}") from exc

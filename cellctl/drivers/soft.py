@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cellctl.core.clock import Clock, SystemClock
+from cellctl.core.devices import MethodSignature, ValueKind
 from cellctl.core.ports import Health, HealthCallback, LinkState
 from cellctl.core.tags import Quality, Reading, ReadingCallback, TagValue
 from cellctl.errors import CommError, DeviceError
@@ -13,6 +14,28 @@ from cellctl.schema.cell import DeviceConfig
 
 WriteHook = Callable[[str, TagValue], None]
 """Called after a write was taken, with (tag, value); a test uses it to play the device's reaction."""
+CallHandler = Callable[[tuple[TagValue, ...]], Sequence[TagValue]]
+"""Plays a method of the device: takes the arguments, returns the outputs (or raises, e.g. DeviceFault)."""
+
+_DEFAULTS: dict[ValueKind, TagValue] = {
+    ValueKind.BOOL: False,
+    ValueKind.INT: 0,
+    ValueKind.FLOAT: 0.0,
+    ValueKind.STRING: "",
+}
+
+
+def _kind_of(value: TagValue) -> ValueKind:
+    if isinstance(value, bool):
+        return ValueKind.BOOL
+    if isinstance(value, int):
+        return ValueKind.INT
+    return ValueKind.FLOAT if isinstance(value, float) else ValueKind.STRING
+
+
+def _fits(value: TagValue, kind: ValueKind) -> bool:
+    # An integer is a fine float, as the drivers' codec takes it.
+    return _kind_of(value) is kind or (kind is ValueKind.FLOAT and _kind_of(value) is ValueKind.INT)
 
 
 class SoftDriver:
@@ -26,6 +49,7 @@ class SoftDriver:
         writable: Iterable[str] | None = None,
         initial: Mapping[str, TagValue] | None = None,
         clock: Clock | None = None,
+        methods: Mapping[str, MethodSignature] | None = None,
     ) -> None:
         self._device = device
         self._clock = clock or SystemClock()
@@ -44,6 +68,12 @@ class SoftDriver:
         """Every write taken, in order: tests count actuator commands with it."""
         self.fail_writes: dict[str, Exception] = {}
         """Tag name -> exception a write of it raises (fault injection)."""
+        self._methods: dict[str, MethodSignature | None] = dict(methods or {})
+        self._call_handlers: dict[str, CallHandler] = {}
+        self.calls: list[tuple[str, tuple[TagValue, ...]]] = []
+        """Every method call taken, in order, with its arguments: tests count commands with it."""
+        self.fail_calls: dict[str, Exception] = {}
+        """Method name -> exception a call of it raises (fault injection)."""
 
     @classmethod
     def from_config(
@@ -61,6 +91,7 @@ class SoftDriver:
             writable=[name for name, tag in config.tags.items() if tag.writable],
             initial=initial,
             clock=clock,
+            methods=config.method_signatures,
         )
 
     @property
@@ -104,6 +135,53 @@ class SoftDriver:
         self._store(tag, value, Quality.GOOD)
         for hook in list(self._write_hooks):
             hook(tag, value)
+
+    async def call(self, method: str, args: Sequence[TagValue]) -> tuple[TagValue, ...]:
+        """Take a method call: check it against the declared signature, record it, play its handler.
+
+        Without a handler a declared method returns default outputs (0, False, '', 0.0), as for a dry run.
+        """
+        if method not in self._methods:
+            known = ", ".join(self._methods) or "none"
+            raise DeviceError(self._device, f"no method {method!r} (methods: {known})")
+        if self._health.state is not LinkState.UP:
+            raise CommError(self._device, f"link down: method {method!r} not called")
+        arguments = tuple(args)
+        signature = self._methods[method]
+        if signature is not None:
+            self._check_args(method, arguments, signature)
+        if method in self.fail_calls:
+            raise self.fail_calls[method]
+        self.calls.append((method, arguments))
+        handler = self._call_handlers.get(method)
+        if handler is not None:
+            return tuple(handler(arguments))
+        return tuple(_DEFAULTS[kind] for kind in (signature.outputs if signature else ()))
+
+    def _check_args(self, method: str, args: tuple[TagValue, ...], signature: MethodSignature) -> None:
+        if len(args) != len(signature.inputs):
+            raise DeviceError(
+                self._device, f"method {method!r} takes {len(signature.inputs)} argument(s), not {len(args)}"
+            )
+        for index, (value, kind) in enumerate(zip(args, signature.inputs, strict=True), start=1):
+            if not _fits(value, kind):
+                raise DeviceError(
+                    self._device, f"method {method!r} argument {index} takes a {kind}, not {value!r}"
+                )
+
+    def on_call(self, method: str, handler: CallHandler) -> Callable[[], None]:
+        """Play ``method``: ``handler`` answers each call (replacing any handler before); returns the remover.
+
+        A method the device was not built with becomes known, with its arguments unchecked.
+        """
+        self._methods.setdefault(method, None)
+        self._call_handlers[method] = handler
+
+        def remove() -> None:
+            if self._call_handlers.get(method) is handler:
+                del self._call_handlers[method]
+
+        return remove
 
     def last(self, tag: str) -> Reading:
         """The newest reading without I/O."""

@@ -229,7 +229,14 @@ def build_profiles(config: LoadedConfig, devices: Mapping[str, TagBackend]) -> d
         backend = devices.get(name)
         if backend is None:
             raise DeviceError(name, "no backend was given for this configured device")
-        profiles[name] = make_profile(device.profile, name, backend, device.tags)
+        profiles[name] = make_profile(
+            device.profile,
+            name,
+            backend,
+            device.tags,
+            handshake=device.handshake,
+            methods=device.method_signatures,
+        )
     return profiles
 
 

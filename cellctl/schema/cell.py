@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from cellctl.core.devices import ProfileKind
+from cellctl.core.devices import Handshake, MethodSignature, ProfileKind, ValueKind
 from cellctl.schema.noderef import NodeRefError, parse_node_ref
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
@@ -179,6 +179,41 @@ class TagConfig(Strict):
         return self
 
 
+def value_kind(datatype: Datatype) -> ValueKind:
+    """What kind of value (bool, int, float, string) a datatype carries, as profiles see it."""
+    if datatype is Datatype.BOOL:
+        return ValueKind.BOOL
+    if datatype is Datatype.STRING:
+        return ValueKind.STRING
+    return ValueKind.INT if datatype in INT_TYPES else ValueKind.FLOAT
+
+
+class MethodConfig(Strict):
+    """One OPC UA method the controller calls: the object it is called on, the method, and the datatypes of
+    its input and output arguments (the call sends and expects exactly these)."""
+
+    object: str = Field(description="node reference of the object the method is called on")
+    method: str = Field(description="node reference of the method")
+    inputs: tuple[Datatype, ...] = ()
+    outputs: tuple[Datatype, ...] = ()
+
+    @field_validator("object", "method")
+    @classmethod
+    def _node_reference(cls, node: str) -> str:
+        try:
+            parse_node_ref(node)
+        except NodeRefError as exc:
+            raise ValueError(str(exc)) from None
+        return node
+
+    @property
+    def signature(self) -> MethodSignature:
+        """The argument kinds, as a profile needs them."""
+        return MethodSignature(
+            tuple(value_kind(d) for d in self.inputs), tuple(value_kind(d) for d in self.outputs)
+        )
+
+
 class SecurityPolicy(StrEnum):
     """OPC UA security policies cellctl connects with (the deprecated Basic128Rsa15 and Basic256 are not)."""
 
@@ -266,6 +301,12 @@ class DeviceConfig(Strict):
     tools: dict[Name, Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=dict, description="tool changers: tool name -> tool number"
     )
+    handshake: Handshake = Field(
+        default=Handshake.SIGNAL, description="robots: 'signal' (program/start/busy/done tags) or 'method'"
+    )
+    methods: dict[Name, MethodConfig] = Field(
+        default_factory=dict, description="OPC UA devices: methods the controller calls, by name"
+    )
     security: OpcUaSecurity | None = Field(
         default=None, description="OPC UA devices: session security; left out means policy None"
     )
@@ -296,6 +337,30 @@ class DeviceConfig(Strict):
         if len(set(tools.values())) != len(tools):
             raise ValueError("two tools share one tool number")
         return tools
+
+    @field_validator("handshake")
+    @classmethod
+    def _handshake_of_robot(cls, handshake: Handshake, info: ValidationInfo) -> Handshake:
+        profile = info.data.get("profile")
+        if profile is not None and profile is not ProfileKind.ROBOT:
+            raise ValueError("'handshake' is only for a robot")
+        if handshake is Handshake.METHOD and info.data.get("driver") == "modbus":
+            raise ValueError("the method handshake calls methods, which only OPC UA devices have")
+        return handshake
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_on_opcua(
+        cls, methods: dict[str, MethodConfig], info: ValidationInfo
+    ) -> dict[str, MethodConfig]:
+        if methods and info.data.get("driver") == "modbus":
+            raise ValueError("'methods' are only for OPC UA devices; a Modbus device has none")
+        return methods
+
+    @property
+    def method_signatures(self) -> dict[str, MethodSignature]:
+        """Argument kinds of each configured method, by name."""
+        return {name: method.signature for name, method in self.methods.items()}
 
     @model_validator(mode="after")
     def _addresses(self) -> DeviceConfig:

@@ -27,7 +27,16 @@ from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from cellctl.core.devices import PROFILE_SLOTS, ProfileKind, ValueKind, axis_actual_tag, axis_setpoint_tag
+from cellctl.core.devices import (
+    Handshake,
+    MethodSlot,
+    ProfileKind,
+    ValueKind,
+    axis_actual_tag,
+    axis_setpoint_tag,
+    profile_methods,
+    profile_slots,
+)
 from cellctl.errors import ConfigError, ConfigIssue
 from cellctl.schema.cell import (
     FLOAT_TYPES,
@@ -42,6 +51,7 @@ from cellctl.schema.cell import (
     SecurityPolicy,
     TagConfig,
     register_count,
+    value_kind,
 )
 from cellctl.schema.recipe import TAGREF_PATTERN, Characteristic, DeviceSetup, Parameter, Recipe
 
@@ -653,11 +663,7 @@ def _salvage(
 
 
 def _fits(kind: ValueKind, datatype: Datatype) -> bool:
-    if kind is ValueKind.BOOL:
-        return datatype is Datatype.BOOL
-    if kind is ValueKind.INT:
-        return datatype in INT_TYPES
-    return datatype in FLOAT_TYPES
+    return value_kind(datatype) is kind
 
 
 def _readable(tag: TagConfig) -> bool:
@@ -674,10 +680,15 @@ def _check_devices(devices: Mapping[str, DeviceConfig], source: _Source) -> list
 
 
 def _check_slots(name: str, device: DeviceConfig, source: _Source) -> list[ConfigIssue]:
-    """Every slot of the device's profile is bound to a tag of a fitting datatype, writable where written."""
+    """Every slot of the device's profile is bound to a tag of a fitting datatype, writable where written,
+    and every method its handshake calls is declared with fitting argument datatypes."""
     issues: list[ConfigIssue] = []
     who = f"{device.profile} {name!r}"
-    for slot in PROFILE_SLOTS[device.profile]:
+    if device.handshake is not Handshake.SIGNAL:
+        who += f" ({device.handshake} handshake)"
+    for method in profile_methods(device.profile, device.handshake):
+        issues += _check_method(name, device, method, who, source)
+    for slot in profile_slots(device.profile, device.handshake):
         at = ("devices", name, "tags", slot.name)
         tag = device.tags.get(slot.name)
         if tag is None:
@@ -701,6 +712,46 @@ def _check_slots(name: str, device: DeviceConfig, source: _Source) -> list[Confi
                     f"not {tag.access.value!r}",
                 )
             )
+    return issues
+
+
+def _kinds(kinds: Sequence[ValueKind]) -> str:
+    return "[" + ", ".join(kinds) + "]"
+
+
+def _check_method(
+    name: str, device: DeviceConfig, slot: MethodSlot, who: str, source: _Source
+) -> list[ConfigIssue]:
+    """The method ``slot`` is declared, with one of its accepted input signatures and its outputs."""
+    at = ("devices", name, "methods", slot.name)
+    accepted = " or ".join(_kinds(inputs) for inputs in slot.inputs)
+    method = device.methods.get(slot.name)
+    if method is None:
+        return [
+            source.issue(
+                at,
+                f"{who} has no method {slot.name!r}: its handshake calls it with inputs {accepted} and "
+                f"outputs {_kinds(slot.outputs)} ({slot.doc})",
+            )
+        ]
+    issues: list[ConfigIssue] = []
+    inputs = tuple(value_kind(d) for d in method.inputs)
+    if inputs not in slot.inputs:
+        issues.append(
+            source.issue(
+                (*at, "inputs"),
+                f"method {slot.name!r} of {who} takes inputs {accepted}, not {_kinds(inputs)}",
+            )
+        )
+    outputs = tuple(value_kind(d) for d in method.outputs)
+    if outputs != slot.outputs:
+        issues.append(
+            source.issue(
+                (*at, "outputs"),
+                f"method {slot.name!r} of {who} returns outputs {_kinds(slot.outputs)}, "
+                f"not {_kinds(outputs)}",
+            )
+        )
     return issues
 
 
@@ -937,7 +988,7 @@ def _setpoint_problem(tag_name: str, value: float | int | bool, device: DeviceCo
 
 
 def _is_slot(tag_name: str, device: DeviceConfig) -> bool:
-    return any(slot.name == tag_name for slot in PROFILE_SLOTS[device.profile])
+    return any(slot.name == tag_name for slot in profile_slots(device.profile, device.handshake))
 
 
 def _resolve_ref(
