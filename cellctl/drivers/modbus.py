@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -84,10 +85,31 @@ _READ_FUNCTION = {
     ModbusTable.INPUT_REGISTER: 4,
 }
 _BUSY = 6
+_Reader = Callable[..., Awaitable[ModbusPDU]]
 
 
 class _MalformedReply(Exception):
     """The reply does not fit its request (function code, byte count, register count, echo)."""
+
+
+@dataclass(slots=True)
+class _BlockState:
+    """What the tag cache holds of one polled block: the reply its tags' readings came from, and when the
+    device last confirmed it.
+
+    While ``raw`` is set, every tag of the block has the reading ``raw`` gives, so an equal reply changes
+    nothing but freshness: ``read_at``, which ``last()`` hands out as the readings' timestamp. Any reading
+    stored another way (a read on demand, a refusal, the link going down) clears ``raw``.
+    """
+
+    block: ReadBlock  # kept so the id() keying the state is never reused
+    spans: tuple[tuple[TagCodec, int, int], ...]
+    raw: RawData | None = None
+    read_at: float = 0.0
+
+
+def _read_what(block: ReadBlock) -> str:
+    return f"read of {block.count} {block.table.value}(s) at {block.start}"
 
 
 def _unit(bits: bool) -> str:
@@ -144,6 +166,10 @@ class ModbusDriver(LinkedBackend):
             mismatch_retry_cap_s=cap,
         )
         self._client: AsyncModbusTcpClient | None = None
+        # The read method of each table, bound to the client they were made for (built once per connection).
+        self._readers: tuple[AsyncModbusTcpClient | None, dict[ModbusTable, _Reader]] = (None, {})
+        self._states: dict[int, _BlockState] = {}
+        self._tag_states: dict[str, list[_BlockState]] = {}
         self._block_errors: dict[tuple[ModbusTable, int, int], str] = {}
         self._bad_frames: set[int] = set()
 
@@ -262,7 +288,56 @@ class ModbusDriver(LinkedBackend):
         self._schedule.accepted(block)
         # No await between the reply and the cache update: a write's read-back can never be overtaken
         # by an older poll reply.
-        self._apply_block(block, raw)
+        state = self._states.get(id(block))
+        if state is None:
+            state = self._new_state(block)
+        self._apply_polled(state, raw)
+
+    def _new_state(self, block: ReadBlock) -> _BlockState:
+        start = block.start
+        spans = tuple((tag, tag.address - start, tag.end - start) for tag in block.tags)
+        state = _BlockState(block, spans)
+        self._states[id(block)] = state
+        for tag in block.tags:
+            self._tag_states.setdefault(tag.name, []).append(state)
+        return state
+
+    def _apply_polled(self, state: _BlockState, raw: RawData) -> None:
+        """Take a polled block's reply: an equal reply only refreshes; otherwise only the tags whose
+        registers changed are decoded and stored (so watchers hear of changes only)."""
+        block = state.block
+        previous = state.raw
+        if previous is not None and (raw == previous or self._same_tags(state, previous, raw)):
+            if self._block_errors:
+                self._block_accepted(block)
+            state.read_at = self._now()
+            return
+        if previous is None:
+            self._apply_block(block, raw)
+        else:
+            if self._block_errors:
+                self._block_accepted(block)
+            for tag, lo, hi in state.spans:
+                if raw[lo:hi] != previous[lo:hi]:
+                    self._apply_tag(tag, raw[lo:hi])
+        # Set after the stores: each store clears the raw of the blocks holding its tag.
+        state.raw = raw
+        state.read_at = self._now()
+
+    @staticmethod
+    def _same_tags(state: _BlockState, previous: RawData, raw: RawData) -> bool:
+        """True when every tag's part of a bit reply is unchanged (only the padding differs)."""
+        if not state.block.bits or len(raw) == len(previous):
+            return False
+        return all(raw[lo:hi] == previous[lo:hi] for _tag, lo, hi in state.spans)
+
+    def _apply_tag(self, tag: TagCodec, part: RawData) -> None:
+        try:
+            value = tag.decode(part)
+        except CodecError as exc:
+            self._store_bad(tag.name, f"cannot decode: {exc}")
+        else:
+            self._store_value(tag.name, value)
 
     def _reason(self, exc: DeviceError) -> str:
         """An error's text without the leading device name (a tag's reason names no device)."""
@@ -288,11 +363,15 @@ class ModbusDriver(LinkedBackend):
         for tag in block.tags:
             self._store_bad(tag.name, reason)
 
-    def _apply_block(self, block: ReadBlock, raw: RawData) -> None:
+    def _block_accepted(self, block: ReadBlock) -> None:
         key = (block.table, block.start, block.count)
-        if self._block_errors and key in self._block_errors:
+        if key in self._block_errors:
             del self._block_errors[key]
             self._log.info("read accepted again", table=block.table.value, start=block.start)
+
+    def _apply_block(self, block: ReadBlock, raw: RawData) -> None:
+        if self._block_errors:
+            self._block_accepted(block)
         for name, value in block.decode(raw).items():
             if isinstance(value, CodecError):
                 self._store_bad(name, f"cannot decode: {value}")
@@ -313,10 +392,11 @@ class ModbusDriver(LinkedBackend):
         return data
 
     async def _request(
-        self, what: str, call: Callable[[], Awaitable[ModbusPDU]], tag: str | None = None
+        self, request: str | ReadBlock, call: Callable[[], Awaitable[ModbusPDU]], tag: str | None = None
     ) -> ModbusPDU:
         """One request within ``request_s``; link failures become CommError.
 
+        ``request`` is what to call the request in an error (a block: its read, worded only when needed).
         A busy device (exception 6) is asked again after a short, doubling delay while ``request_s`` lasts;
         its last busy reply is returned when it does not.
         """
@@ -329,8 +409,10 @@ class ModbusDriver(LinkedBackend):
                 async with asyncio.timeout_at(deadline):
                     reply = await call()
             except TimeoutError:
+                what = request if isinstance(request, str) else _read_what(request)
                 raise CommError(self._device, f"no reply to {what} within {timeout:g} s", tag=tag) from None
             except (ModbusException, OSError) as exc:
+                what = request if isinstance(request, str) else _read_what(request)
                 raise CommError(self._device, f"{what} failed: {exc}", tag=tag) from exc
             raise_if_cancelling()
             if not (reply.isError() and reply.exception_code == _BUSY) or loop.time() + delay >= deadline:
@@ -341,33 +423,60 @@ class ModbusDriver(LinkedBackend):
     async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock) -> RawData:
         """Read one block: CommError when the link failed, ModbusExceptionError when the device refused,
         _MalformedReply when the reply does not fit the request."""
+        owner, readers = self._readers
+        if owner is not client:
+            readers = {
+                ModbusTable.COIL: client.read_coils,
+                ModbusTable.DISCRETE_INPUT: client.read_discrete_inputs,
+                ModbusTable.HOLDING_REGISTER: client.read_holding_registers,
+                ModbusTable.INPUT_REGISTER: client.read_input_registers,
+            }
+            self._readers = (client, readers)
+        reader = readers[block.table]
         unit = self._config.unit_id
-        what = f"read of {block.count} {block.table.value}(s) at {block.start}"
-        reader: Callable[..., Awaitable[ModbusPDU]] = {
-            ModbusTable.COIL: client.read_coils,
-            ModbusTable.DISCRETE_INPUT: client.read_discrete_inputs,
-            ModbusTable.HOLDING_REGISTER: client.read_holding_registers,
-            ModbusTable.INPUT_REGISTER: client.read_input_registers,
-        }[block.table]
-        reply = await self._request(what, partial(reader, block.start, count=block.count, device_id=unit))
+        reply = await self._request(block, lambda: reader(block.start, count=block.count, device_id=unit))
         bad_frame = reply.transaction_id in self._bad_frames
-        self._bad_frames.clear()  # requests are one at a time: any other mark is stale
+        if self._bad_frames:
+            self._bad_frames.clear()  # requests are one at a time: any other mark is stale
         if reply.isError():
+            what = _read_what(block)
             raise ModbusExceptionError.of(self._device, reply.exception_code, f"device refused the {what}")
         if reply.function_code != _READ_FUNCTION[block.table]:
+            what = _read_what(block)
             raise _MalformedReply(f"malformed reply to the {what}: function code {reply.function_code}")
         if bad_frame:
             raise _MalformedReply(
-                f"malformed reply to the {what}: byte count disagrees with the frame length"
+                f"malformed reply to the {_read_what(block)}: byte count disagrees with the frame length"
             )
-        raw: RawData = list(reply.bits) if block.bits else list(reply.registers)
+        # pymodbus builds a new list for every reply, so it is ours to keep (the block state holds it).
+        raw: RawData = reply.bits if block.bits else reply.registers
         try:
-            block.slice(raw)
+            block.check(raw)
         except CodecError as exc:
             raise _MalformedReply(f"malformed reply: {exc}") from None
         return raw
 
     # --------------------------------------------------------------------------------------- TagBackend
+
+    def last(self, tag: str) -> Reading:
+        """The newest reading known without I/O, stamped with the last read that confirmed it; BAD until
+        the first poll."""
+        reading = super().last(tag)
+        states = self._tag_states.get(tag)
+        if states:
+            for state in states:
+                if state.raw is not None and state.read_at > reading.timestamp:
+                    # Confirmed by a later equal reply: the same reading, as fresh as that reply.
+                    reading = replace(reading, timestamp=state.read_at)
+                    self._cache[tag] = reading
+        return reading
+
+    def _store(self, tag: str, reading: Reading) -> None:
+        states = self._tag_states.get(tag)
+        if states:
+            for state in states:
+                state.raw = None
+        super()._store(tag, reading)
 
     async def read(self, tag: str) -> Reading:
         """Read the tag from the device now; a BAD reading (never an exception) when that fails."""

@@ -321,12 +321,16 @@ class ReadBlock:
 
         A bit reply may carry padding up to a whole byte; a register reply must be exactly ``count`` long.
         """
+        self.check(raw)
+        return [(tag, raw[tag.address - self.start : tag.end - self.start]) for tag in self.tags]
+
+    def check(self, raw: RawData) -> None:
+        """CodecError when a reply has the wrong size for this block (the size rule of ``slice``)."""
         if len(raw) != self.count and not (self.bits and self.count <= len(raw) < self.count + 8):
             unit = "bits" if self.bits else "registers"
             raise CodecError(
                 f"{self.table.value} read at {self.start} asked for {self.count} {unit}, got {len(raw)}"
             )
-        return [(tag, raw[tag.address - self.start : tag.end - self.start]) for tag in self.tags]
 
     def decode(self, raw: RawData) -> dict[str, TagValue | CodecError]:
         """Each tag's value from a reply, or the CodecError that tag's data gave (others still decode)."""
