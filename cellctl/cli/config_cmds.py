@@ -9,7 +9,7 @@ from typing import Any
 
 from cellctl.errors import ConfigError
 from cellctl.schema.export import json_schemas
-from cellctl.schema.load import load_config
+from cellctl.schema.load import format_issues, load_config
 from cellctl.schema.load import warnings as config_warnings
 
 
@@ -32,9 +32,7 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
-        for issue in exc.issues:
-            sys.stderr.write(f"{issue}\n")
-        sys.stderr.write(f"{len(exc.issues)} problem(s) found; nothing was started.\n")
+        sys.stderr.write(f"{format_issues(exc)}; nothing was started.\n")
         return 2
     for warning in config_warnings(loaded):
         sys.stderr.write(f"warning: {warning}\n")

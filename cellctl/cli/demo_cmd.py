@@ -11,6 +11,7 @@ from rich.console import Console
 
 from cellctl.errors import CellctlError, ConfigError
 from cellctl.runtime.logging import configure_logging
+from cellctl.schema.load import format_issues
 
 
 def add_parser(sub: Any) -> None:
@@ -35,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
             run_demo(args.config, time_scale=args.time_scale, use_broker=not args.no_broker, console=console)
         )
     except ConfigError as exc:
-        for issue in exc.issues:
-            sys.stderr.write(f"{issue}\n")
+        sys.stderr.write(f"{format_issues(exc)}; the demo did not start.\n")
         return 2
     except (CellctlError, TimeoutError) as exc:
         sys.stderr.write(f"demo failed: {exc}\n")

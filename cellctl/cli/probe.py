@@ -29,7 +29,7 @@ from cellctl.drivers.opcua_session import SessionRefused
 from cellctl.errors import CommError, ConfigError, ModbusGatewayError
 from cellctl.runtime.logging import configure_logging
 from cellctl.schema.cell import Access, DeviceConfig, TagConfig
-from cellctl.schema.load import LoadedConfig, load_config
+from cellctl.schema.load import LoadedConfig, format_issues, load_config
 
 __all__ = ["EXIT_CODES", "ProbeReport", "TagRow", "add_parser", "probe", "run_probe", "run_probe_async"]
 
@@ -112,9 +112,7 @@ async def run_probe_async(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
-        for issue in exc.issues:
-            sys.stderr.write(f"{issue}\n")
-        sys.stderr.write(f"{len(exc.issues)} problem(s) found; nothing was probed.\n")
+        sys.stderr.write(f"{format_issues(exc)}; nothing was probed.\n")
         return EXIT_USAGE
     devices = loaded.cell.devices
     if args.device not in devices:

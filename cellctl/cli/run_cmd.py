@@ -13,7 +13,7 @@ import structlog
 from cellctl.errors import CellctlError, ConfigError
 from cellctl.runtime.app import CellApp
 from cellctl.runtime.logging import configure_logging
-from cellctl.schema.load import load_config
+from cellctl.schema.load import format_issues, load_config
 
 log = structlog.get_logger("cellctl.run")
 
@@ -34,9 +34,7 @@ def run_service(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
-        for issue in exc.issues:
-            sys.stderr.write(f"{issue}\n")
-        sys.stderr.write("configuration invalid; refusing to start\n")
+        sys.stderr.write(f"{format_issues(exc)}; refusing to start.\n")
         return 2
     app = CellApp(loaded, publish=False if args.no_mqtt else None)
     try:

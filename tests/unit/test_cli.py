@@ -39,7 +39,7 @@ def test_check_reports_every_problem_with_file_and_line(
     mqtt_line = next(i for i, line in enumerate(lines, 1) if "colour: red" in line)
     assert f"{tmp_path / 'cell.yaml'}:{unit_line}: devices.fixture.unit_id:" in err
     assert f"{tmp_path / 'cell.yaml'}:{mqtt_line}: mqtt.colour:" in err
-    assert "2 problem(s) found" in err
+    assert "2 problems found; nothing was started." in err
 
 
 def test_run_refuses_to_start_on_an_invalid_config(
