@@ -116,12 +116,18 @@ class PollSchedule:
         return min((group.due for group in self._groups), default=math.inf)
 
     def _start_cycle(self, group: _Group, now: float) -> None:
-        group.pending.extend(block for block in group.blocks if not self.benched(block, now))
+        if self._benched:
+            group.pending.extend(block for block in group.blocks if not self.benched(block, now))
+        else:
+            # No block is benched: skip hashing each one (a block hashes all its tags' codecs).
+            group.pending.extend(group.blocks)
         group.cycles += 1
         group.due = max(group.due + group.interval_s, now)
 
     def benched(self, block: ReadBlock, now: float) -> bool:
         """True while ``block`` is left out of its group's cycles."""
+        if not self._benched:
+            return False
         bench = self._benched.get(block)
         return bench is not None and bench.until > now
 
