@@ -6,10 +6,8 @@ scripted exactly; the last group runs the example cell's devices against device_
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +15,13 @@ import pytest
 from ruamel.yaml import YAML
 
 from cellctl.core.clock import SystemClock
-from cellctl.core.ports import Health, LinkState
-from cellctl.core.tags import Quality, Reading, Tag
+from cellctl.core.ports import LinkState
+from cellctl.core.tags import Quality, Tag
 from cellctl.drivers import ModbusDriver, build_driver
 from cellctl.errors import CommError, DeviceError, DeviceFault
 from cellctl.schema.cell import CellConfig, DeviceConfig
 from device_sims.harness import SimCell
+from tests.fixtures.drivers import running, wait_health, wait_reading
 from tests.integration._modbus_fake import FakeModbus, Request
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "cell.yaml"
@@ -56,53 +55,6 @@ async def server() -> AsyncIterator[FakeModbus]:
         yield fake
     finally:
         await fake.stop()
-
-
-@asynccontextmanager
-async def running(*drivers: ModbusDriver) -> AsyncIterator[None]:
-    """Run drivers for the block, cancelled and awaited on the way out."""
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(d.run(), name=f"driver:{d.device}") for d in drivers]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-
-
-async def wait_health(
-    driver: ModbusDriver, state: LinkState, timeout: float, where: Callable[[Health], bool] = lambda _h: True
-) -> Health:
-    """Wait for the driver's health to be ``state`` (and satisfy ``where``); event-driven, bounded."""
-    reached = asyncio.Event()
-
-    def matches(health: Health) -> bool:
-        return health.state is state and where(health)
-
-    unsubscribe = driver.on_health(lambda health: reached.set() if matches(health) else None)
-    try:
-        if not matches(driver.health):
-            async with asyncio.timeout(timeout):
-                await reached.wait()
-        return driver.health
-    finally:
-        unsubscribe()
-
-
-async def wait_reading(
-    driver: ModbusDriver, tag: str, predicate: Callable[[Reading], bool], timeout: float
-) -> Reading:
-    """Wait until the tag's cached reading satisfies ``predicate``."""
-    changed = asyncio.Event()
-    unsubscribe = driver.watch(lambda name, _r: changed.set() if name == tag else None)
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate(driver.last(tag)):
-                changed.clear()
-                await changed.wait()
-        return driver.last(tag)
-    finally:
-        unsubscribe()
 
 
 def polls(unit: int) -> Callable[[list[Request]], int]:
