@@ -108,6 +108,35 @@ async def test_watchers_hear_nothing_while_nothing_changes(server: FakeModbus) -
     assert heard == []
 
 
+async def test_an_unchanged_value_carries_the_time_of_the_latest_poll(server: FakeModbus) -> None:
+    # Given a polled tag whose registers never change
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        first = driver.last("width_act")
+        # When the device answers more polls with the same registers
+        seen = polls(2)(server.requests)
+        await server.wait_requests(lambda rs: polls(2)(rs) >= seen + 3, 5)
+        later = driver.last("width_act")
+    # Then the reading is the same value, stamped by a later poll (freshness is not lost)
+    assert (later.value, later.quality) == (first.value, Quality.GOOD)
+    assert later.timestamp > first.timestamp
+
+
+async def test_a_value_read_on_demand_then_changed_back_is_seen_by_the_poll(server: FakeModbus) -> None:
+    # Given a polled tag, read on demand while the device briefly held another value
+    driver = ModbusDriver("fixture", example_device("fixture", server.port), SystemClock())
+    async with running(driver):
+        await wait_health(driver, LinkState.UP, 5)
+        server.unit(2).set_float32(server.unit(2).input, 0, 377.0)
+        assert (await driver.read("width_act")).value == 377.0
+        # When the device goes back to the value the last poll saw
+        server.unit(2).set_float32(server.unit(2).input, 0, 419.5)
+        # Then the poll brings the cache back to it (an equal block reply is not taken as "no change")
+        reading = await wait_reading(driver, "width_act", lambda r: r.value == 419.5, 2)
+    assert reading.quality is Quality.GOOD
+
+
 async def test_read_fetches_the_value_now_and_updates_the_cache(server: FakeModbus) -> None:
     driver = ModbusDriver("fixture", example_device("fixture", server.port, poll_interval_s=60), CLOCK)
     async with running(driver):
