@@ -75,6 +75,8 @@ BUSY_RETRY_START_S = 0.02
 """First delay before asking a busy device (exception 6) again; it doubles, within the request timeout."""
 BUSY_RETRY_CAP_S = 0.5
 """Longest delay between two tries of a request the device answered busy."""
+GUARD_SLACK = 0.1
+"""Share of ``request_s`` a poll request may run over before it is given up (see ``_request``)."""
 MISMATCH = "configuration mismatch"
 """Reason prefix of tags whose block the device refuses as not existing (exceptions 1, 2, 3 on a read)."""
 
@@ -242,28 +244,39 @@ class ModbusDriver(LinkedBackend):
 
     async def _poll_forever(self, client: AsyncModbusTcpClient, lost: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            raise_if_cancelling()
-            if lost.is_set() or not client.connected:
-                raise CommError(self._device, "connection closed by the device")
-            block = self._schedule.next_block(loop.time())
-            if block is not None:
-                await self._poll_block(client, block)
-                continue
-            due = self._schedule.next_due()
-            try:
-                if due == float("inf"):
-                    await lost.wait()  # nothing to poll (only write-only tags)
-                else:
-                    async with asyncio.timeout_at(due):
-                        await lost.wait()
-            except TimeoutError:
-                pass
+        block: ReadBlock | None = None
+        try:
+            # One timeout for all the poll requests of this connection (see _request), off while idle.
+            async with asyncio.timeout(None) as guard:
+                while True:
+                    raise_if_cancelling()
+                    if lost.is_set() or not client.connected:
+                        raise CommError(self._device, "connection closed by the device")
+                    block = self._schedule.next_block(loop.time())
+                    if block is not None:
+                        await self._poll_block(client, block, guard)
+                        continue
+                    guard.reschedule(None)
+                    due = self._schedule.next_due()
+                    try:
+                        if due == float("inf"):
+                            await lost.wait()  # nothing to poll (only write-only tags)
+                        else:
+                            async with asyncio.timeout_at(due):
+                                await lost.wait()
+                    except TimeoutError:
+                        pass
+        except TimeoutError:
+            what = "poll" if block is None else _read_what(block)
+            timeout = self._config.timeouts.request_s
+            raise CommError(self._device, f"no reply to {what} within {timeout:g} s") from None
 
-    async def _poll_block(self, client: AsyncModbusTcpClient, block: ReadBlock) -> None:
+    async def _poll_block(
+        self, client: AsyncModbusTcpClient, block: ReadBlock, guard: asyncio.Timeout | None = None
+    ) -> None:
         """Read one block into the cache; the reaction to a refusal is the module docstring's table."""
         try:
-            raw = await self._read_block(client, block)
+            raw = await self._read_block(client, block, guard)
         except ModbusGatewayError:
             raise  # the unit is unreachable: a link failure, the supervisor's to handle
         except (ModbusIllegalFunction, ModbusIllegalAddress, ModbusIllegalValue) as exc:
@@ -392,22 +405,38 @@ class ModbusDriver(LinkedBackend):
         return data
 
     async def _request(
-        self, request: str | ReadBlock, call: Callable[[], Awaitable[ModbusPDU]], tag: str | None = None
+        self,
+        request: str | ReadBlock,
+        call: Callable[[], Awaitable[ModbusPDU]],
+        tag: str | None = None,
+        guard: asyncio.Timeout | None = None,
     ) -> ModbusPDU:
         """One request within ``request_s``; link failures become CommError.
 
         ``request`` is what to call the request in an error (a block: its read, worded only when needed).
         A busy device (exception 6) is asked again after a short, doubling delay while ``request_s`` lasts;
         its last busy reply is returned when it does not.
+
+        ``guard`` is the poll loop's timeout, whose TimeoutError the poll loop turns into CommError. Arming a
+        timeout for every request costs about as much CPU as pymodbus' whole read, so the guard is only
+        pushed on when it would fire before this request's deadline, by ``GUARD_SLACK`` of ``request_s``
+        at once: a poll request is given up between ``request_s`` and ``(1 + GUARD_SLACK) * request_s``.
         """
         timeout = self._config.timeouts.request_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if guard is not None:
+            when = guard.when()
+            if when is None or when < deadline:
+                guard.reschedule(deadline + GUARD_SLACK * timeout)
         delay = BUSY_RETRY_START_S
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
+                if guard is not None:
                     reply = await call()
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        reply = await call()
             except TimeoutError:
                 what = request if isinstance(request, str) else _read_what(request)
                 raise CommError(self._device, f"no reply to {what} within {timeout:g} s", tag=tag) from None
@@ -420,7 +449,9 @@ class ModbusDriver(LinkedBackend):
             await asyncio.sleep(delay)
             delay = min(2 * delay, BUSY_RETRY_CAP_S)
 
-    async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock) -> RawData:
+    async def _read_block(
+        self, client: AsyncModbusTcpClient, block: ReadBlock, guard: asyncio.Timeout | None = None
+    ) -> RawData:
         """Read one block: CommError when the link failed, ModbusExceptionError when the device refused,
         _MalformedReply when the reply does not fit the request."""
         owner, readers = self._readers
@@ -434,7 +465,9 @@ class ModbusDriver(LinkedBackend):
             self._readers = (client, readers)
         reader = readers[block.table]
         unit = self._config.unit_id
-        reply = await self._request(block, lambda: reader(block.start, count=block.count, device_id=unit))
+        reply = await self._request(
+            block, lambda: reader(block.start, count=block.count, device_id=unit), guard=guard
+        )
         bad_frame = reply.transaction_id in self._bad_frames
         if self._bad_frames:
             self._bad_frames.clear()  # requests are one at a time: any other mark is stale
