@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cellctl.core.tags import TagValue
@@ -211,6 +211,9 @@ class TagCodec:
     scale: float = 1.0
     offset: float = 0.0
     _width: int = field(default=0, init=False, repr=False, compare=False)
+    # A number's registers to bytes and bytes to value, made once (None: not a number in registers).
+    _pack: Callable[..., bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    _unpack: struct.Struct | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Plain strings (a config copied without validation) become the enums the rules compare by identity.
@@ -235,6 +238,10 @@ class TagCodec:
         object.__setattr__(self, "_width", width)
         if self.address < 0 or self.address + self.width > 65536:
             raise CodecError(f"{where}: address {self.address} + {self.width} runs past 65535")
+        if self.table not in BIT_TABLES and self.datatype in _STRUCT:
+            words = "<" if self.byte_order is Order.LITTLE else ">"
+            object.__setattr__(self, "_pack", struct.Struct(f"{words}{width}H").pack)
+            object.__setattr__(self, "_unpack", struct.Struct(_STRUCT[self.datatype]))
 
     @classmethod
     def from_config(cls, name: str, tag: TagConfig) -> TagCodec:
@@ -277,6 +284,16 @@ class TagCodec:
         if self.bits:
             return bool(raw[0])
         words = [int(w) for w in raw]
+        pack, unpack = self._pack, self._unpack
+        if pack is not None and unpack is not None:
+            # decode_raw's rules in one pack and one unpack; a word out of range gets decode_raw's error.
+            try:
+                data = pack(*(reversed(words) if self.word_order is Order.LITTLE else words))
+            except struct.error as exc:
+                _words_to_bytes(words, Order.BIG, Order.BIG)  # names the word out of range
+                raise CodecError(f"tag {self.name!r}: {exc}") from exc
+            number: int | float = unpack.unpack(data)[0]
+            return to_engineering(number, self.datatype, self.scale, self.offset)
         if self.bit is not None:
             _words_to_bytes(words, Order.BIG, Order.BIG)
             return bool(words[0] >> self.bit & 1)
