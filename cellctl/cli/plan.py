@@ -113,7 +113,10 @@ async def run_plan_async(args: argparse.Namespace) -> int:
             current, loaded.recipes[args.to_variant], loaded.cell, from_variant=args.from_variant
         )
     except _Refused as exc:
-        sys.stderr.write(f"cellctl plan: {exc}; nothing moves\n")
+        text = str(exc)
+        sys.stderr.write(
+            f"cellctl plan: {text}\n" if "nothing moves" in text else f"cellctl plan: {text}; nothing moves\n"
+        )
         return EXIT_USAGE
     except PlanError as exc:
         sys.stderr.write(f"cellctl plan: invalid plan: {exc}; nothing moves\n")
@@ -140,7 +143,7 @@ def _request(args: argparse.Namespace) -> tuple[LoadedConfig, dict[str, float]]:
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
-        raise _Refused(f"invalid configuration:\n{format_issues(exc)}\n") from exc
+        raise _Refused(f"invalid configuration, nothing moves:\n{format_issues(exc)}") from exc
     known = ", ".join(sorted(loaded.recipes)) or "none"
     for option, variant in (("--from", args.from_variant), ("--to", args.to_variant)):
         if variant is not None and variant not in loaded.recipes:

@@ -181,6 +181,31 @@ def test_parameter_out_of_range_is_refused(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_plan_error_from_the_planner_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Given templates the loader accepts but that contradict a fixture's unclamp -> move -> clamp sequence
+    yaml = YAML()
+    cell: Any = yaml.load((CONFIG / "cell.yaml").read_text())
+    steps = cell["changeover"]["steps"]
+    del steps["fixture_move"]["after"]
+    steps["fixture_unclamp"]["after"] = ["fixture_move"]
+    cell["recipes_dir"] = str(CONFIG / "recipes")
+    cell["store"] = {"path": str(tmp_path / "cellctl.db")}
+    with (tmp_path / "cell.yaml").open("w") as fh:
+        yaml.dump(cell, fh)
+
+    # when planning a changeover that moves the fixture
+    code = main(["plan", "--config", str(tmp_path), "--from", "oslo", "--to", "bergen"])
+    out, err = capsys.readouterr()
+
+    # then the planner's refusal is printed with the cycle named, and nothing is planned
+    assert code == 2
+    assert out == ""
+    assert "invalid plan" in err
+    assert "cycle" in err and "fixture_unclamp" in err
+
+
+def test_invalid_configuration_is_refused_with_its_issues(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     # Given a recipe that sets up a device the cell does not have
     yaml = YAML()
     recipes = tmp_path / "recipes"
@@ -201,10 +226,10 @@ def test_plan_error_from_the_planner_is_refused(capsys: pytest.CaptureFixture[st
     code = main(["plan", "--config", str(tmp_path), "--from", "oslo", "--to", "bergen"])
     out, err = capsys.readouterr()
 
-    # then it is refused (by the loader or the planner) with the device named, and nothing is planned
+    # then it is refused with the device named where it is written, and nothing is planned
     assert code == 2
     assert out == ""
-    assert "labeller" in err
+    assert "bergen.yaml" in err and "labeller" in err
 
 
 def test_from_is_required_without_live(capsys: pytest.CaptureFixture[str]) -> None:
