@@ -112,6 +112,12 @@ class CancelArgs(Args):
     job_id: Annotated[str, Field(min_length=1, max_length=128)]
 
 
+class ReorderArgs(Args):
+    """``reorder``: the queue's new order, every queued job id exactly once."""
+
+    job_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=10_000)]
+
+
 class WatchArgs(Args):
     """``watch``: push events to this connection; resume after ``since_seq`` of ``epoch`` when possible."""
 
@@ -132,6 +138,8 @@ COMMANDS: dict[str, type[Args]] = {
     "command": CommandArgs,
     "submit": SubmitArgs,
     "cancel": CancelArgs,
+    "reorder": ReorderArgs,
+    "apply_proposal": NoArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
 }

@@ -1,14 +1,14 @@
 """The single entry into the engine for API clients: validates a request, calls the engine, answers one Reply.
 
-Operator actions are journaled here: every ``command``, ``submit`` and ``cancel`` that reaches the engine is
-recorded as an ``OperatorAction`` (accepted or refused, with who sent it) through the sink the runtime gives
-the service, and is passed to the same listeners as the engine's own events. The engine records the facts
-that follow (``StateChanged`` with ``by``, ``JobEvent``...).
+Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, ``reorder`` and
+``apply_proposal`` that reaches the engine is recorded as an ``OperatorAction`` (accepted or refused, with who
+sent it) through the sink the runtime gives the service, and is passed to the same listeners as the engine's
+own events. The engine records the facts that follow (``StateChanged`` with ``by``, ``JobEvent``...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from cellctl.api.protocol import (
     ErrorCode,
     JournalArgs,
     ProtocolError,
+    ReorderArgs,
     Reply,
     Request,
     SubmitArgs,
@@ -85,6 +86,14 @@ class EnginePort(Protocol):
         """Cancel a job."""
         ...
 
+    async def reorder(self, job_ids: Sequence[str], *, by: str) -> View:
+        """Set the queue's order."""
+        ...
+
+    async def apply_proposal(self, *, by: str) -> View:
+        """Take the scheduler's proposed order."""
+        ...
+
     def status(self) -> View:
         """Snapshot of the cell."""
         ...
@@ -118,6 +127,8 @@ class ControlService:
             "command": self._command,
             "submit": self._submit,
             "cancel": self._cancel,
+            "reorder": self._reorder,
+            "apply_proposal": self._apply_proposal,
             "journal": self._read_journal,
         }
 
@@ -215,6 +226,21 @@ class ControlService:
             return await self._engine.cancel(job_id, by=caller.by)
 
         return await self._act("cancel", args.model_dump(), caller, call)
+
+    async def _reorder(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, ReorderArgs)
+        job_ids = list(args.job_ids)
+
+        async def call() -> View:
+            return await self._engine.reorder(job_ids, by=caller.by)
+
+        return await self._act("reorder", args.model_dump(), caller, call)
+
+    async def _apply_proposal(self, _args: Args, caller: Caller) -> dict[str, Any]:
+        async def call() -> View:
+            return await self._engine.apply_proposal(by=caller.by)
+
+        return await self._act("apply_proposal", {}, caller, call)
 
     async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
         assert isinstance(args, JournalArgs)

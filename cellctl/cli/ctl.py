@@ -69,6 +69,13 @@ def add_parser(sub: Any) -> None:
     cancel.add_argument("job_id")
     cancel.add_argument("--json", action="store_true", help="print the job as JSON")
 
+    reorder = actions.add_parser("reorder", help="set the queue's order (every queued job id, once each)")
+    reorder.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    reorder.add_argument("--json", action="store_true", help="print the resulting status as JSON")
+
+    proposal = actions.add_parser("apply-proposal", help="reorder the queue as the scheduler proposes")
+    proposal.add_argument("--json", action="store_true", help="print the resulting status as JSON")
+
     watch = actions.add_parser("watch", help="print events as they happen, until Ctrl-C")
     watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
@@ -185,6 +192,26 @@ async def _cancel(client: ControlClient, args: argparse.Namespace, out: TextIO) 
         out.write(f"{format_job(job)}\n")
 
 
+async def _reorder(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "reorder", job_ids=list(args.job_ids))
+    _print_queue(status, args, out)
+
+
+async def _apply_proposal(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "apply_proposal")
+    _print_queue(status, args, out)
+
+
+def _print_queue(status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None:
+    if args.json:
+        _print_json(status, out)
+        return
+    queue = [j for j in status.get("queue") or [] if isinstance(j, dict)]
+    out.write(f"queue reordered: {len(queue)} job(s)\n")
+    for job in queue:
+        out.write(f"  {format_job(job)}\n")
+
+
 async def _watch(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
@@ -212,6 +239,8 @@ _ACTIONS: dict[str, Action] = {
     "status": _status,
     "submit": _submit,
     "cancel": _cancel,
+    "reorder": _reorder,
+    "apply-proposal": _apply_proposal,
     "watch": _watch,
     "journal": _journal,
     **dict.fromkeys(PACKML_COMMANDS, _command),
@@ -289,6 +318,9 @@ def format_status(status: dict[str, Any]) -> str:
     queue = [j for j in status.get("queue") or [] if isinstance(j, dict)]
     rows.append(("queue", f"{len(queue)} job(s)" if queue else "empty"))
     rows.extend(("", format_job(j)) for j in queue)
+    proposed = status.get("proposed_order")
+    if isinstance(proposed, dict) and list(proposed.get("job_ids") or []) != [j.get("job_id") for j in queue]:
+        rows.append(("proposed", _format_proposal(proposed)))
     changeover = status.get("changeover")
     if isinstance(changeover, dict):
         rows.append(("changeover", _format_changeover(changeover)))
@@ -300,6 +332,14 @@ def format_status(status: dict[str, Any]) -> str:
         rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
+def _format_proposal(proposed: dict[str, Any]) -> str:
+    text = " ".join(str(i) for i in proposed.get("job_ids") or [])
+    new, old = proposed.get("changeover_s"), proposed.get("queue_changeover_s")
+    if isinstance(new, int | float) and isinstance(old, int | float):
+        text += f" (changeover {new:.1f} s instead of {old:.1f} s: cellctl ctl apply-proposal)"
+    return text
 
 
 def _format_changeover(changeover: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ Callers (the runtime and the control API) use only what is exported here.
 """
 
 from cellctl.core.packml import Command, State
-from cellctl.engine.engine import CellStatus, ChangeoverView, Counters, Engine, StepView
+from cellctl.engine.engine import CellStatus, ChangeoverView, Counters, Engine, ProposedOrder, StepView
 from cellctl.engine.jobs import JobView, OrderRequest
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Engine",
     "JobView",
     "OrderRequest",
+    "ProposedOrder",
     "State",
     "StepView",
 ]

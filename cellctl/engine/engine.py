@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -41,12 +41,14 @@ from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.planner import plan_changeover, read_setup
+from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
 from cellctl.engine.sequencer import Sequencer
 from cellctl.errors import (
     CellctlError,
     DeviceError,
     InvalidTransition,
     JobError,
+    PlanError,
     SequenceError,
 )
 from cellctl.schema.load import LoadedConfig
@@ -153,6 +155,23 @@ class Counters:
 
 
 @dataclass(frozen=True, slots=True)
+class ProposedOrder:
+    """The scheduler's order of the queue, its predicted changeover time and that of the queue's order."""
+
+    job_ids: tuple[str, ...]
+    changeover_s: float
+    queue_changeover_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "job_ids": list(self.job_ids),
+            "changeover_s": self.changeover_s,
+            "queue_changeover_s": self.queue_changeover_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class CellStatus:
     """A snapshot of the cell for clients."""
 
@@ -168,6 +187,7 @@ class CellStatus:
     changeover: ChangeoverView | None
     counters: Counters
     reason: str = ""
+    proposed_order: ProposedOrder | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -184,6 +204,7 @@ class CellStatus:
             "changeover": self.changeover.to_dict() if self.changeover else None,
             "counters": self.counters.to_dict(),
             "reason": self.reason,
+            "proposed_order": self.proposed_order.to_dict() if self.proposed_order else None,
         }
 
 
@@ -259,6 +280,8 @@ class Engine:
         self._profiles = build_profiles(config, devices)
         self._cell = PackMLCell(sink, self._clock, notify=self._notify, name=self._name)
         self._jobs = JobQueue(config.recipes)
+        self._costs = changeover_costs(config.recipes, config.cell)
+        self._proposal: tuple[tuple[str | None, frozenset[str]], tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._sequencer = Sequencer(self._profiles, _Recorder(self), self._clock)
         self._lock = asyncio.Lock()
@@ -357,7 +380,59 @@ class Engine:
             changeover=self._changeover.view() if self._changeover else None,
             counters=self._counters,
             reason=self._reason,
+            proposed_order=self._propose(),
         )
+
+    async def reorder(self, job_ids: Sequence[str], *, by: str) -> CellStatus:
+        """The operator's order of the queue: exactly ``job_ids``, a permutation of the queued jobs' ids.
+
+        JobError (nothing changed) otherwise. Logged here; the API service journals it as an OperatorAction.
+        """
+        async with self._lock:
+            before = [j.id for j in self._jobs.queued]
+            self._jobs.reorder(job_ids)
+            self._log.info("queue reordered", by=by, before=before, after=list(job_ids))
+        return self.status()
+
+    async def apply_proposal(self, *, by: str) -> CellStatus:
+        """Reorder the queue as the scheduler proposes (see ``status().proposed_order``)."""
+        async with self._lock:
+            proposal = self._propose()
+            if proposal is None:
+                raise JobError("the scheduler has no proposed order for this queue (see the log)")
+            self._jobs.reorder(proposal.job_ids)
+            self._log.info(
+                "queue reordered as proposed",
+                by=by,
+                after=list(proposal.job_ids),
+                changeover_s=proposal.changeover_s,
+                was_s=proposal.queue_changeover_s,
+            )
+        return self.status()
+
+    def _propose(self) -> ProposedOrder | None:
+        """The scheduler's order of the queue from the variant it will start from (None if it fails)."""
+        queued = self._jobs.queued
+        jobs = [
+            SchedJob.from_recipe(j.id, j.recipe, j.order.quantity, priority=j.order.priority, seq=j.seq)
+            for j in queued
+        ]
+        # The queue starts once the current job is done, so from its variant.
+        start = self._current.variant if self._current is not None else self._variant
+        key = (start, frozenset(j.job_id for j in jobs))
+        try:
+            if self._proposal is not None and self._proposal[0] == key:
+                order, changeover_s = self._proposal[1], self._proposal[2]
+            else:
+                schedule = propose(start, jobs, self._costs)
+                order, changeover_s = schedule.order, schedule.changeover_s
+                self._proposal = (key, order, changeover_s)
+            current_s = evaluate([j.id for j in queued], start, jobs, self._costs).changeover_s
+        except (PlanError, JobError) as exc:
+            # A status must always answer: the proposal is advice, its failure is logged, not raised.
+            self._log.warning("no proposed order", error=str(exc))
+            return None
+        return ProposedOrder(job_ids=order, changeover_s=changeover_s, queue_changeover_s=current_s)
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback`` with every event once recorded; returns the unsubscribe function."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,24 +292,47 @@ class JobQueue:
         )
         self._jobs[job.id] = job
         self._by_order[order.order_id] = job
-        self._queued.append(job)
+        # By priority, after the jobs of equal priority: before the first job of lower priority.
+        at = next(
+            (k for k, queued in enumerate(self._queued) if queued.order.priority < order.priority),
+            len(self._queued),
+        )
+        self._queued.insert(at, job)
         return job, True
-
-    def _order_key(self, job: Job) -> tuple[int, int]:
-        return (-job.order.priority, job.seq)
 
     @property
     def queued(self) -> list[Job]:
         """Jobs waiting to run, in the order they will run."""
-        return sorted(self._queued, key=self._order_key)
+        return list(self._queued)
 
     def pop_next(self) -> Job | None:
-        """Take the next job to run (highest priority, then first submitted), or None when none waits."""
+        """Take the next job to run (the head of the queue), or None when none waits."""
         if not self._queued:
             return None
-        job = min(self._queued, key=self._order_key)
-        self._queued.remove(job)
-        return job
+        return self._queued.pop(0)
+
+    def reorder(self, job_ids: Sequence[str]) -> None:
+        """Make the queue's order exactly ``job_ids``; JobError (nothing changed) unless it is a permutation
+        of the queued jobs' ids."""
+        index = {job.id: job for job in self._queued}
+        ids = list(job_ids)
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        missing = [i for i in index if i not in ids]
+        unknown = [i for i in dict.fromkeys(ids) if i not in index]
+        if duplicates or missing or unknown:
+            problems = []
+            if unknown:
+                problems.append(f"not queued: {', '.join(unknown)}")
+            if missing:
+                problems.append(f"missing: {', '.join(missing)}")
+            if duplicates:
+                problems.append(f"repeated: {', '.join(duplicates)}")
+            raise JobError(
+                "the new order must list every queued job exactly once ("
+                + "; ".join(problems)
+                + f"; queued: {', '.join(index) or 'none'})"
+            )
+        self._queued = [index[i] for i in ids]
 
     def get(self, job_id: str) -> Job:
         """The job with this id; JobError when there is none."""

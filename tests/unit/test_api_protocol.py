@@ -142,7 +142,17 @@ def test_a_protocol_error_is_an_api_error_with_its_code() -> None:
 
 
 def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
-    assert set(COMMANDS) == {"hello", "status", "command", "submit", "cancel", "watch", "journal"}
+    assert set(COMMANDS) == {
+        "hello",
+        "status",
+        "command",
+        "submit",
+        "cancel",
+        "reorder",
+        "apply_proposal",
+        "watch",
+        "journal",
+    }
 
 
 def test_the_command_names_are_the_packml_commands() -> None:
