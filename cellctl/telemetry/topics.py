@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -87,65 +87,31 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+_P = TypeVar("_P", bound=Payload)
+
+
+def _copied(model: type[_P], event: Event) -> _P:
+    """The payload of an event whose wire fields are its own fields; non-finite floats go out as null."""
+    data = {k: _finite(v) if isinstance(v, float) else v for k, v in event.to_data().items()}
+    return model.model_validate(data)
+
+
 def _state(event: StateChanged, root: str) -> list[OutboxMessage]:
-    data = StateData(
-        state=event.state,
-        state_no=event.state_no,
-        previous=event.previous,
-        command=event.command,
-        by=event.by,
-        mode=event.mode,
-    )
+    data = _copied(StateData, event)
     return [OutboxMessage(f"{root}/state", Stream.STATE, _body(data), retain=True)]
 
 
 def _job(event: JobEvent, root: str) -> list[OutboxMessage]:
-    data = JobData(
-        job=event.job,
-        order_id=event.order_id,
-        variant=event.variant,
-        recipe_version=event.recipe_version,
-        recipe_hash=event.recipe_hash,
-        quantity=event.quantity,
-        status=event.status,
-        produced=event.produced,
-        good=event.good,
-        bad=event.bad,
-        invalid=event.invalid,
-        parameters=dict(event.parameters),
-        by=event.by,
-        reason=event.reason,
-    )
-    return [OutboxMessage(f"{root}/job", Stream.JOB, _body(data))]
+    return [OutboxMessage(f"{root}/job", Stream.JOB, _body(_copied(JobData, event)))]
 
 
 def _changeover(event: ChangeoverEvent, root: str) -> list[OutboxMessage]:
-    data = ChangeoverData(
-        changeover=event.changeover,
-        job=event.job,
-        from_variant=event.from_variant,
-        to_variant=event.to_variant,
-        status=event.status,
-        steps=list(event.steps),
-        planned_s=event.planned_s,
-        duration_s=_finite(event.duration_s),
-        reason=event.reason,
-    )
+    data = _copied(ChangeoverData, event)
     return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(data))]
 
 
 def _step(event: StepEvent, root: str) -> list[OutboxMessage]:
-    data = StepData(
-        changeover=event.changeover,
-        job=event.job,
-        step=event.step,
-        step_kind=event.step_kind,
-        device=event.device,
-        status=event.status,
-        detail=event.detail,
-        duration_s=_finite(event.duration_s),
-    )
-    return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(data))]
+    return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(_copied(StepData, event)))]
 
 
 def _part(event: PartProduced, root: str) -> list[OutboxMessage]:
@@ -182,20 +148,12 @@ def _part(event: PartProduced, root: str) -> list[OutboxMessage]:
 
 
 def _health(event: DeviceHealthChanged, root: str) -> list[OutboxMessage]:
-    data = HealthData(device=event.device, state=event.state, error=event.error)
     topic = f"{root}/health/{_level(event.device)}"
-    return [OutboxMessage(topic, Stream.HEALTH, _body(data), retain=True)]
+    return [OutboxMessage(topic, Stream.HEALTH, _body(_copied(HealthData, event)), retain=True)]
 
 
 def _alarm(event: AlarmEvent, root: str) -> list[OutboxMessage]:
-    data = AlarmData(
-        alarm=event.alarm,
-        severity=event.severity,
-        active=event.active,
-        message=event.message,
-        source=event.source,
-    )
-    return [OutboxMessage(f"{root}/alarm", Stream.ALARM, _body(data))]
+    return [OutboxMessage(f"{root}/alarm", Stream.ALARM, _body(_copied(AlarmData, event)))]
 
 
 def _journal_only(event: Event, root: str) -> list[OutboxMessage]:
