@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,13 +145,14 @@ def _scaled(changeover: ChangeoverConfig, time_scale: float) -> ChangeoverConfig
     return changeover.model_copy(update={"steps": steps})
 
 
-@contextlib.contextmanager
-def _broker_for(configured: MqttConfig, wanted: bool) -> Iterator[tuple[MqttConfig | None, str]]:
+@contextlib.asynccontextmanager
+async def _broker_for(configured: MqttConfig, wanted: bool) -> AsyncIterator[tuple[MqttConfig | None, str]]:
     """The configured broker where it answers, else a private mosquitto where installed, else none."""
     if not wanted:
         yield None, "none (--no-broker)"
         return
-    if port_open(configured.host, configured.port):
+    # Probing the port and starting mosquitto block: keep them off the event loop.
+    if await asyncio.to_thread(port_open, configured.host, configured.port):
         yield configured, f"{configured.host}:{configured.port}"
         return
     if find_mosquitto() is None:
@@ -159,13 +160,13 @@ def _broker_for(configured: MqttConfig, wanted: bool) -> Iterator[tuple[MqttConf
         return
     broker = PrivateBroker()
     try:
-        broker.start()
+        await broker.astart()
         yield (
             configured.model_copy(update={"host": broker.host, "port": broker.port}),
             f"private mosquitto {broker.host}:{broker.port}",
         )
     finally:
-        broker.close()
+        await asyncio.to_thread(broker.close)
 
 
 async def run_demo(
@@ -186,12 +187,12 @@ async def run_demo(
     loaded = load_config(config_dir)
     summary = DemoSummary()
     started = time.monotonic()
-    with (
-        tempfile.TemporaryDirectory(prefix="cellctl-demo-") as tmp,
+    async with (
         _broker_for(broker or loaded.cell.mqtt, use_broker) as (mqtt, broker_name),
+        SimCell.from_config_dir(config_dir, time_scale=time_scale, seed=7) as sims,
     ):
         summary.broker = broker_name
-        async with SimCell.from_config_dir(config_dir, time_scale=time_scale, seed=7) as sims:
+        with tempfile.TemporaryDirectory(prefix="cellctl-demo-") as tmp:
             cell = sims.cell_config().model_copy(
                 update={
                     "store": StoreConfig(path=str(Path(tmp) / "cellctl.db")),
