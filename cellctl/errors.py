@@ -210,3 +210,11 @@ class ApiError(CellctlError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         super().__init__(message)
+
+
+class ConfirmError(CellctlError):
+    """An operator's confirmation was refused: no such pending step, or evidence that does not match."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"step {step!r}: {message}")
+        self.step = step

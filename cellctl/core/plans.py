@@ -39,6 +39,10 @@ class PlanStep:
     external: bool = False
     retries: int = 0
     interruptible: bool = True
+    # Operator steps: what the person is told, what they must scan (a label) and the value it must match.
+    instruction: str = ""
+    evidence: str | None = None
+    expected_evidence: str | None = None
 
     @property
     def args(self) -> dict[str, TagValue]:
@@ -59,6 +63,8 @@ class PlanStep:
             "external": self.external,
             "retries": self.retries,
             "interruptible": self.interruptible,
+            "instruction": self.instruction,
+            "evidence": self.evidence,
         }
 
 
