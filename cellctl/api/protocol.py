@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     INVALID_TRANSITION = "invalid_transition"
     JOB_ERROR = "job_error"
+    CONFIRM_REFUSED = "confirm_refused"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     OVERFLOW = "overflow"
@@ -118,6 +119,13 @@ class ReorderArgs(Args):
     job_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=10_000)]
 
 
+class ConfirmArgs(Args):
+    """``confirm``: answer a step waiting for a person, with the evidence it asks for (a scanned id)."""
+
+    step: Annotated[str, Field(min_length=1, max_length=128)]
+    evidence: Annotated[str, Field(max_length=256)] | None = None
+
+
 class WatchArgs(Args):
     """``watch``: push events to this connection; resume after ``since_seq`` of ``epoch`` when possible."""
 
@@ -140,6 +148,7 @@ COMMANDS: dict[str, type[Args]] = {
     "cancel": CancelArgs,
     "reorder": ReorderArgs,
     "apply_proposal": NoArgs,
+    "confirm": ConfirmArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
 }

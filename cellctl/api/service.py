@@ -21,6 +21,7 @@ from cellctl.api.protocol import (
     Args,
     CancelArgs,
     CommandArgs,
+    ConfirmArgs,
     ErrorCode,
     JournalArgs,
     ProtocolError,
@@ -34,7 +35,7 @@ from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.events import Event, OperatorAction
 from cellctl.core.ports import EventSink
 from cellctl.engine import OrderRequest
-from cellctl.errors import InvalidTransition, JobError, StoreError
+from cellctl.errors import ConfirmError, InvalidTransition, JobError, StoreError
 from cellctl.schema.cell import Identity
 
 log = structlog.get_logger("cellctl.api")
@@ -90,6 +91,10 @@ class EnginePort(Protocol):
         """Set the queue's order."""
         ...
 
+    async def confirm(self, step: str, *, evidence: str | None, by: str) -> View:
+        """Answer a step waiting for a person."""
+        ...
+
     async def apply_proposal(self, *, by: str) -> View:
         """Take the scheduler's proposed order."""
         ...
@@ -129,6 +134,7 @@ class ControlService:
             "cancel": self._cancel,
             "reorder": self._reorder,
             "apply_proposal": self._apply_proposal,
+            "confirm": self._confirm,
             "journal": self._read_journal,
         }
 
@@ -173,6 +179,8 @@ class ControlService:
             return Reply.failure(request.id, ErrorCode.INVALID_TRANSITION, str(exc))
         except JobError as exc:
             return Reply.failure(request.id, ErrorCode.JOB_ERROR, str(exc))
+        except ConfirmError as exc:
+            return Reply.failure(request.id, ErrorCode.CONFIRM_REFUSED, str(exc))
         except Exception as exc:
             # One request's failure must not take the control socket down; the log keeps the traceback.
             log.exception("request failed", cmd=request.cmd, caller=caller.by)
@@ -242,6 +250,15 @@ class ControlService:
 
         return await self._act("apply_proposal", {}, caller, call)
 
+    async def _confirm(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, ConfirmArgs)
+        step, evidence = args.step, args.evidence
+
+        async def call() -> View:
+            return await self._engine.confirm(step, evidence=evidence, by=caller.by)
+
+        return await self._act("confirm", args.model_dump(), caller, call)
+
     async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
         assert isinstance(args, JournalArgs)
         if self._journal is None:
@@ -258,7 +275,7 @@ class ControlService:
         recorded_args = {**args, "caller": caller.to_dict()}
         try:
             view = await call()
-        except (InvalidTransition, JobError) as exc:
+        except (InvalidTransition, JobError, ConfirmError) as exc:
             await self._record_action(action, recorded_args, caller, accepted=False, reason=str(exc))
             raise
         await self._record_action(action, recorded_args, caller, accepted=True, reason="")

@@ -76,6 +76,13 @@ def add_parser(sub: Any) -> None:
     proposal = actions.add_parser("apply-proposal", help="reorder the queue as the scheduler proposes")
     proposal.add_argument("--json", action="store_true", help="print the resulting status as JSON")
 
+    confirm = actions.add_parser(
+        "confirm", help="answer a changeover step waiting for a person (see status: waiting)"
+    )
+    confirm.add_argument("step", help="the waiting step's id")
+    confirm.add_argument("--evidence", default=None, help="the scanned id the step asks for")
+    confirm.add_argument("--json", action="store_true", help="print the resulting status as JSON")
+
     watch = actions.add_parser("watch", help="print events as they happen, until Ctrl-C")
     watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
@@ -212,6 +219,17 @@ def _print_queue(status: dict[str, Any], args: argparse.Namespace, out: TextIO) 
         out.write(f"  {format_job(job)}\n")
 
 
+async def _confirm(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "confirm", step=args.step, evidence=args.evidence)
+    if args.json:
+        _print_json(status, out)
+        return
+    out.write(f"step {args.step} confirmed\n")
+    for prompt in status.get("prompts") or []:
+        if isinstance(prompt, dict):
+            out.write(f"still waiting: {_format_prompt(prompt)}\n")
+
+
 async def _watch(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
@@ -241,6 +259,7 @@ _ACTIONS: dict[str, Action] = {
     "cancel": _cancel,
     "reorder": _reorder,
     "apply-proposal": _apply_proposal,
+    "confirm": _confirm,
     "watch": _watch,
     "journal": _journal,
     **dict.fromkeys(PACKML_COMMANDS, _command),
@@ -327,6 +346,9 @@ def format_status(status: dict[str, Any]) -> str:
         for step in changeover.get("steps") or []:
             if isinstance(step, dict):
                 rows.append(("", f"{step.get('id', '?')}: {step.get('status', '?')}"))
+    for prompt in status.get("prompts") or []:
+        if isinstance(prompt, dict):
+            rows.append(("waiting", _format_prompt(prompt)))
     counters = status.get("counters")
     if isinstance(counters, dict):
         rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
@@ -340,6 +362,20 @@ def _format_proposal(proposed: dict[str, Any]) -> str:
     if isinstance(new, int | float) and isinstance(old, int | float):
         text += f" (changeover {new:.1f} s instead of {old:.1f} s: cellctl ctl apply-proposal)"
     return text
+
+
+def _format_prompt(prompt: dict[str, Any]) -> str:
+    """A step waiting for a person, with the command that answers it."""
+    step = prompt.get("step", "?")
+    text = f"{step}: {prompt.get('instruction', '')}"
+    if prompt.get("kind") == "in_doubt":
+        text += " (its outcome is unknown after a restart: confirm to run it again)"
+    evidence = prompt.get("evidence")
+    answer = f"cellctl ctl confirm {step}"
+    if evidence:
+        text += f"; scan: {evidence}"
+        answer += " --evidence ID"
+    return f"{text} -> {answer}"
 
 
 def _format_changeover(changeover: dict[str, Any]) -> str:

@@ -137,6 +137,8 @@ class StepStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     SKIPPED = "skipped"
+    WAITING = "waiting"
+    """The step waits for a person (an operator step, or a step in doubt after a restart)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -100,8 +100,10 @@ class Confirmations:
         try:
             return await future
         finally:
-            self._waiting.pop(prompt.step, None)
-            self._changed()
+            # Answered prompts are gone already; one withdrawn by cancellation goes now.
+            if self._waiting.get(prompt.step) is not None and self._waiting[prompt.step].answer is future:
+                del self._waiting[prompt.step]
+                self._changed()
 
     def answer(self, step: str, *, by: str, evidence: str | None = None) -> Confirmation:
         """Answer the waiting ``step``; ConfirmError (nothing changes) when none waits or evidence differs."""
@@ -118,7 +120,9 @@ class Confirmations:
         confirmation = Confirmation(
             step=step, kind=waiting.prompt.kind, by=by, at=self._clock.wall(), evidence=evidence
         )
+        del self._waiting[step]
         waiting.answer.set_result(confirmation)
+        self._changed()
         return confirmation
 
     def _changed(self) -> None:

@@ -39,6 +39,7 @@ from cellctl.core.plans import ChangeoverPlan
 from cellctl.core.ports import EventSink
 from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
+from cellctl.engine.confirm import Confirmations, Prompt
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.planner import plan_changeover, read_setup
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
@@ -188,6 +189,7 @@ class CellStatus:
     counters: Counters
     reason: str = ""
     proposed_order: ProposedOrder | None = None
+    prompts: tuple[Prompt, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -205,6 +207,7 @@ class CellStatus:
             "counters": self.counters.to_dict(),
             "reason": self.reason,
             "proposed_order": self.proposed_order.to_dict() if self.proposed_order else None,
+            "prompts": [p.to_dict() for p in self.prompts],
         }
 
 
@@ -283,7 +286,10 @@ class Engine:
         self._costs = changeover_costs(config.recipes, config.cell)
         self._proposal: tuple[tuple[str | None, frozenset[str]], tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
-        self._sequencer = Sequencer(self._profiles, _Recorder(self), self._clock)
+        self._confirmations = Confirmations(self._clock)
+        self._sequencer = Sequencer(
+            self._profiles, _Recorder(self), self._clock, confirmations=self._confirmations
+        )
         self._lock = asyncio.Lock()
         self._group: asyncio.TaskGroup | None = None
         self._actor: asyncio.Task[None] | None = None
@@ -381,7 +387,15 @@ class Engine:
             counters=self._counters,
             reason=self._reason,
             proposed_order=self._propose(),
+            prompts=self._confirmations.pending(),
         )
+
+    async def confirm(self, step: str, *, evidence: str | None = None, by: str) -> CellStatus:
+        """Answer the step waiting for a person (``status().prompts``); ConfirmError, nothing changed, when
+        no such step waits or the evidence does not match. The API service journals who answered."""
+        confirmation = self._confirmations.answer(step, by=by, evidence=evidence)
+        self._log.info("step confirmed by operator", step=step, by=by, kind=confirmation.kind.value)
+        return self.status()
 
     async def reorder(self, job_ids: Sequence[str], *, by: str) -> CellStatus:
         """The operator's order of the queue: exactly ``job_ids``, a permutation of the queued jobs' ids.

@@ -20,6 +20,7 @@ from cellctl.core.devices import Profile
 from cellctl.core.events import StepEvent, StepStatus
 from cellctl.core.plans import ChangeoverPlan, PlanStep
 from cellctl.core.ports import EventSink
+from cellctl.engine.confirm import Confirmation, Confirmations, Prompt, PromptKind
 from cellctl.engine.steps import REGISTRY, StepContext, StepHandler, check_plan
 from cellctl.errors import CellctlError, DeviceError, SequenceError, StepFailed, StepTimeout
 
@@ -49,11 +50,13 @@ class Sequencer:
         clock: Clock,
         *,
         registry: Mapping[str, StepHandler] | None = None,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self._profiles = profiles
         self._sink = sink
         self._clock = clock
         self._registry: Mapping[str, StepHandler] = REGISTRY if registry is None else registry
+        self._confirmations = confirmations
 
     async def run(self, plan: ChangeoverPlan, *, changeover_id: str, job_id: str) -> RunResult:
         """Run every step of ``plan``; StepFailed/StepTimeout name the step that failed, PlanError a plan that
@@ -63,10 +66,11 @@ class Sequencer:
             plan=plan,
             changeover_id=changeover_id,
             job_id=job_id,
-            context=StepContext(self._profiles),
+            profiles=self._profiles,
             registry=self._registry,
             sink=self._sink,
             clock=self._clock,
+            confirmations=self._confirmations,
         )
         with structlog.contextvars.bound_contextvars(changeover=changeover_id, job=job_id):
             return await run.execute()
@@ -81,15 +85,20 @@ class _Run:
         plan: ChangeoverPlan,
         changeover_id: str,
         job_id: str,
-        context: StepContext,
+        profiles: Mapping[str, Profile],
         registry: Mapping[str, StepHandler],
         sink: EventSink,
         clock: Clock,
+        confirmations: Confirmations | None,
     ) -> None:
         self.plan = plan
         self.changeover_id = changeover_id
         self.job_id = job_id
-        self.context = context
+        self.confirmations = confirmations
+        self.context = (
+            StepContext(profiles) if confirmations is None else StepContext(profiles, ask=self._ask)
+        )
+        self.confirmed: dict[str, Confirmation] = {}
         self.registry = registry
         self.sink = sink
         self.clock = clock
@@ -199,7 +208,9 @@ class _Run:
             raise
         else:
             duration = self.clock.monotonic() - began
-            await self._record(step, StepStatus.DONE, duration_s=duration)
+            confirmed = self.confirmed.get(step.id)
+            detail = "" if confirmed is None else _confirmed_by(confirmed)
+            await self._record(step, StepStatus.DONE, detail=detail, duration_s=duration)
             log.info("step done", duration_s=round(duration, 3), attempts=self.attempts[step.id])
             self.durations[step.id] = duration
             self.done.add(step.id)
@@ -208,6 +219,26 @@ class _Run:
             if step.device is not None:
                 self.busy_devices.discard(step.device)
             self.progress.set()
+
+    async def _ask(self, step: PlanStep, kind: PromptKind) -> Confirmation:
+        """Show the step's prompt and wait for an accepted answer; the wait is recorded as WAITING."""
+        assert self.confirmations is not None
+        instruction = step.instruction or step.description
+        await self._record(step, StepStatus.WAITING, detail=instruction)
+        self.log.info("step waits for the operator", step=step.id, kind=kind.value, instruction=instruction)
+        prompt = Prompt(
+            changeover=self.changeover_id,
+            step=step.id,
+            device=step.device,
+            kind=kind,
+            instruction=instruction,
+            evidence=step.evidence,
+            since=self.clock.wall(),
+        )
+        confirmation = await self.confirmations.ask(prompt, expected=step.expected_evidence)
+        self.confirmed[step.id] = confirmation
+        self.log.info("step confirmed", step=step.id, by=confirmation.by, evidence=confirmation.evidence)
+        return confirmation
 
     async def _attempts(
         self, step: PlanStep, handler: StepHandler, log: structlog.typing.FilteringBoundLogger
@@ -245,6 +276,11 @@ def _detail(step: PlanStep, exc: Exception) -> str:
     text = str(exc)
     prefix = f"step {step.id!r}: "
     return text.removeprefix(prefix) if isinstance(exc, StepFailed) else text
+
+
+def _confirmed_by(confirmation: Confirmation) -> str:
+    text = f"confirmed by {confirmation.by}"
+    return text if confirmation.evidence is None else f"{text} (evidence {confirmation.evidence!r})"
 
 
 def _of(attempt: int, tries: int) -> str:

@@ -8,12 +8,13 @@ timeouts, retries and the recording of outcomes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cellctl.core.devices import Fixture, Profile, Robot, ToolChanger, axis_actual_tag
 from cellctl.core.plans import ChangeoverPlan, PlanStep
 from cellctl.core.tags import TagValue
+from cellctl.engine.confirm import Confirmation, PromptKind
 from cellctl.engine.planner import position_matches, setpoint_matches
 from cellctl.errors import DeviceFault, PlanError, WriteVerifyError
 from cellctl.schema.cell import StepKind
@@ -21,11 +22,20 @@ from cellctl.schema.cell import StepKind
 _P = TypeVar("_P", bound=Profile)
 
 
+Ask = Callable[[PlanStep, PromptKind], Awaitable[Confirmation]]
+"""Shows a step's prompt to the operator and waits for an accepted answer (the sequencer records it)."""
+
+
+async def _nobody_answers(step: PlanStep, _kind: PromptKind) -> Confirmation:
+    raise PlanError(f"step {step.id!r} needs an operator, and this run has nobody to ask")
+
+
 @dataclass(frozen=True, slots=True)
 class StepContext:
-    """What a handler may use: the profiles of the cell's devices, by device name."""
+    """What a handler may use: the profiles of the cell's devices, by device name, and the operator."""
 
     profiles: Mapping[str, Profile]
+    ask: Ask = field(default=_nobody_answers)
 
     def profile(self, step: PlanStep, kind: type[_P]) -> _P:
         """The profile of the step's device, which must be a ``kind``; PlanError otherwise."""
