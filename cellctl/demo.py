@@ -7,28 +7,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from cellctl.core.events import ChangeoverEvent, ChangeoverStatus, Event, JobEvent, JobStatus
+from cellctl.core.events import (
+    ChangeoverEvent,
+    ChangeoverStatus,
+    Event,
+    JobEvent,
+    JobStatus,
+    StepEvent,
+    StepStatus,
+)
 from cellctl.core.ports import LinkState
 from cellctl.engine import CellStatus, Engine, OrderRequest, State
+from cellctl.engine.confirm import Prompt, PromptKind
+from cellctl.engine.planner import OPERATOR_KIND
+from cellctl.errors import ConfirmError
 from cellctl.runtime.app import CellApp, Controller
 from cellctl.schema.cell import ApiConfig, ChangeoverConfig, MqttConfig, StoreConfig
-from cellctl.schema.load import load_config
+from cellctl.schema.load import LoadedConfig, load_config
+from cellctl.schema.recipe import Recipe
 from device_sims.broker import PrivateBroker, find_mosquitto, port_open
 from device_sims.harness import SimCell
 
 BY = "demo"
+
+DEMO_OPERATOR = "demo-operator"
+"""Who answers operator steps in the demo: a script, named so the journal never passes it off as a person."""
+
+_log = structlog.get_logger(__name__)
 
 ORDER_BOOK: tuple[OrderRequest, ...] = (
     OrderRequest(order_id="SO-1001", variant="oslo", quantity=4, parameters={"staple_pitch": 11.0}),
@@ -99,6 +118,65 @@ class _Watch:
         self.last_event = f"{event.kind}: " + ", ".join(f"{k}={data[k]}" for k in shown if k in data)
 
 
+class ScriptedOperator:
+    """The demo's stand-in for a person: answers every operator step with the evidence its recipe expects.
+
+    ``answer_pending()`` confirms the operator-step prompts pending now as ``DEMO_OPERATOR`` (the step's DONE
+    event journals who and when); or register it as an engine listener and run ``serve()`` in a task, so a
+    WAITING operator step wakes it. Prompts of other kinds (a step in doubt after a crash) are left to a
+    person.
+    """
+
+    def __init__(self, engine: Engine, recipes: dict[str, Recipe], *, by: str = DEMO_OPERATOR) -> None:
+        self._engine = engine
+        self._recipes = recipes
+        self.by = by
+        self.answered: list[str] = []
+        self._wake = asyncio.Event()
+
+    def __call__(self, event: Event) -> None:
+        if (
+            isinstance(event, StepEvent)
+            and event.status is StepStatus.WAITING
+            and event.step_kind == OPERATOR_KIND
+        ):
+            self._wake.set()
+
+    async def serve(self) -> None:
+        """Answer operator steps until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # The step registers its prompt before it yields to the loop, so it is pending by now.
+            await self.answer_pending()
+
+    async def answer_pending(self) -> None:
+        """Confirm every operator-step prompt pending now."""
+        for prompt in self._engine.status().prompts:
+            if prompt.kind is PromptKind.OPERATOR_STEP:
+                await self._answer(prompt)
+
+    def expected_evidence(self, prompt: Prompt) -> str | None:
+        """The evidence the recipe of the running changeover expects for ``prompt`` (None: confirm only)."""
+        changeover = self._engine.status().changeover
+        if changeover is None or changeover.changeover_id != prompt.changeover:
+            return None
+        recipe = self._recipes.get(changeover.to_variant)
+        step = recipe.operator_steps.get(prompt.step.removeprefix(f"{OPERATOR_KIND}:")) if recipe else None
+        return step.evidence.expect if step is not None and step.evidence is not None else None
+
+    async def _answer(self, prompt: Prompt) -> None:
+        evidence = self.expected_evidence(prompt)
+        try:
+            await self._engine.confirm(prompt.step, evidence=evidence, by=self.by)
+        except ConfirmError as exc:
+            # Withdrawn meanwhile (a Hold), or evidence the script does not know: a person has to answer.
+            _log.warning("demo operator could not confirm", step=prompt.step, error=str(exc))
+            return
+        self.answered.append(prompt.step)
+        _log.info("demo operator confirmed", step=prompt.step, by=self.by, evidence=evidence)
+
+
 def _view(status: CellStatus, watch: _Watch, broker: str) -> Group:
     """The live progress display: cell state, each order's progress bar, the running changeover."""
     head = Table.grid(padding=(0, 2))
@@ -134,6 +212,22 @@ def _view(status: CellStatus, watch: _Watch, broker: str) -> Group:
         parts.append(steps)
     parts.append(Text(watch.last_event, style="dim"))
     return Group(*parts)
+
+
+def _scaled_recipes(loaded: LoadedConfig, time_scale: float) -> LoadedConfig:
+    """The recipes' operator steps expected at the time scale (the scripted operator is quick)."""
+    recipes = {
+        variant: recipe.model_copy(
+            update={
+                "operator_steps": {
+                    name: step.model_copy(update={"expected_s": step.expected_s * time_scale})
+                    for name, step in recipe.operator_steps.items()
+                }
+            }
+        )
+        for variant, recipe in loaded.recipes.items()
+    }
+    return dataclasses.replace(loaded, recipes=recipes)
 
 
 def _scaled(changeover: ChangeoverConfig, time_scale: float) -> ChangeoverConfig:
@@ -201,7 +295,7 @@ async def run_demo(
                     "changeover": _scaled(loaded.cell.changeover, time_scale),
                 }
             )
-            app = CellApp(loaded.with_cell(cell), publish=mqtt is not None)
+            app = CellApp(_scaled_recipes(loaded, time_scale).with_cell(cell), publish=mqtt is not None)
             stop = asyncio.Event()
 
             async def script(controller: Controller) -> None:
@@ -226,6 +320,7 @@ async def _drive(
     engine: Engine = controller.engine
     watch = _Watch(summary, expected_jobs=len(orders))
     unsubscribe = engine.add_listener(watch)
+    operator = ScriptedOperator(engine, controller.config.recipes)
     try:
         async with asyncio.timeout(timeout):
             await _links_up(controller)
@@ -241,6 +336,8 @@ async def _drive(
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.125):
                             await watch.jobs_done.wait()
+                    # The scripted operator looks at the prompts as often as the view is refreshed.
+                    await operator.answer_pending()
                     live.update(_view(engine.status(), watch, broker_name))
                 await engine.wait_for(State.SUSPENDED, timeout=30)
                 live.update(_view(engine.status(), watch, broker_name))

@@ -23,7 +23,7 @@ from cellctl.core.plans import ChangeoverPlan, DeviceSetup, PlanStep
 from cellctl.core.ports import Driver, Health, LinkState
 from cellctl.drivers import build_driver
 from cellctl.engine.engine import build_profiles
-from cellctl.engine.planner import plan_changeover, read_setup, target_setup
+from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, target_setup
 from cellctl.errors import ConfigError, DeviceError, PlanError
 from cellctl.runtime.logging import configure_logging
 from cellctl.schema.load import LoadedConfig, format_issues, load_config
@@ -262,6 +262,7 @@ class PlanFigures:
         self.total_s = plan.total_s
         self.external = [s for s in plan.order() if s.external]
         self.external_s = sum(s.expected_s for s in self.external)
+        self.operator = [s for s in plan.order() if s.kind == OPERATOR_KIND]
 
 
 def figures(plan: ChangeoverPlan) -> PlanFigures:
@@ -315,7 +316,16 @@ def render_table(plan: ChangeoverPlan, *, live: bool = False) -> str:
         f"sum of all step durations: {fig.total_s:g} s",
         f"runs external: {external}",
     ]
+    if fig.operator:
+        lines += ["", "operator steps (a person does them and confirms with `cellctl ctl confirm STEP`):"]
+        lines += [f"  {_operator_line(step)}" for step in fig.operator]
     return "\n".join(lines) + "\n"
+
+
+def _operator_line(step: PlanStep) -> str:
+    where = f" at {step.device}" if step.device else ""
+    proof = f"; evidence: {step.evidence}" if step.evidence else "; confirm only"
+    return f"{step.id}{where}: {step.instruction}{proof} (times out after {step.timeout_s:g} s)"
 
 
 def render_json(
@@ -334,6 +344,7 @@ def render_json(
             "internal_downtime_s": fig.internal_downtime_s,
             "external_steps": [s.id for s in fig.external],
             "external_s": fig.external_s,
+            "operator_steps": [s.id for s in fig.operator],
             "parameters": dict(params or {}),
         }
     )
@@ -347,7 +358,10 @@ def node_id(step_id: str) -> str:
 
 def _label(step: PlanStep) -> str:
     smed = "external" if step.external else "internal"
-    return f"{step.id}\n{step.description}\n{step.expected_s:g} s, {smed}"
+    label = f"{step.id}\n{step.description}\n{step.expected_s:g} s, {smed}"
+    if step.kind == OPERATOR_KIND:
+        label += f"\nOPERATOR, evidence: {step.evidence}" if step.evidence else "\nOPERATOR, confirm only"
+    return label
 
 
 def _critical_edges(plan: ChangeoverPlan) -> set[tuple[str, str]]:
@@ -366,6 +380,8 @@ def render_mermaid(plan: ChangeoverPlan) -> str:
     for step in plan.order():
         label = _label(step).replace('"', "#quot;").replace("\n", "<br/>")
         shape = f'(["{label}"])' if step.external else f'["{label}"]'
+        if step.kind == OPERATOR_KIND:
+            shape = f'{{{{"{label}"}}}}'  # a hexagon: a person's step, whatever its SMED class
         lines.append(f"  {node_id(step.id)}{shape}")
     edge_index = 0
     styled: list[int] = []
@@ -377,6 +393,10 @@ def render_mermaid(plan: ChangeoverPlan) -> str:
             edge_index += 1
     lines.append("  classDef critical stroke:#d00,stroke-width:3px")
     lines.append(f"  class {','.join(node_id(s) for s in sorted(on_path))} critical")
+    operator = [node_id(s.id) for s in plan.order() if s.kind == OPERATOR_KIND]
+    if operator:
+        lines.append("  classDef operator fill:#ffe9a8")
+        lines.append(f"  class {','.join(operator)} operator")
     if styled:
         lines.append(f"  linkStyle {','.join(map(str, styled))} stroke:#d00,stroke-width:3px")
     return "\n".join(lines) + "\n"
@@ -396,6 +416,8 @@ def render_dot(plan: ChangeoverPlan) -> str:
     critical_edges = _critical_edges(plan)
     for step in plan.order():
         style = ["style=rounded"] if step.external else []
+        if step.kind == OPERATOR_KIND:
+            style = ["shape=hexagon", "style=filled", 'fillcolor="#ffe9a8"']
         if step.id in on_path:
             style += ["color=red", "penwidth=2"]
         attrs = ", ".join([f"label={_dot_quote(_label(step))}", *style])

@@ -41,7 +41,7 @@ from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.confirm import Confirmations, Prompt
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
-from cellctl.engine.planner import plan_changeover, read_setup
+from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
 from cellctl.engine.sequencer import Sequencer
 from cellctl.errors import (
@@ -299,6 +299,10 @@ class Engine:
         self._current: Job | None = None
         self._variant: str | None = None
         self._changeover: _Changeover | None = None
+        # A changeover with operator steps that was interrupted, by (job, target variant), and the operator
+        # steps confirmed in it: re-planned, they stay due (a person's work is not read back) but are not
+        # asked again once confirmed.
+        self._operator_done: dict[tuple[str, str], set[str]] = {}
         self._counters = Counters()
         self._starved = False
         self._reason = ""
@@ -500,6 +504,8 @@ class Engine:
             duration_s=event.duration_s,
             detail=event.detail,
         )
+        if event.status is StepStatus.DONE and event.step_kind == OPERATOR_KIND:
+            self._operator_done.setdefault((progress.job_id, progress.plan.to_variant), set()).add(event.step)
 
     # --------------------------------------------------------------------------------------------------------
     # State moves
@@ -703,8 +709,22 @@ class Engine:
         self._phase = Phase.CHANGEOVER
         recipes: dict[str, Recipe] = {**self._jobs.recipes, job.variant: job.recipe}
         current = await read_setup(self._profiles, self._config.cell, recipes)
-        plan = plan_changeover(current, job.recipe, self._config.cell, from_variant=self._variant)
+        key = (job.id, job.variant)
+        # Only this job's confirmations count: a person confirms for the changeover in front of them.
+        done = self._operator_done.get(key)
+        self._operator_done = {} if done is None else {key: done}
+        plan = plan_changeover(
+            current,
+            job.recipe,
+            self._config.cell,
+            from_variant=self._variant,
+            confirmed=frozenset(done or ()),
+            resuming=done is not None,
+        )
+        if any(s.kind == OPERATOR_KIND for s in plan.steps):
+            self._operator_done.setdefault(key, set())
         if plan.is_empty:
+            self._operator_done.clear()
             self._variant = job.variant
             self._phase = Phase.IDLE
             return
@@ -765,6 +785,7 @@ class Engine:
         # Done: from here a Hold must not cancel the bookkeeping, so production is no longer interruptible.
         self._phase = Phase.IDLE
         self._changeover = None
+        self._operator_done.clear()
         self._variant = job.variant
         duration = self._clock.monotonic() - began
         await self._record(self._changeover_event(progress, ChangeoverStatus.COMPLETED, duration_s=duration))

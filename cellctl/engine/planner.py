@@ -7,9 +7,8 @@ cell's step templates, and orders them so that the sequencer can run the plan as
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -28,7 +27,8 @@ from cellctl.core.plans import ChangeoverPlan, DeviceSetup, PlanStep, Setup
 from cellctl.core.tags import TagValue
 from cellctl.errors import DeviceFault, PlanError
 from cellctl.schema.cell import CellConfig, Smed, StepKind, StepTemplate
-from cellctl.schema.recipe import Recipe
+from cellctl.schema.ordering import FIXTURE_SEQUENCE, Node, OrderCycle, node_of, step_order
+from cellctl.schema.recipe import OperatorStep, Recipe
 
 _log = structlog.get_logger(__name__)
 
@@ -42,12 +42,8 @@ SETPOINT_REL_TOL = 1e-6
 
 _SETPOINT_ABS_TOL = 1e-9
 
-FIXTURE_SEQUENCE: tuple[StepKind, ...] = (
-    StepKind.FIXTURE_UNCLAMP,
-    StepKind.FIXTURE_MOVE,
-    StepKind.FIXTURE_CLAMP,
-)
-"""A fixture must be unclamped to move and clamped again afterwards, whatever the templates say."""
+OPERATOR_KIND = "operator"
+"""Step kind of a recipe's operator steps: a person does the work and confirms it."""
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -212,30 +208,20 @@ async def read_setup(
 # Planning.
 
 
-def _kind_order(templates: Mapping[StepKind, StepTemplate]) -> list[StepKind]:
-    """Step kinds in an order that respects every template's ``after`` and a fixture's own sequence.
-
-    Each next kind is the first one in the templates' order whose predecessors are placed, so a consistent
-    template order is kept as it is. A template that contradicts the fixture sequence is a PlanError.
+def _kind_order(
+    templates: Mapping[StepKind, StepTemplate], operator_steps: Mapping[str, OperatorStep] | None = None
+) -> list[Node]:
+    """Step kinds and operator steps in an order that respects every ``after``, ``before`` and a fixture's own
+    sequence; a template or operator step that contradicts them is a PlanError naming what is in the cycle.
     """
-    edges: dict[StepKind, set[StepKind]] = {kind: set(t.after) for kind, t in templates.items()}
-    for before, after in itertools.pairwise(FIXTURE_SEQUENCE):
-        edges.setdefault(after, set()).add(before)
-        edges.setdefault(before, set())
-    order: list[StepKind] = []
-    remaining = list(edges)
-    while remaining:
-        placed = set(order)
-        kind = next((k for k in remaining if edges[k] <= placed), None)
-        if kind is None:
-            kinds = ", ".join(k.value for k in remaining)
-            raise PlanError(
-                f"changeover templates order these step kinds in a cycle: {kinds} "
-                "(a fixture always unclamps, moves, then clamps)"
-            )
-        order.append(kind)
-        remaining.remove(kind)
-    return order
+    try:
+        return step_order(templates, operator_steps)
+    except OrderCycle as exc:
+        nodes = ", ".join(str(n) for n in exc.nodes)
+        raise PlanError(
+            f"changeover templates order these step kinds in a cycle: {nodes} "
+            "(a fixture always unclamps, moves, then clamps)"
+        ) from exc
 
 
 def _describe_value(value: float) -> str:
@@ -283,17 +269,66 @@ def step_id(device: str, kind: StepKind | str) -> str:
     return f"{device}:{kind}"
 
 
-def plan_changeover(
-    current: Setup, target: Recipe, cell: CellConfig, *, from_variant: str | None
-) -> ChangeoverPlan:
-    """The plan that takes the cell from ``current`` to ``target``'s setup: one step per differing setting.
+def operator_step_id(name: str) -> str:
+    """Id of a recipe's operator step ``name`` in a plan (never a device step's: no step kind is its name)."""
+    return f"{OPERATOR_KIND}:{name}"
 
-    Dependencies: a template's ``after`` kinds become the instantiated steps of those kinds (dropped when none
-    is in the plan); steps of one device are chained, so a device does one thing at a time.
+
+def operator_steps_due(
+    target: Recipe, *, from_variant: str | None, devices_differ: bool, resuming: bool = False
+) -> bool:
+    """Whether a changeover to ``target`` includes its operator steps.
+
+    Yes from another variant; from an unknown one only when some device setting differs (a cell whose setup
+    already matches is set up for the variant); never when the cell is set up for the variant already. When
+    ``resuming`` a changeover that included them, yes: a person's work is not read back from any device.
+    """
+    if resuming:
+        return True
+    if from_variant == target.variant:
+        return False
+    return from_variant is not None or devices_differ
+
+
+def _operator_step(name: str, step: OperatorStep, after: list[str]) -> PlanStep:
+    where = f" at {step.device}" if step.device else ""
+    return PlanStep(
+        id=operator_step_id(name),
+        kind=OPERATOR_KIND,
+        device=step.device,
+        description=f"operator{where}: {step.instruction}",
+        after=tuple(after),
+        expected_s=step.expected_s,
+        timeout_s=step.timeout_s,
+        external=step.smed is Smed.EXTERNAL,
+        instruction=step.instruction,
+        evidence=step.evidence.ask if step.evidence else None,
+        expected_evidence=step.evidence.expect if step.evidence else None,
+    )
+
+
+def plan_changeover(
+    current: Setup,
+    target: Recipe,
+    cell: CellConfig,
+    *,
+    from_variant: str | None,
+    confirmed: Collection[str] = (),
+    resuming: bool = False,
+) -> ChangeoverPlan:
+    """The plan that takes the cell from ``current`` to ``target``'s setup: one step per differing setting,
+    plus the recipe's operator steps when they are due (see ``operator_steps_due``).
+
+    Dependencies: a template's or operator step's ``after`` become the instantiated steps of those kinds and
+    operator steps (dropped when none is in the plan), an operator step's ``before`` likewise the other way;
+    steps of one device are chained, so a device does one thing at a time. ``resuming`` an interrupted
+    changeover that included the operator steps keeps them due; those whose ids are in ``confirmed`` (done
+    already for this changeover) are left out, and what waited for them waits for what they waited for.
     """
     wanted = target_setup(target, cell)
     templates = cell.changeover.steps
-    kinds = _kind_order(templates)
+    operator_steps = target.operator_steps
+    nodes = _kind_order(templates, operator_steps)
     devices = [d for d in cell.devices if d in wanted]
 
     needed: dict[str, dict[StepKind, tuple[tuple[tuple[str, TagValue], ...], str]]] = {}
@@ -302,26 +337,51 @@ def plan_changeover(
         have = current.get(device, DeviceSetup())
         needed[device] = _differences(device, have, wanted[device], config.tools)
 
-    by_kind: dict[StepKind, list[str]] = {kind: [] for kind in kinds}
-    for kind in kinds:
-        for device in devices:
-            if kind in needed[device]:
-                by_kind[kind].append(step_id(device, kind))
-
+    due = operator_steps_due(
+        target,
+        from_variant=from_variant,
+        devices_differ=any(needed[d] for d in devices),
+        resuming=resuming,
+    )
+    # What a dependency on a node means: the steps instantiated for it. An operator step left out stands for
+    # what it came after, so the order through it holds.
+    means: dict[Node, list[str]] = {}
     steps: list[PlanStep] = []
     last_on_device: dict[str, str] = {}
-    for kind in kinds:
+
+    def waits_for(node: Node, refs: Iterable[Node]) -> list[str]:
+        after: list[str] = []
+        preceding = [*refs, *(n for n, op in operator_steps.items() if node in map(node_of, op.before))]
+        for ref in preceding:
+            after.extend(s for s in means.get(ref, []) if s not in after)
+        return after
+
+    def chained(after: list[str], device: str | None) -> list[str]:
+        previous = last_on_device.get(device) if device is not None else None
+        if previous is not None and previous not in after:
+            after.append(previous)
+        return after
+
+    for node in nodes:
+        if not isinstance(node, StepKind):
+            op = operator_steps[node]
+            after = waits_for(node, map(node_of, op.after))
+            sid = operator_step_id(node)
+            if not due or sid in confirmed:
+                means[node] = after
+            else:
+                steps.append(_operator_step(node, op, chained(after, op.device)))
+                means[node] = [sid]
+                if op.device is not None:
+                    last_on_device[op.device] = sid
+            continue
+        kind = node
         template = templates.get(kind, StepTemplate())
+        means[kind] = []
         for device in devices:
             if kind not in needed[device]:
                 continue
             params, description = needed[device][kind]
-            after: list[str] = []
-            for dep_kind in template.after:
-                after.extend(s for s in by_kind.get(dep_kind, []) if s not in after)
-            previous = last_on_device.get(device)
-            if previous is not None and previous not in after:
-                after.append(previous)
             sid = step_id(device, kind)
             steps.append(
                 PlanStep(
@@ -330,13 +390,14 @@ def plan_changeover(
                     device=device,
                     description=description,
                     params=params,
-                    after=tuple(after),
+                    after=tuple(chained(waits_for(kind, template.after), device)),
                     expected_s=template.expected_s,
                     timeout_s=template.timeout_s,
                     external=template.smed is Smed.EXTERNAL,
                     retries=template.retries,
                 )
             )
+            means[kind].append(sid)
             last_on_device[device] = sid
     plan = ChangeoverPlan(from_variant=from_variant, to_variant=target.variant, steps=tuple(steps))
     _log.debug(
@@ -350,8 +411,11 @@ def plan_changeover(
 
 __all__ = [
     "FIXTURE_SEQUENCE",
+    "OPERATOR_KIND",
     "POSITION_TOLERANCE",
     "SETPOINT_REL_TOL",
+    "operator_step_id",
+    "operator_steps_due",
     "plan_changeover",
     "position_matches",
     "read_setup",

@@ -15,7 +15,7 @@ from cellctl.core.devices import Fixture, Profile, Robot, ToolChanger, axis_actu
 from cellctl.core.plans import ChangeoverPlan, PlanStep
 from cellctl.core.tags import TagValue
 from cellctl.engine.confirm import Confirmation, PromptKind
-from cellctl.engine.planner import position_matches, setpoint_matches
+from cellctl.engine.planner import OPERATOR_KIND, position_matches, setpoint_matches
 from cellctl.errors import DeviceFault, PlanError, WriteVerifyError
 from cellctl.schema.cell import StepKind
 
@@ -204,6 +204,16 @@ async def setpoints(step: PlanStep, ctx: StepContext) -> None:
         actual = await profile.tag(name).read_value()
         if not setpoint_matches(actual, value):
             raise WriteVerifyError(profile.device, f"wrote {value!r}, read back {actual!r}", tag=name)
+
+
+@register(OPERATOR_KIND)
+async def operator(step: PlanStep, ctx: StepContext) -> None:
+    """Show the person the step's instruction and wait until they confirm it with the evidence it asks.
+
+    Nothing is read back: the evidence is the check. The step's timeout (minutes, from the recipe) bounds the
+    wait; cancelling it (Hold, Stop, Abort, the timeout) withdraws the prompt.
+    """
+    await ctx.ask(step, PromptKind.OPERATOR_STEP)
 
 
 __all__ = [

@@ -53,7 +53,15 @@ from cellctl.schema.cell import (
     register_count,
     value_kind,
 )
-from cellctl.schema.recipe import TAGREF_PATTERN, Characteristic, DeviceSetup, Parameter, Recipe
+from cellctl.schema.ordering import OrderCycle, step_order
+from cellctl.schema.recipe import (
+    TAGREF_PATTERN,
+    Characteristic,
+    DeviceSetup,
+    OperatorStep,
+    Parameter,
+    Recipe,
+)
 
 __all__ = [
     "CELL_FILE_NAME",
@@ -107,7 +115,9 @@ class LoadedConfig:
         issues = _check_devices(cell.devices, source)
         for variant, recipe in self.recipes.items():
             recipe_source = self._recipe_sources.get(variant) or _Source(_display(self.recipe_files[variant]))
-            issues += _check_recipe(_RecipeParts.of(recipe), cell.devices, frozenset(), recipe_source)
+            parts = _RecipeParts.of(recipe)
+            issues += _check_recipe(parts, cell.devices, frozenset(), recipe_source)
+            issues += _check_operator_steps(parts, cell, frozenset(), recipe_source)
         if issues:
             raise ConfigError(issues)
         return dataclasses.replace(self, cell=cell)
@@ -253,6 +263,8 @@ class _Recipes:
         issues += more
         if cell.devices_known:
             issues += _check_recipe(parts, cell.devices, cell.broken_devices, doc.source)
+        if cell.cell is not None:
+            issues += _check_operator_steps(parts, cell.cell, cell.broken_devices, doc.source)
         if parts.variant is None:
             return issues
         if parts.variant in self.claimed:
@@ -829,10 +841,11 @@ class _RecipeParts:
     setup: Mapping[str, DeviceSetup]
     parameters: Mapping[str, Parameter]
     quality: Mapping[str, Characteristic]
+    operator_steps: Mapping[str, OperatorStep] = field(default_factory=dict)
 
     @classmethod
     def of(cls, recipe: Recipe) -> _RecipeParts:
-        return cls(recipe.variant, recipe.setup, recipe.parameters, recipe.quality)
+        return cls(recipe.variant, recipe.setup, recipe.parameters, recipe.quality, recipe.operator_steps)
 
 
 def _validate_recipe(doc: _Document) -> tuple[Recipe | None, _RecipeParts, list[ConfigIssue]]:
@@ -850,6 +863,8 @@ def _validate_recipe(doc: _Document) -> tuple[Recipe | None, _RecipeParts, list[
             (_salvage(raw, "setup", DeviceSetup, errors) or ({}, frozenset()))[0],
             (_salvage(raw, "parameters", Parameter, errors) or ({}, frozenset()))[0],
             (_salvage(raw, "quality", Characteristic, errors) or ({}, frozenset()))[0],
+            # The recipe-wide checks of operator steps failed or were not reached: only devices are checked.
+            (_salvage(raw, "operator_steps", OperatorStep, errors) or ({}, frozenset()))[0],
         )
         return None, parts, issues
     return recipe, _RecipeParts.of(recipe), []
@@ -949,6 +964,45 @@ def _check_recipe(
                 issues.append(
                     source.issue(at, f"{char.source!r} is {tag.datatype}: a measurement is a number")
                 )
+    return issues
+
+
+def _check_operator_steps(
+    recipe: _RecipeParts, cell: CellConfig, broken: frozenset[str], source: _Source
+) -> list[ConfigIssue]:
+    """Operator steps name devices the cell has, and their 'after' and 'before' leave the changeover's steps
+    an order (with the cell's templates and a fixture's unclamp, move, clamp)."""
+    issues: list[ConfigIssue] = []
+    known = ", ".join(cell.devices) or "none"
+    for name, step in recipe.operator_steps.items():
+        if step.device is not None and step.device not in cell.devices and step.device not in broken:
+            issues.append(
+                source.issue(
+                    ("operator_steps", name, "device"),
+                    f"unknown device {step.device!r} (the cell has: {known})",
+                )
+            )
+    if not recipe.operator_steps:
+        return issues
+    try:
+        step_order(cell.changeover.steps)
+    except OrderCycle:
+        return issues  # the templates contradict a fixture's sequence: the cell's problem, planning says so
+    try:
+        step_order(cell.changeover.steps, recipe.operator_steps)
+    except OrderCycle as exc:
+        # The templates alone can be ordered, so the cycle runs through an operator step.
+        culprit = next(str(n) for n in exc.cycle if str(n) in recipe.operator_steps)
+        step = recipe.operator_steps[culprit]
+        key = "before" if step.before else "after"
+        cycle = " -> ".join(str(n) for n in exc.cycle)
+        issues.append(
+            source.issue(
+                ("operator_steps", culprit, key),
+                f"operator step {culprit!r} closes a cycle with the cell's changeover templates "
+                f"(a fixture unclamps, moves, then clamps): {cycle}",
+            )
+        )
     return issues
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from cellctl.schema.cell import Name, Strict, located
+from cellctl.schema.cell import Name, Smed, StepKind, Strict, located
 
 TAGREF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9][A-Za-z0-9_\-]*$"
 TagRef = Annotated[str, Field(pattern=TAGREF_PATTERN)]
@@ -61,6 +61,32 @@ class Characteristic(Strict):
         return self
 
 
+class Evidence(Strict):
+    """What an operator must scan to confirm a step, and the value the scan must match (case ignored)."""
+
+    ask: Annotated[str, Field(min_length=1, max_length=200)]
+    expect: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class OperatorStep(Strict):
+    """A changeover step done by a person (a manual fixture swap, a material load), confirmed by them.
+
+    It is part of a changeover to this variant from another one (or from an unknown setup that differs); the
+    planner orders it after and before the step kinds or other operator steps named here. ``device`` is the
+    device the person works at: no other step runs on it meanwhile.
+    """
+
+    instruction: Annotated[str, Field(min_length=1, max_length=500)]
+    evidence: Evidence | None = None
+    device: Name | None = None
+    smed: Smed = Smed.INTERNAL
+    after: tuple[Name, ...] = ()
+    before: tuple[Name, ...] = ()
+    expected_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # A person may take minutes, but a step that nobody confirms must still end and hold the cell.
+    timeout_s: Annotated[float, Field(gt=0, le=86400)] = 900.0
+
+
 class Recipe(Strict):
     """A versioned master recipe for one variant."""
 
@@ -72,8 +98,39 @@ class Recipe(Strict):
     setup: dict[Name, DeviceSetup]
     parameters: dict[Name, Parameter] = Field(default_factory=dict)
     quality: dict[Name, Characteristic] = Field(default_factory=dict)
+    operator_steps: dict[Name, OperatorStep] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _operator_step_names(self) -> Recipe:
+        kinds = {k.value for k in StepKind}
+        for name, step in self.operator_steps.items():
+            if name in kinds:
+                raise located(
+                    f"operator step {name!r} has the name of a step kind: 'after' and 'before' could not "
+                    "tell them apart",
+                    "operator_steps",
+                    name,
+                )
+            for key in ("after", "before"):
+                for ref in getattr(step, key):
+                    if ref == name:
+                        raise located(
+                            f"operator step {name!r} cannot come {key} itself", "operator_steps", name, key
+                        )
+                    if ref not in kinds and ref not in self.operator_steps:
+                        known = ", ".join([*sorted(kinds), *self.operator_steps]) or "none"
+                        raise located(
+                            f"{ref!r} is neither a step kind nor an operator step of this recipe "
+                            f"(known: {known})",
+                            "operator_steps",
+                            name,
+                            key,
+                        )
+        return self
 
     def snapshot_hash(self) -> str:
         """Stable hash of the recipe's content: a job runs from this snapshot."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        # A recipe without operator steps keeps the hash it had before they existed.
+        dropped = None if self.operator_steps else {"operator_steps"}
+        blob = json.dumps(self.model_dump(mode="json", exclude=dropped), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -14,6 +14,7 @@ from cellctl.engine import Engine, OrderRequest, State
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate
 from cellctl.errors import JobError
 from cellctl.schema.load import LoadedConfig, load_config
+from tests.operator import scripted_operator
 from tests.softcell import soft_cell
 from tests.unit.test_engine import FakeSink, T, reset_and_start, running
 
@@ -103,7 +104,7 @@ async def test_after_a_reorder_production_follows_the_new_order(config: LoadedCo
     # Given three queued jobs, reordered by the operator
     sink = FakeSink()
     engine = Engine(config, soft_cell(config.cell), sink)
-    async with running(engine):
+    async with running(engine), scripted_operator(engine, config):
         first, second, third = await submit_all(engine, ("oslo", "bergen", "tromso"))
         status = await engine.reorder([third, first, second], by="op")
         assert [j.job_id for j in status.queue] == [third, first, second]

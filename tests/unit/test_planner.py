@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cellctl.core.plans import ChangeoverPlan, DeviceSetup, PlanStep
-from cellctl.engine.planner import plan_changeover, target_setup
+from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, target_setup
 from cellctl.errors import PlanError
 from cellctl.schema.cell import CellConfig, ChangeoverConfig, StepKind
 from cellctl.schema.load import load_config
@@ -316,7 +316,12 @@ def test_oslo_to_bergen_moves_the_fixture_changes_tool_and_program_and_sets_the_
 def test_bergen_to_tromso_keeps_the_fixture() -> None:
     current = target_setup(EXAMPLE.recipes["bergen"], CELL)
     plan = plan_changeover(current, EXAMPLE.recipes["tromso"], CELL, from_variant="bergen")
-    assert _ids(plan) == ["toolchanger:tool_change", "robot1:robot_program", "stapler:setpoints"]
+    assert _ids(plan) == [
+        "toolchanger:tool_change",
+        "robot1:robot_program",
+        "stapler:setpoints",
+        "operator:load_fabric",
+    ]
     assert plan.step("toolchanger:tool_change").args == {"tool": TOOLS["FABRIC-WIDE"]}
     assert plan.step("robot1:robot_program").args == {"program": 13}
     assert plan.step("stapler:setpoints").args == {"force_sp": 900.0}
@@ -325,7 +330,8 @@ def test_bergen_to_tromso_keeps_the_fixture() -> None:
 
 def test_from_an_unknown_setup_everything_the_recipe_names_is_set() -> None:
     plan = plan_changeover({}, EXAMPLE.recipes["tromso"], CELL, from_variant=None)
-    assert len(plan.steps) == 6
+    assert len([s for s in plan.steps if s.kind != OPERATOR_KIND]) == 6
+    assert [s.id for s in plan.steps if s.kind == OPERATOR_KIND] == ["operator:load_fabric"]
     assert plan.from_variant is None
 
 

@@ -84,8 +84,26 @@ def test_the_recipe_schema_describes_the_top_level_keys_of_a_recipe_file() -> No
         "setup",
         "parameters",
         "quality",
+        "operator_steps",
     }
     assert set(schema["required"]) == {"variant", "version", "setup"}
+
+
+def test_the_recipe_schema_describes_operator_steps_and_their_evidence() -> None:
+    defs = json_schemas()["recipe"]["$defs"]
+
+    assert set(defs["OperatorStep"]["properties"]) == {
+        "instruction",
+        "evidence",
+        "device",
+        "smed",
+        "after",
+        "before",
+        "expected_s",
+        "timeout_s",
+    }
+    assert defs["OperatorStep"]["required"] == ["instruction"]
+    assert set(defs["Evidence"]["required"]) == {"ask", "expect"}
 
 
 def test_the_schemas_carry_the_models_constraints_for_editors() -> None:
