@@ -79,6 +79,7 @@ class DemoSummary:
     invalid: int = 0
     jobs_completed: int = 0
     changeovers: list[ChangeoverRecord] = field(default_factory=list)
+    operator_steps: list[str] = field(default_factory=list)
     messages_recorded: int = 0
     messages_delivered: int = 0
     messages_buffered: int = 0
@@ -350,6 +351,7 @@ async def _drive(
         summary.parts, summary.good = status.counters.parts, status.counters.good
         summary.bad, summary.invalid = status.counters.bad, status.counters.invalid
         summary.final_state = status.state
+        summary.operator_steps = list(operator.answered)
         summary.messages_buffered = await controller.store.outbox_count()
         publisher = controller.publisher
         summary.messages_delivered = publisher.delivered if publisher is not None else 0
@@ -392,6 +394,8 @@ def render_summary(summary: DemoSummary, console: Console) -> None:
             co.status,
         )
     console.print(table)
+    if summary.operator_steps:
+        console.print(f"Operator steps confirmed by {DEMO_OPERATOR}: {', '.join(summary.operator_steps)}")
     console.print(
         f"Telemetry: {summary.messages_delivered} messages delivered to {summary.broker}, "
         f"{summary.messages_buffered} still buffered in the outbox"

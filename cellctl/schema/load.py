@@ -49,6 +49,8 @@ from cellctl.schema.cell import (
     DeviceConfig,
     ModbusTable,
     SecurityPolicy,
+    StepKind,
+    StepTemplate,
     TagConfig,
     register_count,
     value_kind,
@@ -117,7 +119,9 @@ class LoadedConfig:
             recipe_source = self._recipe_sources.get(variant) or _Source(_display(self.recipe_files[variant]))
             parts = _RecipeParts.of(recipe)
             issues += _check_recipe(parts, cell.devices, frozenset(), recipe_source)
-            issues += _check_operator_steps(parts, cell, frozenset(), recipe_source)
+            issues += _check_operator_steps(
+                parts, cell.devices, cell.changeover.steps, frozenset(), recipe_source
+            )
         if issues:
             raise ConfigError(issues)
         return dataclasses.replace(self, cell=cell)
@@ -262,9 +266,10 @@ class _Recipes:
         recipe, parts, more = _validate_recipe(doc)
         issues += more
         if cell.devices_known:
+            # The templates are known when the cell file is valid: only then are cycles through them checked.
+            templates = cell.cell.changeover.steps if cell.cell is not None else None
             issues += _check_recipe(parts, cell.devices, cell.broken_devices, doc.source)
-        if cell.cell is not None:
-            issues += _check_operator_steps(parts, cell.cell, cell.broken_devices, doc.source)
+            issues += _check_operator_steps(parts, cell.devices, templates, cell.broken_devices, doc.source)
         if parts.variant is None:
             return issues
         if parts.variant in self.claimed:
@@ -968,28 +973,32 @@ def _check_recipe(
 
 
 def _check_operator_steps(
-    recipe: _RecipeParts, cell: CellConfig, broken: frozenset[str], source: _Source
+    recipe: _RecipeParts,
+    devices: Mapping[str, DeviceConfig],
+    templates: Mapping[StepKind, StepTemplate] | None,
+    broken: frozenset[str],
+    source: _Source,
 ) -> list[ConfigIssue]:
     """Operator steps name devices the cell has, and their 'after' and 'before' leave the changeover's steps
-    an order (with the cell's templates and a fixture's unclamp, move, clamp)."""
+    an order (with the cell's ``templates`` and a fixture's unclamp, move, clamp)."""
     issues: list[ConfigIssue] = []
-    known = ", ".join(cell.devices) or "none"
+    known = ", ".join(devices) or "none"
     for name, step in recipe.operator_steps.items():
-        if step.device is not None and step.device not in cell.devices and step.device not in broken:
+        if step.device is not None and step.device not in devices and step.device not in broken:
             issues.append(
                 source.issue(
                     ("operator_steps", name, "device"),
                     f"unknown device {step.device!r} (the cell has: {known})",
                 )
             )
-    if not recipe.operator_steps:
+    if not recipe.operator_steps or templates is None:
         return issues
     try:
-        step_order(cell.changeover.steps)
+        step_order(templates)
     except OrderCycle:
         return issues  # the templates contradict a fixture's sequence: the cell's problem, planning says so
     try:
-        step_order(cell.changeover.steps, recipe.operator_steps)
+        step_order(templates, recipe.operator_steps)
     except OrderCycle as exc:
         # The templates alone can be ordered, so the cycle runs through an operator step.
         culprit = next(str(n) for n in exc.cycle if str(n) in recipe.operator_steps)

@@ -101,10 +101,33 @@ def test_bergen_to_tromso_has_no_fixture_steps(capsys: pytest.CaptureFixture[str
     # Given two variants with the same fixture positions, when planned
     data = _json_plan(capsys, "--from", "bergen", "--to", "tromso")
 
-    # then the fixture is not touched, but the tool, program and setpoints change
+    # then the fixture is not touched, but the tool, program and setpoints change, and a person loads the roll
     kinds = {s["kind"] for s in data["steps"]}
     assert kinds.isdisjoint(FIXTURE_KINDS)
-    assert kinds == {"tool_change", "robot_program", "setpoints"}
+    assert kinds == {"tool_change", "robot_program", "setpoints", "operator"}
+
+
+def test_operator_steps_say_who_does_what_in_every_output(capsys: pytest.CaptureFixture[str]) -> None:
+    # Given bergen -> tromso, whose fabric roll a person loads and scans
+    data = _json_plan(capsys, "--from", "bergen", "--to", "tromso")
+    (step,) = [s for s in data["steps"] if s["kind"] == "operator"]
+    assert data["operator_steps"] == ["operator:load_fabric"]
+    assert step["instruction"] == "Load the wide fabric roll on the stapler's cover feeder"
+    assert step["evidence"] == "scan the roll label"
+    assert "FAB-TROMSO" not in str(data)  # the expected id is never shown: a person scans it
+
+    # the table lists them under their own heading with what to scan
+    _code, out, _err = _plan(capsys, "--from", "bergen", "--to", "tromso")
+    heading = out.index("operator steps (a person does them")
+    assert "operator:load_fabric at stapler: Load the wide fabric roll" in out[heading:]
+    assert "evidence: scan the roll label" in out[heading:]
+
+    # and the graphs draw them as hexagons
+    _code, mermaid, _err = _plan(capsys, "--from", "bergen", "--to", "tromso", "--mermaid")
+    assert '  s_operator_load_fabric{{"operator:load_fabric<br/>' in mermaid
+    assert "class s_operator_load_fabric operator" in mermaid
+    _code, dot, _err = _plan(capsys, "--from", "bergen", "--to", "tromso", "--dot")
+    assert "shape=hexagon" in dot and "OPERATOR, evidence: scan the roll label" in dot
 
 
 def test_same_variant_says_no_changeover(capsys: pytest.CaptureFixture[str]) -> None:

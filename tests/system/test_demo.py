@@ -32,11 +32,14 @@ async def test_demo_without_broker_keeps_every_message_in_the_outbox() -> None:
         ("bergen", "tromso", "completed"),
     ]
     assert summary.messages_delivered == 0
+    # The changeover to tromso waited for its fabric roll: the scripted operator scanned it
+    assert summary.operator_steps == ["operator:load_fabric"]
     assert summary.messages_buffered > summary.parts, "part, quality, state, job and step messages wait"
     render_summary(summary, console)
     text = out.getvalue()
     assert f"Parts made: {summary.parts}" in text
     assert f"{summary.messages_buffered} still buffered" in text
+    assert "Operator steps confirmed by demo-operator: operator:load_fabric" in text
 
 
 async def test_demo_with_a_broker_delivers_everything(mosquitto: Mosquitto) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cellctl.core.plans import ChangeoverPlan, DeviceSetup, PlanStep
-from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, target_setup
+from cellctl.engine.planner import OPERATOR_KIND, operator_step_id, plan_changeover, target_setup
 from cellctl.errors import PlanError
 from cellctl.schema.cell import CellConfig, ChangeoverConfig, StepKind
 from cellctl.schema.load import load_config
+from cellctl.schema.ordering import OrderCycle, step_order
 from cellctl.schema.recipe import Recipe
+from tests.unit.test_plans import _is_path, _paths, _weight
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 EXAMPLE = load_config(CONFIG)
@@ -434,3 +437,112 @@ def test_every_problem_of_a_recipe_is_reported_at_once() -> None:
         target_setup(recipe, CELL)
     assert "conveyor" in str(caught.value)
     assert "HAMMER" in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Operator steps: random ones on random targets. Present exactly when due, ordered by their 'after' and
+# 'before', one step at a time per device, still a DAG whose critical path is the longest path.
+
+OPERATOR_NAMES = ("op_a", "op_b", "op_c")
+KIND_NAMES = [k.value for k in StepKind]
+
+
+@st.composite
+def operator_cases(
+    draw: st.DrawFn,
+) -> tuple[Recipe, dict[str, DeviceSetup], set[tuple[str, ...]], str | None]:
+    target, current, differing = draw(cases())
+    names = OPERATOR_NAMES[: draw(st.integers(1, len(OPERATOR_NAMES)))]
+    steps: dict[str, Any] = {}
+    for name in names:
+        refs = st.sampled_from([*KIND_NAMES, *(n for n in names if n != name)])
+        steps[name] = {
+            "instruction": f"do {name}",
+            "device": draw(st.sampled_from([None, *CELL.devices])),
+            "smed": draw(st.sampled_from(["internal", "external"])),
+            "after": sorted(draw(st.sets(refs, max_size=2))),
+            "before": sorted(draw(st.sets(refs, max_size=2))),
+            "expected_s": draw(st.integers(0, 80)) / 4,
+        }
+    recipe = Recipe.model_validate({**target.model_dump(mode="json"), "operator_steps": steps})
+    try:
+        step_order(CELL.changeover.steps, recipe.operator_steps)
+    except OrderCycle:
+        assume(False)  # the loader refuses such a recipe at its line
+    from_variant = draw(st.sampled_from([None, "other", recipe.variant]))
+    return recipe, current, differing, from_variant
+
+
+def _assert_declared_order(plan: ChangeoverPlan, target: Recipe, left_out: set[str] | None = None) -> None:
+    """Every operator step's 'after' comes before it and its 'before' after it; through a step left out
+    (confirmed), its 'after' still comes before its 'before'."""
+    for name, spec in target.operator_steps.items():
+        sid = operator_step_id(name)
+        if sid in {s.id for s in plan.steps}:
+            for ref in spec.after:
+                assert set(_instances(plan, ref)) <= _ancestors(plan, sid)
+            for ref in spec.before:
+                assert all(sid in _ancestors(plan, other) for other in _instances(plan, ref))
+        elif left_out is not None and sid in left_out:
+            for before in spec.before:
+                for other in _instances(plan, before):
+                    for ref in spec.after:
+                        assert set(_instances(plan, ref)) <= _ancestors(plan, other)
+
+
+def _instances(plan: ChangeoverPlan, ref: str) -> list[str]:
+    """The steps of the plan a reference in 'after' or 'before' means."""
+    if ref in OPERATOR_NAMES:
+        return [s.id for s in plan.steps if s.id == operator_step_id(ref)]
+    return [s.id for s in plan.steps if s.kind == ref]
+
+
+@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(operator_cases())
+def test_operator_steps_are_present_exactly_when_due_and_ordered_as_declared(case: Any) -> None:
+    target, current, differing, from_variant = case
+    plan = plan_changeover(current, target, CELL, from_variant=from_variant)
+
+    assert len(plan.order()) == len(plan.steps)  # a DAG
+    due = from_variant != target.variant and (from_variant is not None or bool(differing))
+    present = [s for s in plan.steps if s.kind == OPERATOR_KIND]
+    assert {s.id for s in present} == ({operator_step_id(n) for n in target.operator_steps} if due else set())
+    for step in present:
+        spec = target.operator_steps[step.id.removeprefix("operator:")]
+        assert (step.instruction, step.device) == (spec.instruction, spec.device)
+        assert (step.expected_s, step.external) == (spec.expected_s, spec.smed == "external")
+    _assert_declared_order(plan, target)
+    # Device settings are planned as without operator steps
+    changed = Counter(s for step in plan.steps if step.kind != OPERATOR_KIND for s in _settings_of(step))
+    assert set(changed) == differing
+    for a in plan.steps:
+        for b in plan.steps:
+            if a.id < b.id and a.device is not None and a.device == b.device:
+                assert a.id in _ancestors(plan, b.id) or b.id in _ancestors(plan, a.id)
+
+
+@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(operator_cases(), st.booleans())
+def test_with_operator_steps_the_critical_path_is_still_the_longest_path(case: Any, internal: bool) -> None:
+    target, current, _differing, from_variant = case
+    plan = plan_changeover(current, target, CELL, from_variant=from_variant)
+    chain, length = plan.critical_path(internal_only=internal)
+    longest = max((_weight(p, internal_only=internal) for p in _paths(plan)), default=0.0)
+    assert math.isclose(length, longest, abs_tol=1e-9)
+    if plan.steps:
+        assert _is_path(plan, chain)
+
+
+@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(operator_cases(), st.data())
+def test_leaving_out_confirmed_operator_steps_keeps_every_other_order(case: Any, data: st.DataObject) -> None:
+    # Given a plan with its operator steps, and some of them confirmed already
+    target, current, _differing, _from = case
+    full = plan_changeover(current, target, CELL, from_variant="other")
+    ids = [s.id for s in full.steps if s.kind == OPERATOR_KIND]
+    confirmed = data.draw(st.sets(st.sampled_from(ids))) if ids else set()
+    # When re-planned, then exactly those are left out, and the declared order holds, through them too
+    plan = plan_changeover(current, target, CELL, from_variant="other", confirmed=confirmed)
+    assert {s.id for s in plan.steps} == {s.id for s in full.steps} - confirmed
+    assert len(plan.order()) == len(plan.steps)
+    _assert_declared_order(plan, target, left_out=confirmed)
