@@ -14,7 +14,7 @@ from cellctl.engine import Engine, OrderRequest, State
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate
 from cellctl.errors import JobError
 from cellctl.schema.load import LoadedConfig, load_config
-from tests.operator import scripted_operator
+from tests.scripted_operator import scripted_operator
 from tests.softcell import soft_cell
 from tests.unit.test_engine import FakeSink, T, reset_and_start, running
 
