@@ -2,7 +2,9 @@
 
 ``plan_changeover`` is pure: the same setups, recipe and templates give the same plan. It emits one step per
 setting that differs (a fixture's differing positions need three: unclamp, move, clamp), instantiated from the
-cell's step templates, and orders them so that the sequencer can run the plan as a DAG.
+cell's step templates, plus the recipe's operator steps (kind ``operator``: a person's work, confirmed with
+evidence) when the changeover is to the variant from another one, and orders them so that the sequencer can
+run the plan as a DAG.
 """
 
 from __future__ import annotations
