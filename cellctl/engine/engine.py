@@ -39,6 +39,7 @@ from cellctl.core.plans import ChangeoverPlan
 from cellctl.core.ports import EventSink
 from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
+from cellctl.engine.durations import StepDurations
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.planner import plan_changeover, read_setup
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
@@ -270,6 +271,8 @@ class Engine:
         devices: Mapping[str, TagBackend],
         sink: EventSink,
         clock: Clock | None = None,
+        *,
+        durations: StepDurations | None = None,
     ) -> None:
         self._config = config
         self._clock: Clock = clock or SystemClock()
@@ -280,8 +283,10 @@ class Engine:
         self._profiles = build_profiles(config, devices)
         self._cell = PackMLCell(sink, self._clock, notify=self._notify, name=self._name)
         self._jobs = JobQueue(config.recipes)
-        self._costs = changeover_costs(config.recipes, config.cell)
-        self._proposal: tuple[tuple[str | None, frozenset[str]], tuple[str, ...], float] | None = None
+        # Measured step durations (the runtime loads them from the journal), updated from the steps run.
+        self._durations = durations if durations is not None else StepDurations()
+        self._costs = changeover_costs(config.recipes, config.cell, durations=self._durations)
+        self._proposal: tuple[tuple[str | None, frozenset[str], int], tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._sequencer = Sequencer(self._profiles, _Recorder(self), self._clock)
         self._lock = asyncio.Lock()
@@ -419,7 +424,7 @@ class Engine:
         ]
         # The queue starts once the current job is done, so from its variant.
         start = self._current.variant if self._current is not None else self._variant
-        key = (start, frozenset(j.job_id for j in jobs))
+        key = (start, frozenset(j.job_id for j in jobs), self._durations.version)
         try:
             if self._proposal is not None and self._proposal[0] == key:
                 order, changeover_s = self._proposal[1], self._proposal[2]
@@ -433,6 +438,11 @@ class Engine:
             self._log.warning("no proposed order", error=str(exc))
             return None
         return ProposedOrder(job_ids=order, changeover_s=changeover_s, queue_changeover_s=current_s)
+
+    @property
+    def durations(self) -> StepDurations:
+        """The measured step durations the planner and the scheduler use (updated as steps complete)."""
+        return self._durations
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback`` with every event once recorded; returns the unsubscribe function."""
@@ -465,6 +475,7 @@ class Engine:
         journal_id = await self._sink.record(event)
         if isinstance(event, StepEvent):
             self._track_step(event)
+            self._durations.observe(event)
         self._notify(event)
         return journal_id
 
@@ -689,7 +700,9 @@ class Engine:
         self._phase = Phase.CHANGEOVER
         recipes: dict[str, Recipe] = {**self._jobs.recipes, job.variant: job.recipe}
         current = await read_setup(self._profiles, self._config.cell, recipes)
-        plan = plan_changeover(current, job.recipe, self._config.cell, from_variant=self._variant)
+        plan = plan_changeover(
+            current, job.recipe, self._config.cell, from_variant=self._variant, durations=self._durations
+        )
         if plan.is_empty:
             self._variant = job.variant
             self._phase = Phase.IDLE
