@@ -63,6 +63,12 @@ HOLD_ALARM = "cell_held"
 ENGINE = "engine"
 """``by`` of the moves the engine makes on its own."""
 
+PROPOSAL_TTL_S = 60.0
+"""How long a proposed order of a queue with due dates is reused before it is computed again."""
+
+_ProposalKey = tuple[str | None, frozenset[str], int, int]
+"""What a cached proposal was computed for: start variant, queued job ids, durations version, time slot."""
+
 
 class Phase(StrEnum):
     """What the production task is doing: decides whether Hold/Stop/Suspend cancel it or let it finish."""
@@ -286,7 +292,7 @@ class Engine:
         # Measured step durations (the runtime loads them from the journal), updated from the steps run.
         self._durations = durations if durations is not None else StepDurations()
         self._costs = changeover_costs(config.recipes, config.cell, durations=self._durations)
-        self._proposal: tuple[tuple[str | None, frozenset[str], int], tuple[str, ...], float] | None = None
+        self._proposal: tuple[_ProposalKey, tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._sequencer = Sequencer(self._profiles, _Recorder(self), self._clock)
         self._lock = asyncio.Lock()
@@ -419,17 +425,25 @@ class Engine:
         """The scheduler's order of the queue from the variant it will start from (None if it fails)."""
         queued = self._jobs.queued
         jobs = [
-            SchedJob.from_recipe(j.id, j.recipe, j.order.quantity, priority=j.order.priority, seq=j.seq)
+            SchedJob.from_recipe(
+                j.id, j.recipe, j.order.quantity, priority=j.order.priority, due_s=j.order.due, seq=j.seq
+            )
             for j in queued
         ]
         # The queue starts once the current job is done, so from its variant.
         start = self._current.variant if self._current is not None else self._variant
-        key = (start, frozenset(j.job_id for j in jobs), self._durations.version)
+        # Due dates are absolute: the schedule starts now, and lateness changes as time passes, so with
+        # due dates a proposal is reused for at most PROPOSAL_TTL_S.
+        now = self._clock.wall()
+        epoch = int(now // PROPOSAL_TTL_S) if any(j.due_s is not None for j in jobs) else 0
+        key = (start, frozenset(j.job_id for j in jobs), self._durations.version, epoch)
+        if self._current is not None:
+            now += self._current.remaining * self._current.recipe.ideal_cycle_s
         try:
             if self._proposal is not None and self._proposal[0] == key:
                 order, changeover_s = self._proposal[1], self._proposal[2]
             else:
-                schedule = propose(start, jobs, self._costs)
+                schedule = propose(start, jobs, self._costs, now)
                 order, changeover_s = schedule.order, schedule.changeover_s
                 self._proposal = (key, order, changeover_s)
             current_s = evaluate([j.id for j in queued], start, jobs, self._costs).changeover_s
