@@ -1,4 +1,4 @@
-"""``cellctl plan`` with measured step durations: read from the cell's store when it exists, never created."""
+"""Measured step durations from the store: in `cellctl plan` (never creating it) and at controller start."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import structlog
 from ruamel.yaml import YAML
 
 from cellctl.cli import main
+from cellctl.core.clock import Clock
 from cellctl.core.events import StepEvent, StepStatus
+from cellctl.core.ports import Driver
+from cellctl.drivers.soft import SoftDriver
+from cellctl.runtime.app import CellApp, Controller
+from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.store import Store
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -32,10 +37,11 @@ def _keep_logging() -> Iterator[None]:
 
 
 def cell_folder(folder: Path) -> Path:
-    """The shipped cell with its recipes, its store in ``folder``; returns the store's path."""
+    """The shipped cell with its recipes, its store and socket in ``folder``; returns the store's path."""
     yaml = YAML()
     data: Any = yaml.load((CONFIG / "cell.yaml").read_text())
     data["store"] = {"path": str(folder / "var" / "cellctl.db")}
+    data["api"] = {"socket": str(folder / "c.sock")}
     data["recipes_dir"] = str(CONFIG / "recipes")
     with (folder / "cell.yaml").open("w") as fh:
         yaml.dump(data, fh)
@@ -133,3 +139,28 @@ def test_an_unreadable_store_falls_back_to_configured_durations_with_a_warning(
     assert code == 0
     assert "using the configured step durations" in err and str(path) in err
     assert {s["duration_source"] for s in json.loads(out)["steps"]} == {"configured"}
+
+
+async def test_the_controller_starts_with_the_durations_measured_in_its_store(tmp_path: Path) -> None:
+    # Given a store holding three 42 s tool changes
+    path = cell_folder(tmp_path)
+    await journal_tool_changes(path, [41.0, 42.0, 43.0])
+    loaded = load_config(tmp_path)
+
+    def soft(name: str, config: LoadedConfig, clock: Clock) -> Driver:
+        return SoftDriver(name, config.cell.devices[name].tags, clock=clock)
+
+    seen: list[tuple[float, int]] = []
+
+    async def look(controller: Controller) -> None:
+        durations = controller.engine.durations
+        seen.append((durations.expected_s("toolchanger", "tool_change", 4.0), len(durations)))
+        stop.set()
+
+    # When the controller starts on it
+    stop = asyncio.Event()
+    async with asyncio.timeout(10):
+        await CellApp(loaded, publish=False, driver_factory=soft).run(stop, on_ready=look)
+
+    # Then its engine plans tool changes with the measured median
+    assert seen == [(42.0, 1)]
