@@ -375,7 +375,7 @@ class JobQueue:
 
 def _describe(order: OrderRequest) -> str:
     params = ", ".join(f"{k}={v!r}" for k, v in sorted(order.parameters.items()))
-    due = "" if order.due is None else f" due {order.due:g}"
+    due = "" if order.due is None else f" due {order.due!r}"
     return f"{order.variant} x{order.quantity} priority {order.priority}{due} [{params}]"
 
 
