@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cellctl.api.protocol import ProtocolError, Request, SubmitArgs, parse_args, parse_due
 from cellctl.core.clock import ManualClock
@@ -146,3 +148,11 @@ async def test_without_due_dates_the_same_queue_keeps_its_order(config: LoadedCo
     proposed = engine.status().proposed_order
     assert proposed is not None
     assert proposed.job_ids == (first.job_id, second.job_id)
+
+
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.timezones()),
+)
+def test_any_aware_time_in_iso_8601_parses_to_its_instant(when: datetime) -> None:
+    assert parse_due(when.isoformat()) == when.timestamp()
+    assert parse_due(when.timestamp()) == when.timestamp()
