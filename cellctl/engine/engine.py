@@ -40,6 +40,7 @@ from cellctl.core.ports import EventSink
 from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.confirm import Confirmations, Prompt
+from cellctl.engine.durations import StepDurations
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.planner import plan_changeover, read_setup
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
@@ -62,6 +63,12 @@ HOLD_ALARM = "cell_held"
 
 ENGINE = "engine"
 """``by`` of the moves the engine makes on its own."""
+
+PROPOSAL_TTL_S = 60.0
+"""How long a proposed order of a queue with due dates is reused before it is computed again."""
+
+_ProposalKey = tuple[str | None, frozenset[str], int, int]
+"""What a cached proposal was computed for: start variant, queued job ids, durations version, time slot."""
 
 
 class Phase(StrEnum):
@@ -273,6 +280,8 @@ class Engine:
         devices: Mapping[str, TagBackend],
         sink: EventSink,
         clock: Clock | None = None,
+        *,
+        durations: StepDurations | None = None,
     ) -> None:
         self._config = config
         self._clock: Clock = clock or SystemClock()
@@ -283,8 +292,10 @@ class Engine:
         self._profiles = build_profiles(config, devices)
         self._cell = PackMLCell(sink, self._clock, notify=self._notify, name=self._name)
         self._jobs = JobQueue(config.recipes)
-        self._costs = changeover_costs(config.recipes, config.cell)
-        self._proposal: tuple[tuple[str | None, frozenset[str]], tuple[str, ...], float] | None = None
+        # Measured step durations (the runtime loads them from the journal), updated from the steps run.
+        self._durations = durations if durations is not None else StepDurations()
+        self._costs = changeover_costs(config.recipes, config.cell, durations=self._durations)
+        self._proposal: tuple[_ProposalKey, tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._confirmations = Confirmations(self._clock)
         self._sequencer = Sequencer(
@@ -428,17 +439,25 @@ class Engine:
         """The scheduler's order of the queue from the variant it will start from (None if it fails)."""
         queued = self._jobs.queued
         jobs = [
-            SchedJob.from_recipe(j.id, j.recipe, j.order.quantity, priority=j.order.priority, seq=j.seq)
+            SchedJob.from_recipe(
+                j.id, j.recipe, j.order.quantity, priority=j.order.priority, due_s=j.order.due, seq=j.seq
+            )
             for j in queued
         ]
         # The queue starts once the current job is done, so from its variant.
         start = self._current.variant if self._current is not None else self._variant
-        key = (start, frozenset(j.job_id for j in jobs))
+        # Due dates are absolute: the schedule starts now, and lateness changes as time passes, so with
+        # due dates a proposal is reused for at most PROPOSAL_TTL_S.
+        now = self._clock.wall()
+        epoch = int(now // PROPOSAL_TTL_S) if any(j.due_s is not None for j in jobs) else 0
+        key = (start, frozenset(j.job_id for j in jobs), self._durations.version, epoch)
+        if self._current is not None:
+            now += self._current.remaining * self._current.recipe.ideal_cycle_s
         try:
             if self._proposal is not None and self._proposal[0] == key:
                 order, changeover_s = self._proposal[1], self._proposal[2]
             else:
-                schedule = propose(start, jobs, self._costs)
+                schedule = propose(start, jobs, self._costs, now)
                 order, changeover_s = schedule.order, schedule.changeover_s
                 self._proposal = (key, order, changeover_s)
             current_s = evaluate([j.id for j in queued], start, jobs, self._costs).changeover_s
@@ -447,6 +466,11 @@ class Engine:
             self._log.warning("no proposed order", error=str(exc))
             return None
         return ProposedOrder(job_ids=order, changeover_s=changeover_s, queue_changeover_s=current_s)
+
+    @property
+    def durations(self) -> StepDurations:
+        """The measured step durations the planner and the scheduler use (updated as steps complete)."""
+        return self._durations
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback`` with every event once recorded; returns the unsubscribe function."""
@@ -479,6 +503,7 @@ class Engine:
         journal_id = await self._sink.record(event)
         if isinstance(event, StepEvent):
             self._track_step(event)
+            self._durations.observe(event)
         self._notify(event)
         return journal_id
 
@@ -703,7 +728,9 @@ class Engine:
         self._phase = Phase.CHANGEOVER
         recipes: dict[str, Recipe] = {**self._jobs.recipes, job.variant: job.recipe}
         current = await read_setup(self._profiles, self._config.cell, recipes)
-        plan = plan_changeover(current, job.recipe, self._config.cell, from_variant=self._variant)
+        plan = plan_changeover(
+            current, job.recipe, self._config.cell, from_variant=self._variant, durations=self._durations
+        )
         if plan.is_empty:
             self._variant = job.variant
             self._phase = Phase.IDLE

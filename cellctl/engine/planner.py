@@ -26,6 +26,7 @@ from cellctl.core.devices import (
 )
 from cellctl.core.plans import ChangeoverPlan, DeviceSetup, PlanStep, Setup
 from cellctl.core.tags import TagValue
+from cellctl.engine.durations import StepDurations
 from cellctl.errors import DeviceFault, PlanError
 from cellctl.schema.cell import CellConfig, Smed, StepKind, StepTemplate
 from cellctl.schema.recipe import Recipe
@@ -284,12 +285,19 @@ def step_id(device: str, kind: StepKind | str) -> str:
 
 
 def plan_changeover(
-    current: Setup, target: Recipe, cell: CellConfig, *, from_variant: str | None
+    current: Setup,
+    target: Recipe,
+    cell: CellConfig,
+    *,
+    from_variant: str | None,
+    durations: StepDurations | None = None,
 ) -> ChangeoverPlan:
     """The plan that takes the cell from ``current`` to ``target``'s setup: one step per differing setting.
 
     Dependencies: a template's ``after`` kinds become the instantiated steps of those kinds (dropped when none
-    is in the plan); steps of one device are chained, so a device does one thing at a time.
+    is in the plan); steps of one device are chained, so a device does one thing at a time. A step's
+    ``expected_s`` is the measured one from ``durations`` where there are enough measurements, the
+    template's otherwise; its timeout is always the template's (a measured median is no safe bound).
     """
     wanted = target_setup(target, cell)
     templates = cell.changeover.steps
@@ -331,7 +339,11 @@ def plan_changeover(
                     description=description,
                     params=params,
                     after=tuple(after),
-                    expected_s=template.expected_s,
+                    expected_s=(
+                        template.expected_s
+                        if durations is None
+                        else durations.expected_s(device, kind.value, template.expected_s)
+                    ),
                     timeout_s=template.timeout_s,
                     external=template.smed is Smed.EXTERNAL,
                     retries=template.retries,
