@@ -280,6 +280,11 @@ class _Run:
             await self._attempts(step, handler, log)
         except asyncio.CancelledError:
             log.warning("step cancelled")
+            # The cancellation is answered here by finalizing, and raised again below. While the task still
+            # counts it as cancelling, drivers refuse every request (raise_if_cancelling): clear the count.
+            task = asyncio.current_task()
+            while task is not None and task.uncancel() > 0:
+                pass
             # Recorded even when a second cancellation of this task (Abort during a Hold) cuts the finalizer.
             detail = f"{CANCELLED}; finalizer cut by a cancellation"
             try:
