@@ -530,7 +530,7 @@ class Engine:
             control = self._run_control
             if control is not None and self._phase is Phase.CHANGEOVER:
                 # The changeover parks (Holding completes once it has); a part is not interruptible.
-                control.hold(self._interrupt)
+                control.hold(command.label)
         self._start_actor(target)
 
     def _start_actor(self, state: State) -> None:

@@ -176,7 +176,9 @@ async def fixture_unclamp(step: PlanStep, ctx: StepContext) -> None:
 async def withdraw_clamp_command(step: PlanStep, ctx: StepContext) -> None:
     """Write the clamp command back to what ``clamped`` reads, so a cut stroke does not finish later."""
     fixture = ctx.profile(step, Fixture)
-    await fixture.tag("clamp").write(bool(await fixture.tag("clamped").read_value()))
+    clamped = bool(await fixture.tag("clamped").read_value())
+    if bool(await fixture.tag("clamp").read_value()) != clamped:  # else no stroke is pending: no write
+        await fixture.tag("clamp").write(clamped)
 
 
 @register(StepKind.FIXTURE_MOVE, profile=Fixture)

@@ -337,7 +337,7 @@ async def test_hold_during_a_changeover_parks_it_and_unhold_runs_only_what_is_le
         }
         first = sink.of(ChangeoverEvent)
         assert [c.status for c in first] == [ChangeoverStatus.STARTED, ChangeoverStatus.FAILED]
-        assert "held by hold" in first[1].reason
+        assert "held by hold:" in first[1].reason
         assert not sink.of(PartProduced) and not [
             e for e in sink.of(JobEvent) if e.status is JobStatus.STARTED
         ]
@@ -367,6 +367,36 @@ async def test_hold_during_a_changeover_parks_it_and_unhold_runs_only_what_is_le
     hold = states.index("Holding")
     assert states[hold : hold + 4] == ["Holding", "Held", "Unholding", "Execute"]
     assert len(sink.of(PartProduced)) == 2
+
+
+async def test_stop_during_a_changeover_parks_it_like_a_hold(config: LoadedConfig) -> None:
+    # Given a tool change and a fixture move under way, when stopped, then the move is cut and finalized, the
+    # tool change finishes, and only then does the cell reach Stopped.
+    devices = soft_cell(config.cell)
+    fixture = StalledFixture(config.cell)
+    devices["fixture"] = fixture.dev
+    changer = devices["toolchanger"]
+    stall = ToolChangerStall(changer)
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+        await reset_and_start(engine)
+        await sink.wait_for(lambda _e: ("width_sp", 420.0) in fixture.dev.writes)
+        await engine.command("stop", by="op")
+        await sink.wait_for(
+            lambda e: isinstance(e, StepEvent) and e.step == "fixture:fixture_move" and e.status == "failed"
+        )
+        assert engine.status().state == "Stopping"
+        stall.active = False
+        changer.set("tool_current", 1)
+        changer.set("moving", False)
+        await engine.wait_for(State.STOPPED, timeout=T)
+    ended = {s.step: s.detail for s in sink.of(StepEvent) if s.status is not StepStatus.STARTED}
+    assert ended["fixture:fixture_move"] == "cancelled; finalized"
+    assert ended["toolchanger:tool_change"] == ""  # done
+    assert "robot1:robot_program" not in ended
+    assert "held by stop:" in sink.of(ChangeoverEvent)[-1].reason
 
 
 async def test_abort_during_a_changeover_cuts_every_step_and_records_their_finalizers(
