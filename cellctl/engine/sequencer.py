@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
@@ -237,7 +238,22 @@ class _Run:
             self.running.add(step.id)
             if step.device is not None:
                 self.busy_devices.add(step.device)
-            self.tasks[step.id] = group.create_task(self._step(step), name=f"step:{step.id}")
+            task = group.create_task(self._step(step), name=f"step:{step.id}")
+            self.tasks[step.id] = task
+            # A task cancelled before its first turn never enters _step's finally: forget it here as well.
+            task.add_done_callback(partial(self._forgotten, step))
+
+    def _forgotten(self, step: PlanStep, _task: asyncio.Task[None]) -> None:
+        self._forget(step)
+
+    def _forget(self, step: PlanStep) -> None:
+        """The step no longer runs: free its device and wake the run loop (once per step)."""
+        if self.tasks.pop(step.id, None) is None:
+            return  # forgotten already; its device may be another step's by now
+        self.running.discard(step.id)
+        if step.device is not None:
+            self.busy_devices.discard(step.device)
+        self.progress.set()
 
     def _pick(self, errors: BaseExceptionGroup[BaseException]) -> BaseException:
         """The one error to raise for a failed run: the first step failure, unless a bug hides among them."""
@@ -305,11 +321,7 @@ class _Run:
             self.durations[step.id] = duration
             self.done.add(step.id)
         finally:
-            self.tasks.pop(step.id, None)
-            self.running.discard(step.id)
-            if step.device is not None:
-                self.busy_devices.discard(step.device)
-            self.progress.set()
+            self._forget(step)
 
     async def _finalize(
         self, step: PlanStep, handler: StepHandler, log: structlog.typing.FilteringBoundLogger
