@@ -437,6 +437,31 @@ async def test_abort_during_a_changeover_cuts_every_step_and_records_their_final
     assert sink.states()[-2:] == ["Aborting", "Aborted"]
 
 
+async def test_abort_while_holding_cuts_the_step_the_hold_waits_for(config: LoadedConfig) -> None:
+    # Given Holding waiting for a tool change that hangs, when aborted, then the tool change is cut at once
+    # and the cell goes to Aborted without waiting for the step's timeout.
+    devices = soft_cell(config.cell)
+    ToolChangerStall(devices["toolchanger"])
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+        await reset_and_start(engine)
+        await sink.wait_for(
+            lambda e: (
+                isinstance(e, StepEvent) and e.step == "toolchanger:tool_change" and e.status == "started"
+            )
+        )
+        await engine.command("hold", by="op")
+        assert engine.status().state == "Holding"
+        await engine.command("abort", by="op")
+        await engine.wait_for(State.ABORTED, timeout=T)
+    failed = {s.step: s.detail for s in sink.of(StepEvent) if s.status is StepStatus.FAILED}
+    assert failed["toolchanger:tool_change"] == "cancelled"
+    assert sink.of(ChangeoverEvent)[-1].status is ChangeoverStatus.ABORTED
+    assert sink.states()[-4:] == ["Execute", "Holding", "Aborting", "Aborted"]
+
+
 async def test_status_shows_the_active_changeover_and_its_progress(config: LoadedConfig) -> None:
     devices = soft_cell(config.cell)
     ToolChangerStall(devices["toolchanger"])
