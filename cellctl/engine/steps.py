@@ -144,6 +144,12 @@ def _float_args(step: PlanStep) -> dict[str, float]:
     return result
 
 
+async def _commanded(profile: Profile, tag: str) -> TagValue | None:
+    """What a command tag holds now, or None when it cannot be read back (a write-only tag, a BAD reading)."""
+    reading = await profile.tag(tag).read()
+    return reading.value if reading.usable else None
+
+
 async def _verify_clamped(fixture: Fixture, closed: bool) -> None:
     value = await fixture.tag("clamped").read_value()
     if value != closed:
@@ -177,7 +183,8 @@ async def withdraw_clamp_command(step: PlanStep, ctx: StepContext) -> None:
     """Write the clamp command back to what ``clamped`` reads, so a cut stroke does not finish later."""
     fixture = ctx.profile(step, Fixture)
     clamped = bool(await fixture.tag("clamped").read_value())
-    if bool(await fixture.tag("clamp").read_value()) != clamped:  # else no stroke is pending: no write
+    command = await _commanded(fixture, "clamp")
+    if command is None or bool(command) != clamped:  # else no stroke is pending: no write
         await fixture.tag("clamp").write(clamped)
 
 
@@ -206,10 +213,10 @@ async def stop_fixture_move(step: PlanStep, ctx: StepContext) -> None:
     fixture = ctx.profile(step, Fixture)
     for axis, target in _float_args(step).items():
         actual = await fixture.position(axis)
+        setpoint = await _commanded(fixture, axis_setpoint_tag(axis))
         # An axis at its target (or never started) is left alone: re-targeting it would be a new command.
-        if not position_matches(actual, target) and not position_matches(
-            float(await fixture.tag(axis_setpoint_tag(axis)).read_value()), actual
-        ):
+        idle = isinstance(setpoint, int | float) and position_matches(float(setpoint), actual)
+        if not position_matches(actual, target) and not idle:
             await fixture.tag(axis_setpoint_tag(axis)).write(actual)
 
 
