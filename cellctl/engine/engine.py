@@ -3,8 +3,13 @@
 One lock serialises every state move and its consequences. Each acting state has one owned task
 (``"state:<name>"``) that does the state's work and then completes it; Execute has one production task
 (``"engine:production"``) that takes jobs, changes over and makes parts. Hold, Stop and Suspend let the
-current part finish and cancel a running changeover; Abort cancels at once and returns only when nothing
-runs any more, so no device is written after it returned.
+current part finish and park a running changeover (``RunControl.hold``: interruptible steps are cut and
+finalized, the others finish; the acting state completes once it parked); Unhold plans again from the setup
+read back, so steps done before the hold are not run again. Abort cancels at once and returns only when
+nothing runs any more, so no device is written after it returned. The one exception is bounded: the
+finalizers of the steps Abort cut (steps.py) run before it returns, each for at most
+``changeover.abort_deadline_s``, and a write a finalizer had already sent when its deadline cut it may still
+reach the device afterwards.
 """
 
 from __future__ import annotations
@@ -44,13 +49,14 @@ from cellctl.engine.durations import StepDurations
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.planner import plan_changeover, read_setup
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
-from cellctl.engine.sequencer import Sequencer
+from cellctl.engine.sequencer import RunControl, Sequencer
 from cellctl.errors import (
     CellctlError,
     DeviceError,
     InvalidTransition,
     JobError,
     PlanError,
+    PlanHeld,
     SequenceError,
 )
 from cellctl.schema.load import LoadedConfig
@@ -299,8 +305,13 @@ class Engine:
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._confirmations = Confirmations(self._clock)
         self._sequencer = Sequencer(
-            self._profiles, _Recorder(self), self._clock, confirmations=self._confirmations
+            self._profiles,
+            _Recorder(self),
+            self._clock,
+            confirmations=self._confirmations,
+            finalizer_deadline_s=config.cell.changeover.abort_deadline_s,
         )
+        self._run_control: RunControl | None = None
         self._lock = asyncio.Lock()
         self._group: asyncio.TaskGroup | None = None
         self._actor: asyncio.Task[None] | None = None
@@ -335,7 +346,8 @@ class Engine:
     async def command(self, command: str, *, by: str) -> CellStatus:
         """Apply a PackML command (``"reset"``, ``"start"``, ... ``"clear"``); InvalidTransition if refused.
 
-        Returns once the command took effect; after ``"abort"`` nothing runs any more on the devices.
+        Returns once the command took effect; after ``"abort"`` nothing runs any more on the devices (it
+        returns once the finalizers of the changeover steps it cut are done, at most ``abort_deadline_s``).
         """
         parsed = Command.parse(command, self._cell.state)
         await self._transition(parsed, by=by)
@@ -553,9 +565,10 @@ class Engine:
             await self._abort_production()
         elif target in (State.HOLDING, State.STOPPING, State.SUSPENDING):
             self._interrupt = target.label.lower()
-            worker = self._worker
-            if worker is not None and worker is not current and self._phase is Phase.CHANGEOVER:
-                worker.cancel()  # a changeover is interruptible; a part is not, it finishes
+            control = self._run_control
+            if control is not None and self._phase is Phase.CHANGEOVER:
+                # The changeover parks (Holding completes once it has); a part is not interruptible.
+                control.hold(command.label)
         self._start_actor(target)
 
     def _start_actor(self, state: State) -> None:
@@ -725,7 +738,14 @@ class Engine:
 
     async def _change_over(self, job: Job) -> None:
         """Bring the cell to the job's setup, planned from the setup read back now (empty plan: nothing)."""
-        self._phase = Phase.CHANGEOVER
+        control = RunControl()
+        self._phase, self._run_control = Phase.CHANGEOVER, control
+        try:
+            await self._run_changeover(job, control)
+        finally:
+            self._run_control = None
+
+    async def _run_changeover(self, job: Job, control: RunControl) -> None:
         recipes: dict[str, Recipe] = {**self._jobs.recipes, job.variant: job.recipe}
         current = await read_setup(self._profiles, self._config.cell, recipes)
         plan = plan_changeover(
@@ -734,6 +754,9 @@ class Engine:
         if plan.is_empty:
             self._variant = job.variant
             self._phase = Phase.IDLE
+            return
+        if control.hold_reason is not None:
+            self._phase = Phase.IDLE  # held while the setup was read: nothing started, nothing to record
             return
         path, planned_s = plan.critical_path()
         progress = _Changeover(
@@ -762,7 +785,21 @@ class Engine:
         try:
             with structlog.contextvars.bound_contextvars(changeover=progress.id):
                 self._log.info("changeover started", steps=len(plan.steps), planned_s=planned_s)
-                await self._sequencer.run(plan, changeover_id=progress.id, job_id=job.id)
+                await self._sequencer.run(plan, changeover_id=progress.id, job_id=job.id, control=control)
+        except PlanHeld as held:
+            # Parked: the cell is on its way to Held, Stopped or Suspended; Unhold plans again from read-back.
+            self._phase = Phase.IDLE
+            self._changeover = None
+            await self._record(
+                self._changeover_event(
+                    progress,
+                    ChangeoverStatus.FAILED,
+                    reason=str(held),
+                    duration_s=self._clock.monotonic() - began,
+                )
+            )
+            self._log.info("changeover held", done=list(held.done), cut=list(held.cut))
+            return
         except asyncio.CancelledError:
             self._phase = Phase.IDLE
             self._changeover = None

@@ -347,6 +347,7 @@ def plan_changeover(
                     timeout_s=template.timeout_s,
                     external=template.smed is Smed.EXTERNAL,
                     retries=template.retries,
+                    interruptible=template.interruptible,
                 )
             )
             last_on_device[device] = sid
