@@ -189,7 +189,12 @@ class StepTimeout(StepFailed):
 
 
 class PlanHeld(SequenceError):
-    """A changeover run was held."""
+    """A changeover run parked on a hold: ``done`` lists the steps it completed, ``cut`` those it stopped."""
+
+    def __init__(self, message: str, *, done: Sequence[str] = (), cut: Sequence[str] = ()) -> None:
+        self.done: tuple[str, ...] = tuple(done)
+        self.cut: tuple[str, ...] = tuple(cut)
+        super().__init__(message)
 
 
 class PlanAborted(SequenceError):

@@ -180,3 +180,31 @@ def soft_cell(
             _gauge(dev, measure or (lambda _channel: 0.0), channels)
         devices[name] = dev
     return devices
+
+
+class StalledFixture:
+    """A soft fixture whose axis moves stop half way while ``stalled`` (never in position), as if a move were
+    still under way; clamps answer at once, and a clamped fixture refuses to move."""
+
+    def __init__(self, config: CellConfig, device: str = "fixture", **initial: TagValue) -> None:
+        start: dict[str, TagValue] = {
+            tag: False if c.datatype == "bool" else 0.0 for tag, c in config.devices[device].tags.items()
+        }
+        start.update(initial)
+        self.dev = SoftDriver.from_config(device, config.devices[device], initial=start)
+        self.stalled = True
+        self.dev.on_write(self._hook)
+
+    def _hook(self, tag: str, value: TagValue) -> None:
+        dev = self.dev
+        if tag == "clamp":
+            dev.set("clamped", bool(value))
+        elif tag.endswith("_sp") and not dev.last("clamped").value:
+            act = tag[: -len("_sp")] + "_act"
+            if self.stalled:
+                was = dev.last(act).value
+                dev.set(act, (float(was if isinstance(was, float | int) else 0.0) + float(value)) / 2)
+                dev.set("in_position", False)
+            else:
+                dev.set(act, value)
+                dev.set("in_position", True)

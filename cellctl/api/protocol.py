@@ -17,10 +17,21 @@ This module is shared by the server and every client (CLI, TUI): it imports noth
 from __future__ import annotations
 
 import json
+import math
+from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from cellctl.errors import ApiError
 
@@ -97,14 +108,54 @@ class CommandArgs(Args):
     name: PackMLCommandName
 
 
+def parse_due(value: object) -> float | None:
+    """A due time as epoch seconds: a number of epoch seconds, or ISO 8601 text with a timezone.
+
+    ValueError (naming what is wrong) for a naive time, unparseable text, or a number that is not finite or
+    negative. Used by the ``submit`` model and by clients that want to check before sending.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a time: give epoch seconds or ISO 8601 text with a timezone")
+    if isinstance(value, int | float):
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"{value!r} is not a time: epoch seconds must be a finite number >= 0")
+        return seconds
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 time (e.g. 2026-11-28T14:00:00+01:00) nor epoch seconds"
+            ) from None
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError(
+                f"{value!r} has no timezone: add one (e.g. Z or +01:00) so the time is not a guess"
+            )
+        return when.timestamp()
+    raise ValueError(
+        f"{type(value).__name__} is not a time: give epoch seconds or ISO 8601 text with a timezone"
+    )
+
+
+DueTime = Annotated[float | None, BeforeValidator(parse_due)]
+"""An absolute due time: epoch seconds or ISO 8601 with a timezone on the wire, epoch seconds once parsed."""
+
+
 class SubmitArgs(Args):
-    """``submit``: an order; submitting the same order_id with the same content again returns the same job."""
+    """``submit``: an order; submitting the same order_id with the same content again returns the same job.
+
+    ``due`` (optional): when the order should be finished, as epoch seconds or ISO 8601 with a timezone.
+    """
 
     order_id: Annotated[str, Field(min_length=1, max_length=128)]
     variant: Annotated[str, Field(min_length=1, max_length=64)]
     quantity: Annotated[int, Field(ge=1, le=1_000_000)]
     parameters: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+    due: DueTime = None
 
 
 class CancelArgs(Args):

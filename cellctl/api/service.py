@@ -219,6 +219,7 @@ class ControlService:
             quantity=args.quantity,
             parameters=dict(args.parameters),
             priority=args.priority,
+            due=args.due,
         )
 
         async def call() -> View:

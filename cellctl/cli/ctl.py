@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cellctl.api.client import ConnectionLost, ControlClient, NotReachable
-from cellctl.api.protocol import PACKML_COMMANDS, EventPush
+from cellctl.api.protocol import PACKML_COMMANDS, EventPush, parse_due
 from cellctl.errors import ApiError, ConfigError
 from cellctl.schema.load import load_config
 
@@ -63,6 +63,12 @@ def add_parser(sub: Any) -> None:
         "--param", action="append", default=[], metavar="NAME=VALUE", help="customer parameter (repeatable)"
     )
     submit.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    submit.add_argument(
+        "--due",
+        metavar="TIME",
+        help="when the order should be finished: ISO 8601 with a timezone (2026-11-28T14:00+01:00) "
+        "or epoch seconds",
+    )
     submit.add_argument("--json", action="store_true", help="print the job as JSON")
 
     cancel = actions.add_parser("cancel", help="cancel a queued job")
@@ -175,6 +181,7 @@ async def _command(client: ControlClient, args: argparse.Namespace, out: TextIO)
 
 async def _submit(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
     parameters = parse_params(args.param)
+    due = parse_due_option(args.due)
     job = await _ask(
         client,
         args,
@@ -184,6 +191,7 @@ async def _submit(client: ControlClient, args: argparse.Namespace, out: TextIO) 
         quantity=args.quantity,
         parameters=parameters,
         priority=args.priority,
+        **({"due": due} if due is not None else {}),
     )
     if args.json:
         _print_json(job, out)
@@ -283,6 +291,20 @@ def parse_params(items: list[str]) -> dict[str, float]:
     return params
 
 
+def parse_due_option(text: str | None) -> float | None:
+    """``--due``: epoch seconds or ISO 8601 with a timezone -> epoch seconds; UsageError saying why not."""
+    if text is None:
+        return None
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    try:
+        return parse_due(value)
+    except ValueError as exc:
+        raise UsageError(f"--due: {exc}") from None
+
+
 def _print_json(data: Any, out: TextIO, indent: int | None = 2) -> None:
     out.write(json.dumps(data, indent=indent, sort_keys=indent is not None) + "\n")
 
@@ -313,6 +335,8 @@ def format_job(job: dict[str, Any]) -> str:
         )
     if job.get("priority"):
         text += f" priority {job['priority']}"
+    if isinstance(job.get("due"), int | float):
+        text += f" due {_when(job['due'])}"
     if job.get("reason"):
         text += f" ({job['reason']})"
     return text

@@ -2,9 +2,11 @@
 
 Offline (``--from A --to B``) nothing is touched: A's target setup is the starting point. Live (``--to B
 --live``) the drivers connect, the current setup is read back, and the drivers are closed before planning;
-nothing is ever written. Exit codes: 0 a plan was printed (an empty one too); 2 an invalid request (bad
-arguments, invalid configuration, unknown variant, parameter out of range, a plan the planner refuses);
-3 a device cannot be reached or read.
+nothing is ever written. Step durations are the measured ones from the cell's store (opened read-only,
+never created) where it holds enough of them, the configured ones otherwise (``--configured``: always).
+Exit codes: 0 a plan was printed (an empty one too); 2 an invalid request (bad arguments, invalid
+configuration, unknown variant, parameter out of range, a plan the planner refuses); 3 a device cannot be
+reached or read.
 """
 
 from __future__ import annotations
@@ -16,24 +18,30 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cellctl.core.clock import SystemClock
 from cellctl.core.plans import ChangeoverPlan, DeviceSetup, PlanStep
 from cellctl.core.ports import Driver, Health, LinkState
 from cellctl.drivers import build_driver
+from cellctl.engine.durations import DurationEstimate, StepDurations
 from cellctl.engine.engine import build_profiles
 from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, target_setup
-from cellctl.errors import ConfigError, DeviceError, PlanError
+from cellctl.errors import ConfigError, DeviceError, PlanError, StoreError
 from cellctl.runtime.logging import configure_logging
+from cellctl.schema.cell import CellConfig, StepKind, StepTemplate
 from cellctl.schema.load import LoadedConfig, format_issues, load_config
+from cellctl.store import steps as stored_steps
 
 __all__ = [
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "PlanFigures",
     "add_parser",
+    "duration_sources",
     "figures",
+    "load_durations",
     "node_id",
     "read_live_setup",
     "render_dot",
@@ -87,6 +95,11 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_TIMEOUT_S,
         help="seconds --live waits for the devices' links (default 10)",
     )
+    parser.add_argument(
+        "--configured",
+        action="store_true",
+        help="use the configured step durations only, not those measured in the store",
+    )
     parser.add_argument("--log-level", default="critical", help="log lines on stderr (default: none)")
     parser.set_defaults(handler=run_plan)
 
@@ -109,8 +122,15 @@ async def run_plan_async(args: argparse.Namespace) -> int:
                 return EXIT_UNREACHABLE
         else:
             current = target_setup(loaded.recipes[args.from_variant], loaded.cell)
+        durations, durations_from = (
+            (StepDurations(), None) if args.configured else await load_durations(loaded)
+        )
         plan = plan_changeover(
-            current, loaded.recipes[args.to_variant], loaded.cell, from_variant=args.from_variant
+            current,
+            loaded.recipes[args.to_variant],
+            loaded.cell,
+            from_variant=args.from_variant,
+            durations=durations,
         )
     except _Refused as exc:
         text = str(exc)
@@ -121,15 +141,51 @@ async def run_plan_async(args: argparse.Namespace) -> int:
     except PlanError as exc:
         sys.stderr.write(f"cellctl plan: invalid plan: {exc}; nothing moves\n")
         return EXIT_USAGE
+    sources = duration_sources(plan, loaded.cell, durations)
     if args.json:
-        sys.stdout.write(render_json(plan, params=params, live=args.live) + "\n")
+        sys.stdout.write(
+            render_json(plan, params=params, live=args.live, sources=sources, durations_from=durations_from)
+            + "\n"
+        )
     elif args.mermaid:
         sys.stdout.write(render_mermaid(plan))
     elif args.dot:
         sys.stdout.write(render_dot(plan))
     else:
-        sys.stdout.write(render_table(plan, live=args.live))
+        sys.stdout.write(render_table(plan, live=args.live, sources=sources, durations_from=durations_from))
     return EXIT_OK
+
+
+async def load_durations(loaded: LoadedConfig) -> tuple[StepDurations, Path | None]:
+    """The measured durations in the config's store and its path; none (and None) when there is no store.
+
+    The file is opened read-only in a thread, never created. A store that cannot be read is reported on
+    stderr and the configured durations are used: a plan preview must not depend on the journal.
+    """
+    path = loaded.resolve(loaded.cell.store.path)
+    if not path.is_file():
+        return StepDurations(), None
+    try:
+        samples = await asyncio.to_thread(stored_steps.read_only, path)
+    except StoreError as exc:
+        sys.stderr.write(f"cellctl plan: {exc}; using the configured step durations\n")
+        return StepDurations(), None
+    return StepDurations.from_samples(samples), path
+
+
+def duration_sources(
+    plan: ChangeoverPlan, cell: CellConfig, durations: StepDurations
+) -> dict[str, DurationEstimate]:
+    """Per step id: its expected duration and whether it was measured (n samples) or configured."""
+    sources: dict[str, DurationEstimate] = {}
+    for step in plan.steps:
+        if step.kind == OPERATOR_KIND:
+            # A person's step takes what its recipe says: the planner does not measure it per device.
+            sources[step.id] = DurationEstimate(expected_s=step.expected_s, samples=0, measured=False)
+            continue
+        template = cell.changeover.steps.get(StepKind(step.kind), StepTemplate())
+        sources[step.id] = durations.estimate(step.device, step.kind, template.expected_s)
+    return sources
 
 
 def _request(args: argparse.Namespace) -> tuple[LoadedConfig, dict[str, float]]:
@@ -275,15 +331,39 @@ def _head(plan: ChangeoverPlan, live: bool) -> str:
     return f"changeover {start} -> {plan.to_variant}"
 
 
-def render_table(plan: ChangeoverPlan, *, live: bool = False) -> str:
-    """The plan as a table in dependency order (``*`` marks the critical path), then its figures."""
+def _durations_line(sources: Mapping[str, DurationEstimate], durations_from: Path | None) -> str:
+    measured = sum(1 for e in sources.values() if e.measured)
+    where = f"the store {durations_from}" if durations_from is not None else "no store"
+    return f"step durations: {measured} of {len(sources)} measured ({where}), the rest configured"
+
+
+def render_table(
+    plan: ChangeoverPlan,
+    *,
+    live: bool = False,
+    sources: Mapping[str, DurationEstimate] | None = None,
+    durations_from: Path | None = None,
+) -> str:
+    """The plan as a table in dependency order (``*`` marks the critical path), then its figures.
+
+    With ``sources`` a column says per step whether its duration is measured (n samples) or configured.
+    """
     head = _head(plan, live)
     if plan.is_empty:
         return f"{head}: {NO_CHANGEOVER}\n"
     fig = figures(plan)
     on_path = set(fig.critical_path)
-    header = ("", "step", "device", "description", "after", "expected s", "timeout s", "smed")
-    rows = [
+    header: tuple[str, ...] = (
+        "",
+        "step",
+        "device",
+        "description",
+        "after",
+        "expected s",
+        "timeout s",
+        "smed",
+    )
+    rows: list[tuple[str, ...]] = [
         (
             "*" if step.id in on_path else "",
             step.id,
@@ -296,6 +376,12 @@ def render_table(plan: ChangeoverPlan, *, live: bool = False) -> str:
         )
         for step in plan.order()
     ]
+    if sources is not None:
+        header = (*header, "duration")
+        rows = [
+            (*row, sources[step.id].describe() if step.id in sources else "configured")
+            for row, step in zip(rows, plan.order(), strict=True)
+        ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     right = {5, 6}
     lines = [f"{head}: {len(plan.steps)} steps"]
@@ -316,6 +402,8 @@ def render_table(plan: ChangeoverPlan, *, live: bool = False) -> str:
         f"sum of all step durations: {fig.total_s:g} s",
         f"runs external: {external}",
     ]
+    if sources is not None:
+        lines.append(_durations_line(sources, durations_from))
     if fig.operator:
         lines += ["", "operator steps (a person does them and confirms with `cellctl ctl confirm STEP`):"]
         lines += [f"  {_operator_line(step)}" for step in fig.operator]
@@ -329,11 +417,25 @@ def _operator_line(step: PlanStep) -> str:
 
 
 def render_json(
-    plan: ChangeoverPlan, *, params: Mapping[str, float] | None = None, live: bool = False
+    plan: ChangeoverPlan,
+    *,
+    params: Mapping[str, float] | None = None,
+    live: bool = False,
+    sources: Mapping[str, DurationEstimate] | None = None,
+    durations_from: Path | None = None,
 ) -> str:
-    """The plan's ``to_dict()`` plus its figures and the order's parameters, as JSON."""
+    """The plan's ``to_dict()`` plus its figures and the order's parameters, as JSON.
+
+    With ``sources`` each step carries ``duration_source`` (measured/configured) and ``duration_samples``.
+    """
     fig = figures(plan)
     data = plan.to_dict()
+    if sources is not None:
+        for step in data["steps"]:
+            estimate = sources.get(step["id"])
+            step["duration_source"] = estimate.source if estimate is not None else "configured"
+            step["duration_samples"] = estimate.samples if estimate is not None else 0
+        data["durations_from"] = str(durations_from) if durations_from is not None else None
     data.update(
         {
             "source": "live" if live else "offline",

@@ -4,6 +4,7 @@ Callers (the runtime and the control API) use only what is exported here.
 """
 
 from cellctl.core.packml import Command, State
+from cellctl.engine.durations import DurationEstimate, StepDurations
 from cellctl.engine.engine import CellStatus, ChangeoverView, Counters, Engine, ProposedOrder, StepView
 from cellctl.engine.jobs import JobView, OrderRequest
 
@@ -12,10 +13,12 @@ __all__ = [
     "ChangeoverView",
     "Command",
     "Counters",
+    "DurationEstimate",
     "Engine",
     "JobView",
     "OrderRequest",
     "ProposedOrder",
     "State",
+    "StepDurations",
     "StepView",
 ]

@@ -3,8 +3,13 @@
 One lock serialises every state move and its consequences. Each acting state has one owned task
 (``"state:<name>"``) that does the state's work and then completes it; Execute has one production task
 (``"engine:production"``) that takes jobs, changes over and makes parts. Hold, Stop and Suspend let the
-current part finish and cancel a running changeover; Abort cancels at once and returns only when nothing
-runs any more, so no device is written after it returned.
+current part finish and park a running changeover (``RunControl.hold``: interruptible steps are cut and
+finalized, the others finish; the acting state completes once it parked); Unhold plans again from the setup
+read back, so steps done before the hold are not run again. Abort cancels at once and returns only when
+nothing runs any more, so no device is written after it returned. The one exception is bounded: the
+finalizers of the steps Abort cut (steps.py) run before it returns, each for at most
+``changeover.abort_deadline_s``, and a write a finalizer had already sent when its deadline cut it may still
+reach the device afterwards.
 """
 
 from __future__ import annotations
@@ -40,16 +45,18 @@ from cellctl.core.ports import EventSink
 from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.confirm import Confirmations, Prompt
+from cellctl.engine.durations import StepDurations
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
-from cellctl.engine.sequencer import Sequencer
+from cellctl.engine.sequencer import RunControl, Sequencer
 from cellctl.errors import (
     CellctlError,
     DeviceError,
     InvalidTransition,
     JobError,
     PlanError,
+    PlanHeld,
     SequenceError,
 )
 from cellctl.schema.load import LoadedConfig
@@ -62,6 +69,12 @@ HOLD_ALARM = "cell_held"
 
 ENGINE = "engine"
 """``by`` of the moves the engine makes on its own."""
+
+PROPOSAL_TTL_S = 60.0
+"""How long a proposed order of a queue with due dates is reused before it is computed again."""
+
+_ProposalKey = tuple[str | None, frozenset[str], int, int]
+"""What a cached proposal was computed for: start variant, queued job ids, durations version, time slot."""
 
 
 class Phase(StrEnum):
@@ -273,6 +286,8 @@ class Engine:
         devices: Mapping[str, TagBackend],
         sink: EventSink,
         clock: Clock | None = None,
+        *,
+        durations: StepDurations | None = None,
     ) -> None:
         self._config = config
         self._clock: Clock = clock or SystemClock()
@@ -283,13 +298,20 @@ class Engine:
         self._profiles = build_profiles(config, devices)
         self._cell = PackMLCell(sink, self._clock, notify=self._notify, name=self._name)
         self._jobs = JobQueue(config.recipes)
-        self._costs = changeover_costs(config.recipes, config.cell)
-        self._proposal: tuple[tuple[str | None, frozenset[str]], tuple[str, ...], float] | None = None
+        # Measured step durations (the runtime loads them from the journal), updated from the steps run.
+        self._durations = durations if durations is not None else StepDurations()
+        self._costs = changeover_costs(config.recipes, config.cell, durations=self._durations)
+        self._proposal: tuple[_ProposalKey, tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._confirmations = Confirmations(self._clock)
         self._sequencer = Sequencer(
-            self._profiles, _Recorder(self), self._clock, confirmations=self._confirmations
+            self._profiles,
+            _Recorder(self),
+            self._clock,
+            confirmations=self._confirmations,
+            finalizer_deadline_s=config.cell.changeover.abort_deadline_s,
         )
+        self._run_control: RunControl | None = None
         self._lock = asyncio.Lock()
         self._group: asyncio.TaskGroup | None = None
         self._actor: asyncio.Task[None] | None = None
@@ -328,7 +350,8 @@ class Engine:
     async def command(self, command: str, *, by: str) -> CellStatus:
         """Apply a PackML command (``"reset"``, ``"start"``, ... ``"clear"``); InvalidTransition if refused.
 
-        Returns once the command took effect; after ``"abort"`` nothing runs any more on the devices.
+        Returns once the command took effect; after ``"abort"`` nothing runs any more on the devices (it
+        returns once the finalizers of the changeover steps it cut are done, at most ``abort_deadline_s``).
         """
         parsed = Command.parse(command, self._cell.state)
         await self._transition(parsed, by=by)
@@ -432,17 +455,25 @@ class Engine:
         """The scheduler's order of the queue from the variant it will start from (None if it fails)."""
         queued = self._jobs.queued
         jobs = [
-            SchedJob.from_recipe(j.id, j.recipe, j.order.quantity, priority=j.order.priority, seq=j.seq)
+            SchedJob.from_recipe(
+                j.id, j.recipe, j.order.quantity, priority=j.order.priority, due_s=j.order.due, seq=j.seq
+            )
             for j in queued
         ]
         # The queue starts once the current job is done, so from its variant.
         start = self._current.variant if self._current is not None else self._variant
-        key = (start, frozenset(j.job_id for j in jobs))
+        # Due dates are absolute: the schedule starts now, and lateness changes as time passes, so with
+        # due dates a proposal is reused for at most PROPOSAL_TTL_S.
+        now = self._clock.wall()
+        epoch = int(now // PROPOSAL_TTL_S) if any(j.due_s is not None for j in jobs) else 0
+        key = (start, frozenset(j.job_id for j in jobs), self._durations.version, epoch)
+        if self._current is not None:
+            now += self._current.remaining * self._current.recipe.ideal_cycle_s
         try:
             if self._proposal is not None and self._proposal[0] == key:
                 order, changeover_s = self._proposal[1], self._proposal[2]
             else:
-                schedule = propose(start, jobs, self._costs)
+                schedule = propose(start, jobs, self._costs, now)
                 order, changeover_s = schedule.order, schedule.changeover_s
                 self._proposal = (key, order, changeover_s)
             current_s = evaluate([j.id for j in queued], start, jobs, self._costs).changeover_s
@@ -451,6 +482,11 @@ class Engine:
             self._log.warning("no proposed order", error=str(exc))
             return None
         return ProposedOrder(job_ids=order, changeover_s=changeover_s, queue_changeover_s=current_s)
+
+    @property
+    def durations(self) -> StepDurations:
+        """The measured step durations the planner and the scheduler use (updated as steps complete)."""
+        return self._durations
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback`` with every event once recorded; returns the unsubscribe function."""
@@ -483,6 +519,7 @@ class Engine:
         journal_id = await self._sink.record(event)
         if isinstance(event, StepEvent):
             self._track_step(event)
+            self._durations.observe(event)
         self._notify(event)
         return journal_id
 
@@ -534,9 +571,10 @@ class Engine:
             await self._abort_production()
         elif target in (State.HOLDING, State.STOPPING, State.SUSPENDING):
             self._interrupt = target.label.lower()
-            worker = self._worker
-            if worker is not None and worker is not current and self._phase is Phase.CHANGEOVER:
-                worker.cancel()  # a changeover is interruptible; a part is not, it finishes
+            control = self._run_control
+            if control is not None and self._phase is Phase.CHANGEOVER:
+                # The changeover parks (Holding completes once it has); a part is not interruptible.
+                control.hold(command.label)
         self._start_actor(target)
 
     def _start_actor(self, state: State) -> None:
@@ -706,7 +744,14 @@ class Engine:
 
     async def _change_over(self, job: Job) -> None:
         """Bring the cell to the job's setup, planned from the setup read back now (empty plan: nothing)."""
-        self._phase = Phase.CHANGEOVER
+        control = RunControl()
+        self._phase, self._run_control = Phase.CHANGEOVER, control
+        try:
+            await self._run_changeover(job, control)
+        finally:
+            self._run_control = None
+
+    async def _run_changeover(self, job: Job, control: RunControl) -> None:
         recipes: dict[str, Recipe] = {**self._jobs.recipes, job.variant: job.recipe}
         current = await read_setup(self._profiles, self._config.cell, recipes)
         key = (job.id, job.variant)
@@ -720,6 +765,7 @@ class Engine:
             from_variant=self._variant,
             confirmed=frozenset(done or ()),
             resuming=done is not None,
+            durations=self._durations,
         )
         if any(s.kind == OPERATOR_KIND for s in plan.steps):
             self._operator_done.setdefault(key, set())
@@ -727,6 +773,9 @@ class Engine:
             self._operator_done.clear()
             self._variant = job.variant
             self._phase = Phase.IDLE
+            return
+        if control.hold_reason is not None:
+            self._phase = Phase.IDLE  # held while the setup was read: nothing started, nothing to record
             return
         path, planned_s = plan.critical_path()
         progress = _Changeover(
@@ -755,7 +804,21 @@ class Engine:
         try:
             with structlog.contextvars.bound_contextvars(changeover=progress.id):
                 self._log.info("changeover started", steps=len(plan.steps), planned_s=planned_s)
-                await self._sequencer.run(plan, changeover_id=progress.id, job_id=job.id)
+                await self._sequencer.run(plan, changeover_id=progress.id, job_id=job.id, control=control)
+        except PlanHeld as held:
+            # Parked: the cell is on its way to Held, Stopped or Suspended; Unhold plans again from read-back.
+            self._phase = Phase.IDLE
+            self._changeover = None
+            await self._record(
+                self._changeover_event(
+                    progress,
+                    ChangeoverStatus.FAILED,
+                    reason=str(held),
+                    duration_s=self._clock.monotonic() - began,
+                )
+            )
+            self._log.info("changeover held", done=list(held.done), cut=list(held.cut))
+            return
         except asyncio.CancelledError:
             self._phase = Phase.IDLE
             self._changeover = None

@@ -34,7 +34,8 @@ MAX_ORDER_ID = 128
 class OrderRequest:
     """An order as a client sends it: which variant, how many, customer parameters, and how urgent.
 
-    Higher ``priority`` runs first; equal priorities run in submit order.
+    Higher ``priority`` runs first; equal priorities run in submit order. ``due`` (epoch seconds) is when the
+    order should be finished: the scheduler's proposed order honours it within a priority class.
     """
 
     order_id: str
@@ -42,11 +43,12 @@ class OrderRequest:
     quantity: int
     parameters: Mapping[str, float] = field(default_factory=dict)
     priority: int = 0
+    due: float | None = None
 
     def content(self) -> tuple[object, ...]:
         """What makes two submissions of one order id the same order."""
         params = tuple(sorted((k, _as_float(v)) for k, v in self.parameters.items()))
-        return (self.variant, self.quantity, params, self.priority)
+        return (self.variant, self.quantity, params, self.priority, _as_float(self.due))
 
 
 def _as_float(value: object) -> object:
@@ -79,6 +81,7 @@ class JobView:
     started_at: float | None = None
     finished_at: float | None = None
     reason: str = ""
+    due: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -155,6 +158,7 @@ class Job:
             started_at=self.started_at,
             finished_at=self.finished_at,
             reason=self.reason,
+            due=self.order.due,
         )
 
     def event(self, ts: float, *, by: str = "engine") -> JobEvent:
@@ -175,6 +179,7 @@ class Job:
             parameters=dict(self.parameters),
             by=by,
             reason=self.reason,
+            due=self.order.due,
         )
 
 
@@ -229,6 +234,11 @@ def _check_request(order: OrderRequest, recipes: Mapping[str, Recipe]) -> Recipe
         issues.append(f"quantity: {quantity!r} must be a whole number from 1 to {MAX_QUANTITY}")
     if isinstance(order.priority, bool) or not isinstance(order.priority, int):
         issues.append(f"priority: {order.priority!r} must be a whole number")
+    due = order.due
+    if due is not None and (
+        isinstance(due, bool) or not isinstance(due, int | float) or not math.isfinite(due) or due < 0
+    ):
+        issues.append(f"due: {due!r} must be a time in epoch seconds (a finite number >= 0)")
     recipe = recipes.get(order.variant)
     if recipe is None:
         known = ", ".join(sorted(recipes)) or "none"
@@ -365,7 +375,8 @@ class JobQueue:
 
 def _describe(order: OrderRequest) -> str:
     params = ", ".join(f"{k}={v!r}" for k, v in sorted(order.parameters.items()))
-    return f"{order.variant} x{order.quantity} priority {order.priority} [{params}]"
+    due = "" if order.due is None else f" due {order.due!r}"
+    return f"{order.variant} x{order.quantity} priority {order.priority}{due} [{params}]"
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from cellctl.core.devices import (
 )
 from cellctl.core.plans import ChangeoverPlan, DeviceSetup, PlanStep, Setup
 from cellctl.core.tags import TagValue
+from cellctl.engine.durations import StepDurations
 from cellctl.errors import DeviceFault, PlanError
 from cellctl.schema.cell import CellConfig, Smed, StepKind, StepTemplate
 from cellctl.schema.ordering import FIXTURE_SEQUENCE, Node, OrderCycle, node_of, step_order
@@ -317,6 +318,7 @@ def plan_changeover(
     from_variant: str | None,
     confirmed: Collection[str] = (),
     resuming: bool = False,
+    durations: StepDurations | None = None,
 ) -> ChangeoverPlan:
     """The plan that takes the cell from ``current`` to ``target``'s setup: one step per differing setting,
     plus the recipe's operator steps when they are due (see ``operator_steps_due``).
@@ -325,7 +327,9 @@ def plan_changeover(
     operator steps (dropped when none is in the plan), an operator step's ``before`` likewise the other way;
     steps of one device are chained, so a device does one thing at a time. ``resuming`` an interrupted
     changeover that included the operator steps keeps them due; those whose ids are in ``confirmed`` (done
-    already for this changeover) are left out, and what waited for them waits for what they waited for.
+    already for this changeover) are left out, and what waited for them waits for what they waited for. A
+    device step's ``expected_s`` is the measured one from ``durations`` where there are enough measurements,
+    the template's otherwise; its timeout is always the template's (a measured median is no safe bound).
     """
     wanted = target_setup(target, cell)
     templates = cell.changeover.steps
@@ -393,10 +397,15 @@ def plan_changeover(
                     description=description,
                     params=params,
                     after=tuple(chained(waits_for(kind, template.after), device)),
-                    expected_s=template.expected_s,
+                    expected_s=(
+                        template.expected_s
+                        if durations is None
+                        else durations.expected_s(device, kind.value, template.expected_s)
+                    ),
                     timeout_s=template.timeout_s,
                     external=template.smed is Smed.EXTERNAL,
                     retries=template.retries,
+                    interruptible=template.interruptible,
                 )
             )
             means[kind].append(sid)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cellctl.core.plans import DeviceSetup, Setup
+from cellctl.engine.durations import StepDurations
 from cellctl.engine.planner import plan_changeover, target_setup
 from cellctl.errors import JobError, PlanError
 from cellctl.schema.cell import CellConfig
@@ -115,15 +116,21 @@ class Schedule:
 
 
 def changeover_costs(
-    recipes: Mapping[str, Recipe], cell: CellConfig, current_setup: Setup | None = None
+    recipes: Mapping[str, Recipe],
+    cell: CellConfig,
+    current_setup: Setup | None = None,
+    *,
+    durations: StepDurations | None = None,
 ) -> CostFn:
     """Internal downtime of each variant pair, from the planner's internal critical path, cached per pair.
 
     From ``None`` (the cell's variant is unknown) the plan starts from ``current_setup`` when given, else from
-    an empty setup (every setting differs, the worst case).
+    an empty setup (every setting differs, the worst case). With ``durations`` the plans use the measured
+    step durations; the cache is dropped whenever they change.
     """
     cache: dict[tuple[str | None, str], float] = {}
     targets: dict[str, dict[str, DeviceSetup]] = {}
+    cached_version = durations.version if durations is not None else 0
 
     def recipe_of(variant: str) -> Recipe:
         recipe = recipes.get(variant)
@@ -132,6 +139,10 @@ def changeover_costs(
         return recipe
 
     def cost(from_variant: str | None, to_variant: str) -> float:
+        nonlocal cached_version
+        if durations is not None and durations.version != cached_version:
+            cache.clear()
+            cached_version = durations.version
         key = (from_variant, to_variant)
         hit = cache.get(key)
         if hit is not None:
@@ -143,7 +154,7 @@ def changeover_costs(
             if from_variant not in targets:
                 targets[from_variant] = target_setup(recipe_of(from_variant), cell)
             start = targets[from_variant]
-        plan = plan_changeover(start, target, cell, from_variant=from_variant)
+        plan = plan_changeover(start, target, cell, from_variant=from_variant, durations=durations)
         value = plan.critical_path(internal_only=True)[1]
         cache[key] = value
         return value

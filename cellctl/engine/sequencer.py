@@ -3,15 +3,26 @@ a time per device, each step under its timeout with its retries, every outcome r
 
 A run owns one TaskGroup; each running step is a task named ``"step:<id>"``. When a step fails for good the
 other running steps are cancelled and recorded as FAILED "cancelled", and the run raises StepFailed or
-StepTimeout naming the step. Cancelling the run (Hold, Stop, Abort) records the interrupted steps the same way
-and re-raises CancelledError.
+StepTimeout naming the step.
+
+Two ways to interrupt a run, both ending with every cut step's finalizer (steps.py) run in that step's task
+under ``finalizer_deadline_s`` and the outcome in its FAILED detail (``cancelled``, ``cancelled; finalized``,
+``cancelled; finalizer cut at N s`` or ``cancelled; finalizer failed: ...``):
+
+- ``RunControl.hold()`` (Hold, Stop, Suspend): no new step starts, running interruptible steps are cancelled,
+  non-interruptible ones finish and are recorded as usual; then the run raises PlanHeld (or returns its result
+  if every step got done meanwhile). A failure while holding still raises that failure.
+- Cancelling the run (Abort): every running step is cancelled at once, their finalizers run (a cancellation
+  reaching the run again does not cut them: the TaskGroup waits for its steps), then CancelledError
+  propagates. A finalizer past the deadline is cut, logged and recorded, so Abort is never blocked longer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
@@ -22,12 +33,46 @@ from cellctl.core.plans import ChangeoverPlan, PlanStep
 from cellctl.core.ports import EventSink
 from cellctl.engine.confirm import Confirmation, Confirmations, Prompt, PromptKind
 from cellctl.engine.steps import REGISTRY, StepContext, StepHandler, check_plan
-from cellctl.errors import CellctlError, DeviceError, SequenceError, StepFailed, StepTimeout
+from cellctl.errors import CellctlError, DeviceError, PlanHeld, SequenceError, StepFailed, StepTimeout
 
 _log = structlog.get_logger(__name__)
 
 CANCELLED = "cancelled"
-"""Detail of the FAILED event of a step interrupted by a cancellation."""
+"""Detail of the FAILED event of a step interrupted by a cancellation (what its finalizer did follows)."""
+
+FINALIZED = f"{CANCELLED}; finalized"
+"""Detail of the FAILED event of a cut step whose finalizer completed."""
+
+DEFAULT_FINALIZER_DEADLINE_S = 2.0
+"""Seconds a cut step's finalizer may take unless the sequencer is given another bound."""
+
+
+class RunControl:
+    """The caller's handle on one run: ``hold()`` asks it to park (Hold, Stop and Suspend use it).
+
+    Abort is not here: it cancels the task running the plan.
+    """
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+        self._wake: Callable[[], None] | None = None
+
+    @property
+    def hold_reason(self) -> str | None:
+        """Why a hold was asked (``"hold"``, ``"stop"``, ``"suspend"``), None while none was."""
+        return self._reason
+
+    def hold(self, reason: str = "hold") -> None:
+        """Ask the run to park; the first reason sticks. Safe before the run starts and after it ended."""
+        if self._reason is None:
+            self._reason = reason
+        if self._wake is not None:
+            self._wake()
+
+    def _bind(self, wake: Callable[[], None]) -> None:
+        if self._wake is not None:
+            raise SequenceError("a RunControl belongs to one run")
+        self._wake = wake
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +96,27 @@ class Sequencer:
         *,
         registry: Mapping[str, StepHandler] | None = None,
         confirmations: Confirmations | None = None,
+        finalizer_deadline_s: float = DEFAULT_FINALIZER_DEADLINE_S,
     ) -> None:
+        if not finalizer_deadline_s > 0:
+            raise ValueError(f"finalizer_deadline_s must be > 0, not {finalizer_deadline_s!r}")
         self._profiles = profiles
         self._sink = sink
         self._clock = clock
         self._registry: Mapping[str, StepHandler] = REGISTRY if registry is None else registry
         self._confirmations = confirmations
+        self._finalizer_deadline_s = finalizer_deadline_s
 
-    async def run(self, plan: ChangeoverPlan, *, changeover_id: str, job_id: str) -> RunResult:
+    async def run(
+        self,
+        plan: ChangeoverPlan,
+        *,
+        changeover_id: str,
+        job_id: str,
+        control: RunControl | None = None,
+    ) -> RunResult:
         """Run every step of ``plan``; StepFailed/StepTimeout name the step that failed, PlanError a plan that
-        cannot run here (checked before any step starts)."""
+        cannot run here (checked before any step starts), PlanHeld a run parked by ``control.hold()``."""
         check_plan(plan, self._profiles, self._registry)
         run = _Run(
             plan=plan,
@@ -71,6 +127,8 @@ class Sequencer:
             sink=self._sink,
             clock=self._clock,
             confirmations=self._confirmations,
+            control=control or RunControl(),
+            finalizer_deadline_s=self._finalizer_deadline_s,
         )
         with structlog.contextvars.bound_contextvars(changeover=changeover_id, job=job_id):
             return await run.execute()
@@ -90,6 +148,8 @@ class _Run:
         sink: EventSink,
         clock: Clock,
         confirmations: Confirmations | None,
+        control: RunControl,
+        finalizer_deadline_s: float,
     ) -> None:
         self.plan = plan
         self.changeover_id = changeover_id
@@ -111,6 +171,13 @@ class _Run:
         self.attempts: dict[str, int] = {}
         self.failures: list[BaseException] = []
         self.progress = asyncio.Event()
+        self.control = control
+        self.finalizer_deadline_s = finalizer_deadline_s
+        self.by_id = {s.id: s for s in plan.steps}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.held: list[str] = []
+        """Running steps a hold cancelled, in the order it cancelled them."""
+        control._bind(self.progress.set)
 
     async def execute(self) -> RunResult:
         began = self.clock.monotonic()
@@ -122,11 +189,18 @@ class _Run:
                     # After a failure nothing new starts, and this body waits for the group to cancel it: an
                     # early normal exit would let the group's own cancel request outlive it (Python 3.11).
                     if not self.failures:
-                        self._start_ready(group)
-                        if not self.running:
-                            # A validated DAG has a ready step while any is left: this guards against a bug.
-                            left = [s.id for s in self.plan.steps if s.id not in self.done]
-                            raise SequenceError(f"no step can start, yet steps are left: {', '.join(left)}")
+                        if self.control.hold_reason is not None:
+                            self._hold()
+                            if not self.running:
+                                break  # parked: what was not interruptible finished, the rest was cut
+                        else:
+                            self._start_ready(group)
+                            if not self.running:
+                                # A validated DAG has a ready step while any is left: this guards a bug.
+                                left = [s.id for s in self.plan.steps if s.id not in self.done]
+                                raise SequenceError(
+                                    f"no step can start, yet steps are left: {', '.join(left)}"
+                                )
                     self.progress.clear()
                     await self.progress.wait()
         except BaseExceptionGroup as errors:
@@ -138,6 +212,15 @@ class _Run:
         if failure is not None:
             self.log.warning("changeover run failed", error=str(failure))
             raise failure
+        if len(self.done) < len(self.plan.steps):
+            left = [s.id for s in self.plan.steps if s.id not in self.done]
+            self.log.info("changeover run held", reason=self.control.hold_reason, cut=self.held, left=left)
+            raise PlanHeld(
+                f"changeover {self.changeover_id} held by {self.control.hold_reason}: "
+                f"{len(self.done)} of {len(self.plan.steps)} steps done",
+                done=tuple(s.id for s in self.plan.steps if s.id in self.done),
+                cut=tuple(self.held),
+            )
         total = self.clock.monotonic() - began
         self.log.info("changeover run completed", duration_s=round(total, 3))
         return RunResult(
@@ -147,6 +230,15 @@ class _Run:
             total_s=total,
         )
 
+    def _hold(self) -> None:
+        """Cancel the running interruptible steps (once each); the others are left to finish."""
+        for step_id in sorted(self.running):
+            step = self.by_id[step_id]
+            task = self.tasks.get(step_id)
+            if step.interruptible and step_id not in self.held and task is not None:
+                self.held.append(step_id)
+                task.cancel()
+
     def _start_ready(self, group: asyncio.TaskGroup) -> None:
         for step in self.plan.ready(self.done, self.started):
             if step.device is not None and step.device in self.busy_devices:
@@ -155,7 +247,22 @@ class _Run:
             self.running.add(step.id)
             if step.device is not None:
                 self.busy_devices.add(step.device)
-            group.create_task(self._step(step), name=f"step:{step.id}")
+            task = group.create_task(self._step(step), name=f"step:{step.id}")
+            self.tasks[step.id] = task
+            # A task cancelled before its first turn never enters _step's finally: forget it here as well.
+            task.add_done_callback(partial(self._forgotten, step))
+
+    def _forgotten(self, step: PlanStep, _task: asyncio.Task[None]) -> None:
+        self._forget(step)
+
+    def _forget(self, step: PlanStep) -> None:
+        """The step no longer runs: free its device and wake the run loop (once per step)."""
+        if self.tasks.pop(step.id, None) is None:
+            return  # forgotten already; its device may be another step's by now
+        self.running.discard(step.id)
+        if step.device is not None:
+            self.busy_devices.discard(step.device)
+        self.progress.set()
 
     def _pick(self, errors: BaseExceptionGroup[BaseException]) -> BaseException:
         """The one error to raise for a failed run: the first step failure, unless a bug hides among them."""
@@ -198,7 +305,17 @@ class _Run:
             await self._attempts(step, handler, log)
         except asyncio.CancelledError:
             log.warning("step cancelled")
-            await self._record(step, StepStatus.FAILED, detail=CANCELLED)
+            # The cancellation is answered here by finalizing, and raised again below. While the task still
+            # counts it as cancelling, drivers refuse every request (raise_if_cancelling): clear the count.
+            task = asyncio.current_task()
+            while task is not None and task.uncancel() > 0:
+                pass
+            # Recorded even when a second cancellation of this task (Abort during a Hold) cuts the finalizer.
+            detail = f"{CANCELLED}; finalizer cut by a cancellation"
+            try:
+                detail = await self._finalize(step, handler, log)
+            finally:
+                await self._record(step, StepStatus.FAILED, detail=detail)
             raise
         except Exception as exc:
             self.failures.append(exc)
@@ -215,10 +332,31 @@ class _Run:
             self.durations[step.id] = duration
             self.done.add(step.id)
         finally:
-            self.running.discard(step.id)
-            if step.device is not None:
-                self.busy_devices.discard(step.device)
-            self.progress.set()
+            self._forget(step)
+
+    async def _finalize(
+        self, step: PlanStep, handler: StepHandler, log: structlog.typing.FilteringBoundLogger
+    ) -> str:
+        """Run the cut step's finalizer under the deadline; the FAILED detail that says how it went.
+
+        Runs in the cancelled step task after its CancelledError was caught, so the cancellation that cut the
+        step does not cut this; only the deadline (or a second cancellation of this very task) does.
+        """
+        if handler.finalize is None:
+            return CANCELLED
+        deadline = self.finalizer_deadline_s
+        try:
+            async with asyncio.timeout(deadline):
+                await handler.finalize(step, self.context)
+        except TimeoutError:
+            log.error("step finalizer cut at its deadline", deadline_s=deadline)
+            return f"{CANCELLED}; finalizer cut at {deadline:g} s"
+        except Exception as exc:
+            # A finalizer that fails must not keep the others (or an Abort) from going on: said and recorded.
+            log.exception("step finalizer failed", error=str(exc))
+            return f"{CANCELLED}; finalizer failed: {_detail(step, exc)}"
+        log.info("step finalized")
+        return FINALIZED
 
     async def _ask(self, step: PlanStep, kind: PromptKind) -> Confirmation:
         """Show the step's prompt and wait for an accepted answer; the wait is recorded as WAITING."""
@@ -297,4 +435,4 @@ def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return flat
 
 
-__all__ = ["CANCELLED", "RunResult", "Sequencer"]
+__all__ = ["CANCELLED", "DEFAULT_FINALIZER_DEADLINE_S", "FINALIZED", "RunControl", "RunResult", "Sequencer"]

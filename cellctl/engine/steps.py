@@ -3,15 +3,30 @@
 Adding a step kind adds one handler here. Handlers drive devices through their profiles' handshakes and raise
 WriteVerifyError or DeviceFault when the device does not end up where the step asked; the sequencer owns
 timeouts, retries and the recording of outcomes.
+
+A kind may also have a finalizer, registered here next to its handler: what leaves the device safe when the
+step is cut (Hold, Stop, Suspend, Abort, or another step's failure). The sequencer runs it once, in the cut
+step's task, under the changeover's ``abort_deadline_s``. Finalizers per kind:
+
+- ``fixture_move``: stops the axes where they are by re-targeting each moving axis' setpoint to its actual
+  position (the profile has no stop tag; a fixture follows its setpoint, so this is its stop).
+- ``fixture_unclamp`` / ``fixture_clamp``: withdraw the clamp command, writing back the state ``clamped``
+  reads, so clamps do not finish a stroke nobody waits for any more.
+- ``tool_change``: none. A tool changer has no stop and refuses a new request while it moves; a change cut
+  half way must complete its coupling (that is why Hold lets it finish). Its request is the target the
+  changer reaches on its own, and the next plan reads ``tool_current`` back.
+- ``robot_program``: none. Loading a program moves nothing and holds no strobe; the next plan reads
+  ``active_program`` back. (A robot cycle's ``start`` is dropped by the profile itself, shielded.)
+- ``setpoints``: none. A setpoint is a value, not a command; the next plan reads each back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from cellctl.core.devices import Fixture, Profile, Robot, ToolChanger, axis_actual_tag
+from cellctl.core.devices import Fixture, Profile, Robot, ToolChanger, axis_actual_tag, axis_setpoint_tag
 from cellctl.core.plans import ChangeoverPlan, PlanStep
 from cellctl.core.tags import TagValue
 from cellctl.engine.confirm import Confirmation, PromptKind
@@ -58,11 +73,13 @@ StepFn = Callable[[PlanStep, StepContext], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class StepHandler:
-    """A step kind's handler and the profile its device must have (None: any device, or none)."""
+    """A step kind's handler, the profile its device must have (None: any device, or none) and its finalizer
+    (None: nothing to undo when the step is cut)."""
 
     kind: str
     run: StepFn
     profile: type[Profile] | None = None
+    finalize: StepFn | None = None
 
 
 REGISTRY: dict[str, StepHandler] = {}
@@ -76,6 +93,21 @@ def register(kind: str, *, profile: type[Profile] | None = None) -> Callable[[St
         if kind in REGISTRY:
             raise ValueError(f"step kind {kind!r} already has a handler")
         REGISTRY[kind] = StepHandler(kind, fn, profile)
+        return fn
+
+    return decorate
+
+
+def finalizer(kind: str) -> Callable[[StepFn], StepFn]:
+    """Register the decorated function as the finalizer of ``kind``, whose handler is registered already."""
+
+    def decorate(fn: StepFn) -> StepFn:
+        handler = REGISTRY.get(kind)
+        if handler is None:
+            raise ValueError(f"step kind {kind!r} has no handler to add a finalizer to")
+        if handler.finalize is not None:
+            raise ValueError(f"step kind {kind!r} already has a finalizer")
+        REGISTRY[kind] = replace(handler, finalize=fn)
         return fn
 
     return decorate
@@ -122,6 +154,12 @@ def _float_args(step: PlanStep) -> dict[str, float]:
     return result
 
 
+async def _commanded(profile: Profile, tag: str) -> TagValue | None:
+    """What a command tag holds now, or None when it cannot be read back (a write-only tag, a BAD reading)."""
+    reading = await profile.tag(tag).read()
+    return reading.value if reading.usable else None
+
+
 async def _verify_clamped(fixture: Fixture, closed: bool) -> None:
     value = await fixture.tag("clamped").read_value()
     if value != closed:
@@ -150,6 +188,16 @@ async def fixture_unclamp(step: PlanStep, ctx: StepContext) -> None:
     await _verify_clamped(fixture, False)
 
 
+@finalizer(StepKind.FIXTURE_UNCLAMP)
+async def withdraw_clamp_command(step: PlanStep, ctx: StepContext) -> None:
+    """Write the clamp command back to what ``clamped`` reads, so a cut stroke does not finish later."""
+    fixture = ctx.profile(step, Fixture)
+    clamped = bool(await fixture.tag("clamped").read_value())
+    command = await _commanded(fixture, "clamp")
+    if command is None or bool(command) != clamped:  # else no stroke is pending: no write
+        await fixture.tag("clamp").write(clamped)
+
+
 @register(StepKind.FIXTURE_MOVE, profile=Fixture)
 async def fixture_move(step: PlanStep, ctx: StepContext) -> None:
     """Move the fixture's axes to the step's positions and confirm each actual within tolerance."""
@@ -169,12 +217,28 @@ async def fixture_move(step: PlanStep, ctx: StepContext) -> None:
             )
 
 
+@finalizer(StepKind.FIXTURE_MOVE)
+async def stop_fixture_move(step: PlanStep, ctx: StepContext) -> None:
+    """Stop each axis of the step where it is: its setpoint re-targeted to its actual position."""
+    fixture = ctx.profile(step, Fixture)
+    for axis, target in _float_args(step).items():
+        actual = await fixture.position(axis)
+        setpoint = await _commanded(fixture, axis_setpoint_tag(axis))
+        # An axis at its target (or never started) is left alone: re-targeting it would be a new command.
+        idle = isinstance(setpoint, int | float) and position_matches(float(setpoint), actual)
+        if not position_matches(actual, target) and not idle:
+            await fixture.tag(axis_setpoint_tag(axis)).write(actual)
+
+
 @register(StepKind.FIXTURE_CLAMP, profile=Fixture)
 async def fixture_clamp(step: PlanStep, ctx: StepContext) -> None:
     """Close the fixture's clamps and confirm ``clamped`` reads true."""
     fixture = ctx.profile(step, Fixture)
     await fixture.set_clamped(True, step.timeout_s)
     await _verify_clamped(fixture, True)
+
+
+finalizer(StepKind.FIXTURE_CLAMP)(withdraw_clamp_command)
 
 
 @register(StepKind.ROBOT_PROGRAM, profile=Robot)
@@ -222,5 +286,6 @@ __all__ = [
     "StepFn",
     "StepHandler",
     "check_plan",
+    "finalizer",
     "register",
 ]

@@ -16,7 +16,7 @@ from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.events import DeviceHealthChanged
 from cellctl.core.ports import Driver, Health
 from cellctl.drivers import build_driver
-from cellctl.engine import Engine
+from cellctl.engine import Engine, StepDurations
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
@@ -99,7 +99,10 @@ class CellApp:
         # publishing (--no-mqtt, demo without a broker) still queues telemetry for a later connection.
         recorder = Recorder(store, cell.identity, telemetry=cell.mqtt.enabled)
         drivers = {name: self._driver_factory(name, self.config, self._clock) for name in cell.devices}
-        engine = Engine(self.config, drivers, recorder, self._clock)
+        samples = await store.step_durations()
+        durations = StepDurations.from_samples(samples)
+        log.info("step durations loaded", samples=len(samples), keys=len(durations))
+        engine = Engine(self.config, drivers, recorder, self._clock, durations=durations)
         publisher = None
         if self._publish:
             publisher = OutboxPublisher(store, cell.mqtt, cell.identity)

@@ -462,23 +462,57 @@ class StepTemplate(Strict):
     smed: Smed = Smed.INTERNAL
     after: tuple[StepKind, ...] = ()
     retries: Annotated[int, Field(ge=0, le=5)] = 0
+    interruptible: bool = Field(
+        default=True,
+        description="Hold, Stop and Suspend cancel the step when it is running; left out: false for "
+        "tool_change, fixture_unclamp and fixture_clamp (cut half way they leave a tool half coupled or a "
+        "part half clamped, so they finish), true for the others. Abort cancels every step.",
+    )
+
+
+NOT_INTERRUPTIBLE: frozenset[StepKind] = frozenset(
+    {StepKind.TOOL_CHANGE, StepKind.FIXTURE_UNCLAMP, StepKind.FIXTURE_CLAMP}
+)
+"""Step kinds a Hold lets finish unless the cell file says otherwise: cut half way, they leave a tool half
+coupled or clamps half closed; a move, a program load or a setpoint write can stop anywhere."""
 
 
 def _default_templates() -> dict[StepKind, StepTemplate]:
     return {
-        StepKind.FIXTURE_UNCLAMP: StepTemplate(expected_s=0.5, timeout_s=10),
-        StepKind.TOOL_CHANGE: StepTemplate(expected_s=6.0, timeout_s=30),
+        StepKind.FIXTURE_UNCLAMP: StepTemplate(expected_s=0.5, timeout_s=10, interruptible=False),
+        StepKind.TOOL_CHANGE: StepTemplate(expected_s=6.0, timeout_s=30, interruptible=False),
         StepKind.FIXTURE_MOVE: StepTemplate(expected_s=3.0, timeout_s=30, after=(StepKind.FIXTURE_UNCLAMP,)),
-        StepKind.FIXTURE_CLAMP: StepTemplate(expected_s=0.5, timeout_s=10, after=(StepKind.FIXTURE_MOVE,)),
+        StepKind.FIXTURE_CLAMP: StepTemplate(
+            expected_s=0.5, timeout_s=10, after=(StepKind.FIXTURE_MOVE,), interruptible=False
+        ),
         StepKind.ROBOT_PROGRAM: StepTemplate(expected_s=1.0, timeout_s=20, after=(StepKind.TOOL_CHANGE,)),
         StepKind.SETPOINTS: StepTemplate(expected_s=0.2, timeout_s=5, smed=Smed.EXTERNAL),
     }
 
 
 class ChangeoverConfig(Strict):
-    """Step templates per step kind; kinds left out take the defaults."""
+    """Step templates per step kind (kinds left out take the defaults) and the finalizers' deadline."""
 
     steps: dict[StepKind, StepTemplate] = Field(default_factory=_default_templates)
+    abort_deadline_s: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=2.0,
+        description="seconds the finalizers of interrupted steps may take (withdrawing a request, stopping "
+        "a move) on Abort, Hold, Stop or Suspend; a finalizer still running then is cut and recorded",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _interruptible_by_kind(cls, data: object) -> object:
+        # A template that leaves 'interruptible' out takes its kind's default, not the field's.
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
+            return data
+        steps: dict[object, object] = {}
+        for key, template in data["steps"].items():
+            known = isinstance(key, str) and key in {k.value for k in NOT_INTERRUPTIBLE}
+            if isinstance(template, dict) and "interruptible" not in template and known:
+                template = {**template, "interruptible": False}
+            steps[key] = template
+        return {**data, "steps": steps}
 
     @model_validator(mode="after")
     def _complete_and_acyclic(self) -> ChangeoverConfig:

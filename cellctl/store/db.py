@@ -17,7 +17,7 @@ import structlog
 
 from cellctl.core.events import Event
 from cellctl.errors import StoreError
-from cellctl.store import journal, outbox
+from cellctl.store import journal, outbox, steps
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxMessage, OutboxRow
 
@@ -95,6 +95,10 @@ class Store:
             "read journal",
             lambda conn: journal.select(conn, after_id=after_id, limit=limit, kinds=kind_set, job_id=job_id),
         )
+
+    async def step_durations(self, window: int = steps.DEFAULT_WINDOW_ROWS) -> list[steps.StepDuration]:
+        """(device, step kind, seconds) of the completed steps among the newest ``window`` step rows."""
+        return await self._call("read step durations", lambda conn: steps.select(conn, window=window))
 
     async def last_journal_id(self) -> int:
         """The newest journal id (0 when empty)."""

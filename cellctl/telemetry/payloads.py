@@ -68,6 +68,8 @@ class JobData(Payload):
     parameters: dict[str, float]
     by: str
     reason: str
+    due: float | None = None
+    """When the order should be finished (epoch seconds), if it says."""
 
 
 class ChangeoverData(Payload):

@@ -21,7 +21,7 @@ EVERY_KIND = ("tool_change", *FIXTURE_KINDS, "robot_program", "setpoints")
 
 
 def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["plan", "--config", str(CONFIG), *args])
+    code = main(["plan", "--config", str(CONFIG), "--configured", *args])
     out, err = capsys.readouterr()
     return code, out, err
 

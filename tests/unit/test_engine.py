@@ -30,7 +30,7 @@ from cellctl.drivers.soft import SoftDriver
 from cellctl.engine import Engine, OrderRequest, State
 from cellctl.errors import CommError, InvalidTransition, JobError
 from cellctl.schema.load import LoadedConfig, load_config
-from tests.softcell import soft_cell
+from tests.softcell import StalledFixture, soft_cell
 
 T = 5.0
 """Bound of every wait here (s); the soft cell answers at once, so a green run never reaches it."""
@@ -293,49 +293,173 @@ async def test_a_job_arriving_while_starved_unsuspends_the_cell(config: LoadedCo
 # Hold during a changeover.
 
 
-async def test_hold_during_a_changeover_cancels_it_and_unhold_resumes(config: LoadedConfig) -> None:
+async def test_hold_during_a_changeover_parks_it_and_unhold_runs_only_what_is_left(
+    config: LoadedConfig,
+) -> None:
+    # Given a changeover with a tool change (not interruptible) and a fixture move (interruptible) under way,
+    # when held, then the move is cut and stopped, the tool change finishes, the cell reaches Held only then,
+    # and Unhold plans from the setup read back: no step done before the hold sends its command again.
     devices = soft_cell(config.cell, measure=GaugeScript([OSLO_GOOD, OSLO_GOOD]))
-    stall = ToolChangerStall(devices["toolchanger"])
+    fixture = StalledFixture(config.cell)
+    devices["fixture"] = fixture.dev
+    changer = devices["toolchanger"]
+    stall = ToolChangerStall(changer)
     sink = FakeSink()
     engine = Engine(config, devices, sink)
-    others = {"fixture:fixture_unclamp", "fixture:fixture_move", "fixture:fixture_clamp", "stapler:setpoints"}
     async with running(engine):
         job = await engine.submit(OrderRequest("PO-1", "oslo", 2), by="mes")
         await reset_and_start(engine)
-        await sink.wait_for(
-            lambda _e: {s.step for s in sink.of(StepEvent) if s.status is StepStatus.DONE} >= others
-        )
-        await sink.wait_for(
-            lambda e: (
-                isinstance(e, StepEvent)
-                and e.step == "toolchanger:tool_change"
-                and e.status is StepStatus.STARTED
+        for step in ("toolchanger:tool_change", "fixture:fixture_move"):
+            await sink.wait_for(
+                lambda e, s=step: isinstance(e, StepEvent) and e.step == s and e.status is StepStatus.STARTED
             )
-        )
+        await sink.wait_for(lambda _e: ("width_sp", 420.0) in fixture.dev.writes)
         await engine.command("hold", by="op")
+
+        await sink.wait_for(
+            lambda e: isinstance(e, StepEvent) and e.step == "fixture:fixture_move" and e.status == "failed"
+        )
+        assert engine.status().state == "Holding"  # the tool change still runs: the cell is not parked
+        stall.active = False
+        changer.set("tool_current", 1)
+        changer.set("moving", False)
         await engine.wait_for(State.HELD, timeout=T)
 
         held_at = len(sink.events)
-        failed = {s.step: s.detail for s in sink.of(StepEvent) if s.status is StepStatus.FAILED}
-        assert failed == {"toolchanger:tool_change": "cancelled"}
+        ended = {
+            s.step: (s.status, s.detail) for s in sink.of(StepEvent) if s.status is not StepStatus.STARTED
+        }
+        assert ended == {
+            "fixture:fixture_unclamp": (StepStatus.DONE, ""),
+            "stapler:setpoints": (StepStatus.DONE, ""),
+            "toolchanger:tool_change": (StepStatus.DONE, ""),
+            "fixture:fixture_move": (StepStatus.FAILED, "cancelled; finalized"),
+        }
         first = sink.of(ChangeoverEvent)
         assert [c.status for c in first] == [ChangeoverStatus.STARTED, ChangeoverStatus.FAILED]
-        assert "cancelled" in first[1].reason
+        assert "held by hold:" in first[1].reason
         assert not sink.of(PartProduced) and not [
             e for e in sink.of(JobEvent) if e.status is JobStatus.STARTED
         ]
+        # The move was stopped where the axes were (setpoints re-targeted to the actual positions).
+        assert [w for w in fixture.dev.writes if w[0] == "width_sp"] == [
+            ("width_sp", 420.0),
+            ("width_sp", 210.0),
+        ]
 
-        stall.active = False
+        fixture.stalled = False
         await engine.command("unhold", by="op")
         await sink.wait_for(is_job(JobStatus.COMPLETED, job.job_id))
 
     resumed = [c for c in sink.events[held_at:] if isinstance(c, ChangeoverEvent)]
     assert [c.status for c in resumed] == [ChangeoverStatus.STARTED, ChangeoverStatus.COMPLETED]
-    assert set(resumed[0].steps) == {"toolchanger:tool_change", "robot1:robot_program"}
+    # The fixture must be unclamped to move, so the plan asks again; it is open, so that is no new command.
+    assert set(resumed[0].steps) == {
+        "fixture:fixture_unclamp",
+        "fixture:fixture_move",
+        "fixture:fixture_clamp",
+        "robot1:robot_program",
+    }
+    assert changer.writes == [("tool_request", 1)]
+    assert [w for w in devices["stapler"].writes if w[0] == "force_sp"] == [("force_sp", 800.0)]
+    assert [w for w in fixture.dev.writes if w[0] == "clamp"] == [("clamp", False)] * 2 + [("clamp", True)]
     states = sink.states()
     hold = states.index("Holding")
     assert states[hold : hold + 4] == ["Holding", "Held", "Unholding", "Execute"]
     assert len(sink.of(PartProduced)) == 2
+
+
+async def test_stop_during_a_changeover_parks_it_like_a_hold(config: LoadedConfig) -> None:
+    # Given a tool change and a fixture move under way, when stopped, then the move is cut and finalized, the
+    # tool change finishes, and only then does the cell reach Stopped.
+    devices = soft_cell(config.cell)
+    fixture = StalledFixture(config.cell)
+    devices["fixture"] = fixture.dev
+    changer = devices["toolchanger"]
+    stall = ToolChangerStall(changer)
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+        await reset_and_start(engine)
+        await sink.wait_for(lambda _e: ("width_sp", 420.0) in fixture.dev.writes)
+        await engine.command("stop", by="op")
+        await sink.wait_for(
+            lambda e: isinstance(e, StepEvent) and e.step == "fixture:fixture_move" and e.status == "failed"
+        )
+        assert engine.status().state == "Stopping"
+        stall.active = False
+        changer.set("tool_current", 1)
+        changer.set("moving", False)
+        await engine.wait_for(State.STOPPED, timeout=T)
+    ended = {s.step: s.detail for s in sink.of(StepEvent) if s.status is not StepStatus.STARTED}
+    assert ended["fixture:fixture_move"] == "cancelled; finalized"
+    assert ended["toolchanger:tool_change"] == ""  # done
+    assert "robot1:robot_program" not in ended
+    assert "held by stop:" in sink.of(ChangeoverEvent)[-1].reason
+
+
+async def test_abort_during_a_changeover_cuts_every_step_and_records_their_finalizers(
+    config: LoadedConfig,
+) -> None:
+    # Given a tool change and a fixture move under way, when aborted, then both are cut at once (the tool
+    # change too), the move's finalizer has stopped the axis before abort returned, and nothing is written
+    # after it returned.
+    devices = soft_cell(config.cell)
+    fixture = StalledFixture(config.cell)
+    devices["fixture"] = fixture.dev
+    ToolChangerStall(devices["toolchanger"])
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+        await reset_and_start(engine)
+        await sink.wait_for(
+            lambda e: (
+                isinstance(e, StepEvent) and e.step == "toolchanger:tool_change" and e.status == "started"
+            )
+        )
+        await sink.wait_for(lambda _e: ("width_sp", 420.0) in fixture.dev.writes)
+        await engine.command("abort", by="op")
+        writes = total_writes(devices)
+        await engine.wait_for(State.ABORTED, timeout=T)
+        for _ in range(10):
+            await asyncio.sleep(0)  # give any stray task its chance to write
+        assert total_writes(devices) == writes
+
+    failed = {s.step: s.detail for s in sink.of(StepEvent) if s.status is StepStatus.FAILED}
+    assert failed == {"toolchanger:tool_change": "cancelled", "fixture:fixture_move": "cancelled; finalized"}
+    assert ("width_sp", 210.0) in fixture.dev.writes
+    assert [c.status for c in sink.of(ChangeoverEvent)] == [
+        ChangeoverStatus.STARTED,
+        ChangeoverStatus.ABORTED,
+    ]
+    assert sink.states()[-2:] == ["Aborting", "Aborted"]
+
+
+async def test_abort_while_holding_cuts_the_step_the_hold_waits_for(config: LoadedConfig) -> None:
+    # Given Holding waiting for a tool change that hangs, when aborted, then the tool change is cut at once
+    # and the cell goes to Aborted without waiting for the step's timeout.
+    devices = soft_cell(config.cell)
+    ToolChangerStall(devices["toolchanger"])
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+        await reset_and_start(engine)
+        await sink.wait_for(
+            lambda e: (
+                isinstance(e, StepEvent) and e.step == "toolchanger:tool_change" and e.status == "started"
+            )
+        )
+        await engine.command("hold", by="op")
+        assert engine.status().state == "Holding"
+        await engine.command("abort", by="op")
+        await engine.wait_for(State.ABORTED, timeout=T)
+    failed = {s.step: s.detail for s in sink.of(StepEvent) if s.status is StepStatus.FAILED}
+    assert failed["toolchanger:tool_change"] == "cancelled"
+    assert sink.of(ChangeoverEvent)[-1].status is ChangeoverStatus.ABORTED
+    assert sink.states()[-4:] == ["Execute", "Holding", "Aborting", "Aborted"]
 
 
 async def test_status_shows_the_active_changeover_and_its_progress(config: LoadedConfig) -> None:
