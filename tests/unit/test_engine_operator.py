@@ -99,7 +99,7 @@ async def test_hold_while_waiting_withdraws_the_prompt_and_unhold_asks_again(con
         assert step_events(sink, LOAD)[-1].status is StepStatus.FAILED
         assert step_events(sink, LOAD)[-1].detail == "cancelled"
         failed = [e for e in sink.of(ChangeoverEvent) if e.status is ChangeoverStatus.FAILED]
-        assert [e.reason for e in failed] == ["cancelled by holding"]
+        assert len(failed) == 1 and "hold" in failed[0].reason
 
         # When the cell is unheld, then the re-planned changeover asks again (nobody confirmed it)
         await engine.command("unhold", by="op")
