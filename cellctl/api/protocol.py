@@ -118,6 +118,12 @@ class ReorderArgs(Args):
     job_ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=10_000)]
 
 
+class SignOffArgs(Args):
+    """``sign_off``: end the open first-article qualification; ``note`` is journaled with who signed."""
+
+    note: Annotated[str, Field(max_length=500)] = ""
+
+
 class WatchArgs(Args):
     """``watch``: push events to this connection; resume after ``since_seq`` of ``epoch`` when possible."""
 
@@ -140,6 +146,7 @@ COMMANDS: dict[str, type[Args]] = {
     "cancel": CancelArgs,
     "reorder": ReorderArgs,
     "apply_proposal": NoArgs,
+    "sign_off": SignOffArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
 }

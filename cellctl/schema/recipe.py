@@ -61,6 +61,12 @@ class Characteristic(Strict):
         return self
 
 
+class FirstArticle(Strict):
+    """The first-article gate after a changeover to this variant: ``parts`` consecutive passes (0: none)."""
+
+    parts: Annotated[int, Field(ge=0, le=1000)] = 0
+
+
 class Recipe(Strict):
     """A versioned master recipe for one variant."""
 
@@ -72,8 +78,15 @@ class Recipe(Strict):
     setup: dict[Name, DeviceSetup]
     parameters: dict[Name, Parameter] = Field(default_factory=dict)
     quality: dict[Name, Characteristic] = Field(default_factory=dict)
+    # No gate unless the recipe asks: a gate holds the cell on the first failed part after a changeover, which
+    # a recipe written before the gate existed never agreed to.
+    first_article: FirstArticle = Field(default_factory=FirstArticle)
 
     def snapshot_hash(self) -> str:
         """Stable hash of the recipe's content: a job runs from this snapshot."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        data = self.model_dump(mode="json")
+        if self.first_article == FirstArticle():
+            # A recipe without a gate hashes as it did before the field existed: journaled jobs stay matched.
+            del data["first_article"]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -150,6 +150,7 @@ def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
         "cancel",
         "reorder",
         "apply_proposal",
+        "sign_off",
         "watch",
         "journal",
     }

@@ -84,6 +84,7 @@ def test_the_recipe_schema_describes_the_top_level_keys_of_a_recipe_file() -> No
         "setup",
         "parameters",
         "quality",
+        "first_article",
     }
     assert set(schema["required"]) == {"variant", "version", "setup"}
 

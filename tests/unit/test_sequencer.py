@@ -154,7 +154,7 @@ async def test_after_a_run_the_read_back_setup_needs_no_further_changeover() -> 
     profiles = _profiles(devices)
     recipes, tromso = EXAMPLE.recipes, EXAMPLE.recipes["tromso"]
     plan = plan_changeover(await read_setup(profiles, CELL, recipes), tromso, CELL, from_variant=None)
-    assert len(plan.steps) == 6
+    assert len(plan.steps) == 7
     await _run(Sequencer(profiles, RecordingSink(), ManualClock()), plan)
     again = plan_changeover(await read_setup(profiles, CELL, recipes), tromso, CELL, from_variant="tromso")
     assert again.is_empty
