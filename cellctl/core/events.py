@@ -258,9 +258,10 @@ class ChangeoverKpi(Event):
     changeover completed (or the sign-off). Durations in seconds, from the monotonic clock:
 
     - ``total_s``: ``first_good_ts - last_good_ts`` (None without a last good part);
-    - ``external_s``: from the start of the first to the end of the last external step run ahead while the
-      previous job still produced (0 when none ran ahead); ``external_wait_s`` is the part of it the
-      changeover waited for because it had not finished when the previous job did;
+    - ``external_s``: the time of the external steps run ahead while the previous job still produced: the
+      longest chain of their actual durations (each from its start to its confirmation; 0 when none ran
+      ahead); ``external_wait_s`` is how long the changeover waited for them because they had not finished
+      when the previous job did (downtime, inside ``total_s``);
     - ``internal_s``: the changeover run proper, from its start (after that wait) to its completion;
     - ``first_article_s``: from the changeover's completion to the first good part (or the sign-off), holds
       and failed first articles included.

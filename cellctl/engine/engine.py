@@ -309,7 +309,7 @@ class Engine:
         self._authorise_sign_off: Callable[[str], None] = authorise_sign_off  # issue 7: role checks
         self._last_good: float | None = None
         self._kpi: PendingKpi | None = None
-        self._stager = Stager(self._sequencer, self._clock)
+        self._stager = Stager(self._sequencer)
         self._ahead: tuple[tuple[str, str], int] | None = None
 
     # --------------------------------------------------------------------------------------------------------
@@ -836,7 +836,7 @@ class Engine:
             to_variant=job.variant,
             last_good_ts=self._last_good,
             completed_mono=self._clock.monotonic(),
-            external_s=staged.span_s if staged else 0.0,
+            external_s=staged.actual_s if staged else 0.0,
             external_wait_s=waited,
             internal_s=internal_s,
             planned_external_s=staged.plan.critical_path()[1] if staged else 0.0,

@@ -20,9 +20,18 @@ INTERNAL = "internal"
 """Phase of a step run in the changeover proper, the cell not producing."""
 
 
+def actual_path_s(plan: ChangeoverPlan, durations: Mapping[str, float]) -> float:
+    """The longest chain through ``plan`` weighted by the steps' actual seconds (unfinished steps weigh 0)."""
+    finish: dict[str, float] = {}
+    for step in plan.order():
+        start = max((finish[a] for a in step.after), default=0.0)
+        finish[step.id] = start + durations.get(step.id, 0.0)
+    return max(finish.values(), default=0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class StagedRun:
-    """External steps run ahead of a job's changeover: which, how long each took, and the run's span.
+    """External steps run ahead of a job's changeover: which, and how long each took (start to confirmed).
 
     ``error`` says why the run ended early (its unfinished steps are then planned again, internally).
     """
@@ -31,14 +40,12 @@ class StagedRun:
     job_id: str
     plan: ChangeoverPlan
     durations: Mapping[str, float]
-    started: float
-    ended: float
     error: str = ""
 
     @property
-    def span_s(self) -> float:
-        """Seconds from the run's start to its end."""
-        return self.ended - self.started
+    def actual_s(self) -> float:
+        """The run's time as its steps took it: the longest chain of their actual durations."""
+        return actual_path_s(self.plan, self.durations)
 
 
 def step_kpis(plan: ChangeoverPlan, durations: Mapping[str, float], phase: str) -> tuple[StepKpi, ...]:
@@ -95,4 +102,4 @@ class PendingKpi:
         )
 
 
-__all__ = ["EXTERNAL", "INTERNAL", "PendingKpi", "StagedRun", "step_kpis"]
+__all__ = ["EXTERNAL", "INTERNAL", "PendingKpi", "StagedRun", "actual_path_s", "step_kpis"]

@@ -14,7 +14,6 @@ from collections.abc import Collection
 
 import structlog
 
-from cellctl.core.clock import Clock
 from cellctl.core.plans import ChangeoverPlan
 from cellctl.engine.kpi import StagedRun
 from cellctl.engine.sequencer import Sequencer
@@ -52,9 +51,8 @@ def lead_parts(ahead: ChangeoverPlan, cycle_s: float) -> int:
 class Stager:
     """Runs at most one sub-plan of external steps ahead of the next job's changeover."""
 
-    def __init__(self, sequencer: Sequencer, clock: Clock) -> None:
+    def __init__(self, sequencer: Sequencer) -> None:
         self._sequencer = sequencer
-        self._clock = clock
         self._task: asyncio.Task[StagedRun] | None = None
         self.for_job: str | None = None
         """The job the running (or finished, not yet taken) run is for."""
@@ -76,7 +74,6 @@ class Stager:
         )
 
     async def _run(self, plan: ChangeoverPlan, *, changeover_id: str, job_id: str) -> StagedRun:
-        started = self._clock.monotonic()
         log = _log.bind(changeover=changeover_id, job=job_id)
         log.info("external steps started ahead", steps=[s.id for s in plan.steps])
         try:
@@ -85,22 +82,11 @@ class Stager:
             # The job still producing must not stop for it: the changeover plans the step again, internally.
             log.warning("external steps ahead failed; the changeover will redo what is left", error=str(exc))
             return StagedRun(
-                changeover_id=changeover_id,
-                job_id=job_id,
-                plan=plan,
-                durations={},
-                started=started,
-                ended=self._clock.monotonic(),
-                error=str(exc),
+                changeover_id=changeover_id, job_id=job_id, plan=plan, durations={}, error=str(exc)
             )
         log.info("external steps done ahead", duration_s=round(result.total_s, 3))
         return StagedRun(
-            changeover_id=changeover_id,
-            job_id=job_id,
-            plan=plan,
-            durations=dict(result.durations),
-            started=started,
-            ended=self._clock.monotonic(),
+            changeover_id=changeover_id, job_id=job_id, plan=plan, durations=dict(result.durations)
         )
 
     async def take(self) -> StagedRun | None:
