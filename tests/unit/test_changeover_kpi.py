@@ -240,3 +240,89 @@ async def test_cancelling_the_stager_cancels_its_steps_and_records_them(config: 
         ("stage", StepStatus.FAILED, CANCELLED),
     ]
     assert not stager.active and await stager.take() is None
+
+
+async def test_hold_during_the_last_part_cancels_the_steps_run_ahead_and_the_changeover_redoes_them(
+    config: LoadedConfig,
+) -> None:
+    # Given oslo x2 then bergen x1, the last oslo part in the robot and bergen's preselect stuck on its write
+    devices = soft_cell(config.cell, follow=True)
+    changer = devices["toolchanger"]
+    gate = asyncio.Event()
+    write = changer.write
+
+    async def slow_write(tag: str, value: TagValue) -> None:
+        if tag == "preselect" and value == 2:
+            await gate.wait()
+        await write(tag, value)
+
+    changer.write = slow_write  # type: ignore[method-assign]
+    last_part_started = stall_robot_cycle(devices["robot1"], 2)
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 2), by="mes")
+        bergen = (await engine.submit(OrderRequest("PO-2", "bergen", 1), by="mes")).job_id
+        await reset_and_start(engine)
+        async with asyncio.timeout(T):
+            await last_part_started.wait()
+        await sink.wait_for(
+            lambda e: isinstance(e, StepEvent) and (e.step, e.status) == (PRESELECT, StepStatus.STARTED)
+        )
+
+        # When the operator holds: the part in the robot finishes, production stops
+        await engine.command("hold", by="op")
+        devices["robot1"].set("done", True)
+        await engine.wait_for(State.HELD, timeout=T)
+        cancelled = [e for e in sink.of(StepEvent) if e.job == bergen]
+
+        # and after Unhold the changeover to bergen runs
+        gate.set()
+        await engine.command("unhold", by="op")
+        await sink.wait_for(is_job(JobStatus.COMPLETED, bergen))
+
+    # Then the step run ahead was cancelled with production, and the changeover preselected itself
+    assert [(e.step, e.status, e.detail) for e in cancelled] == [
+        (PRESELECT, StepStatus.STARTED, ""),
+        (PRESELECT, StepStatus.FAILED, CANCELLED),
+    ]
+    to_bergen = next(c for c in sink.of(ChangeoverEvent) if c.job == bergen)
+    assert PRESELECT in to_bergen.steps
+    assert [v for tag, v in changer.writes if tag == "preselect"] == [1, 2]
+
+
+async def test_a_step_that_fails_ahead_is_planned_again_in_the_changeover(config: LoadedConfig) -> None:
+    # Given a magazine that refuses bergen's preselect once (the value does not read back)
+    devices = soft_cell(config.cell, follow=True)
+    changer = devices["toolchanger"]
+    refusals = [2]
+
+    def refuse(tag: str, value: TagValue) -> None:
+        if tag == "preselect" and refusals and value == refusals[0]:
+            refusals.pop()
+            changer.set("preselect", 0)
+
+    changer.on_write(refuse)
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 2), by="mes")
+        bergen = (await engine.submit(OrderRequest("PO-2", "bergen", 1), by="mes")).job_id
+        await reset_and_start(engine)
+        # When the cell runs both jobs
+        await sink.wait_for(is_job(JobStatus.COMPLETED, bergen))
+
+    # Then the failure ahead did not stop oslo, and the changeover to bergen preselected again
+    ahead = [e for e in sink.of(StepEvent) if e.step == PRESELECT and e.job == bergen]
+    assert [e.status for e in ahead] == [
+        StepStatus.STARTED,
+        StepStatus.FAILED,
+        StepStatus.STARTED,
+        StepStatus.DONE,
+    ]
+    assert "Held" not in sink.states()
+    to_bergen = next(c for c in sink.of(ChangeoverEvent) if c.job == bergen)
+    assert PRESELECT in to_bergen.steps
+    [kpi] = [k for k in sink.of(ChangeoverKpi) if k.job == bergen]
+    assert kpi.external_s == 0.0
+    assert [s.actual_s for s in kpi.steps if s.phase == "external"] == [None]
