@@ -749,8 +749,13 @@ class Engine:
         if kpi is None:
             return
         fact = kpi.finish(first_good_ts=first_good_ts, now_mono=self._clock.monotonic(), ended_by=ended_by)
-        await self._record(fact)
+        # Taken before the await: a sign-off and a good part recorded at the same time close it once.
         self._kpi = None
+        try:
+            await self._record(fact)
+        except BaseException:
+            self._kpi = kpi
+            raise
         self._log.info(
             "changeover kpi",
             changeover=kpi.changeover,

@@ -326,3 +326,37 @@ async def test_a_step_that_fails_ahead_is_planned_again_in_the_changeover(config
     [kpi] = [k for k in sink.of(ChangeoverKpi) if k.job == bergen]
     assert kpi.external_s == 0.0
     assert [s.actual_s for s in kpi.steps if s.phase == "external"] == [None]
+
+
+async def test_abort_returns_only_once_the_steps_run_ahead_stopped(config: LoadedConfig) -> None:
+    # Given bergen's preselect stuck ahead while oslo's last part is in the robot
+    devices = soft_cell(config.cell, follow=True)
+    changer = devices["toolchanger"]
+    write = changer.write
+
+    async def stuck_write(tag: str, value: TagValue) -> None:
+        if tag == "preselect" and value == 2:
+            await asyncio.Event().wait()
+        await write(tag, value)
+
+    changer.write = stuck_write  # type: ignore[method-assign]
+    last_part_started = stall_robot_cycle(devices["robot1"], 2)
+    sink = FakeSink()
+    engine = Engine(config, devices, sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 2), by="mes")
+        await engine.submit(OrderRequest("PO-2", "bergen", 1), by="mes")
+        await reset_and_start(engine)
+        async with asyncio.timeout(T):
+            await last_part_started.wait()
+        await sink.wait_for(
+            lambda e: isinstance(e, StepEvent) and (e.step, e.status) == (PRESELECT, StepStatus.STARTED)
+        )
+
+        # When the operator aborts
+        await engine.command("abort", by="op")
+
+        # Then nothing runs ahead any more the moment Abort returned
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == "engine:external" and not t.done()]
+        last = [e for e in sink.of(StepEvent) if e.step == PRESELECT][-1]
+        assert (last.status, last.detail) == (StepStatus.FAILED, CANCELLED)
