@@ -179,15 +179,15 @@ def soft_cell(
     *,
     measure: GaugeFn | None = None,
     initial: Mapping[str, Mapping[str, TagValue]] | None = None,
-    follow: bool = False,
+    follow: bool = True,
 ) -> dict[str, SoftDriver]:
     """Soft drivers for every device of ``cell``, idle, with no tool and no program, answering at once.
 
-    The gauge measures ``measure(channel)`` (default 0.0, a failing part), or with ``follow`` what the setup
-    makes (see ``following``).
+    The gauge measures ``measure(channel)``; without one, what the setup makes (see ``following``), so parts
+    made on the right setup pass and a first-article gate does not hold the cell; ``follow=False``: 0.0.
     """
     devices: dict[str, SoftDriver] = {}
-    if follow:
+    if measure is None and follow:
         measure = following(devices)  # filled below, read only when a part is measured
     for name, config in cell.devices.items():
         start: dict[str, TagValue] = {}

@@ -25,7 +25,7 @@ async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
     """A cell whose gauge measures 0 (every part fails), on the example recipes (each gated)."""
     config = load_config(config_dir)
     sink = ListSink()
-    engine = Engine(config, soft_cell(config.cell), sink)
+    engine = Engine(config, soft_cell(config.cell, follow=False), sink)
     engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
     await engine.wait_for(State.STOPPED, timeout=WAIT_S)
     server = ControlServer(

@@ -165,7 +165,7 @@ async def test_kpis_split_the_changeover_into_external_internal_and_first_articl
 async def test_a_sign_off_closes_the_kpi_when_no_part_was_good(config: LoadedConfig) -> None:
     # Given oslo x2 whose parts all fail (gauge 0), held on its first article after 4.5 s of changeover
     clock = ManualClock()
-    devices = soft_cell(config.cell)
+    devices = soft_cell(config.cell, follow=False)
     devices["toolchanger"].on_write(lambda tag, _v: clock.advance(4.5) if tag == "tool_request" else None)
     sink = FakeSink()
     engine = Engine(config, devices, sink, clock=clock)
@@ -246,7 +246,7 @@ async def test_hold_during_the_last_part_cancels_the_steps_run_ahead_and_the_cha
     config: LoadedConfig,
 ) -> None:
     # Given oslo x2 then bergen x1, the last oslo part in the robot and bergen's preselect stuck on its write
-    devices = soft_cell(config.cell, follow=True)
+    devices = soft_cell(config.cell)
     changer = devices["toolchanger"]
     gate = asyncio.Event()
     write = changer.write
@@ -293,7 +293,7 @@ async def test_hold_during_the_last_part_cancels_the_steps_run_ahead_and_the_cha
 
 async def test_a_step_that_fails_ahead_is_planned_again_in_the_changeover(config: LoadedConfig) -> None:
     # Given a magazine that refuses bergen's preselect once (the value does not read back)
-    devices = soft_cell(config.cell, follow=True)
+    devices = soft_cell(config.cell)
     changer = devices["toolchanger"]
     refusals = [2]
 
@@ -330,7 +330,7 @@ async def test_a_step_that_fails_ahead_is_planned_again_in_the_changeover(config
 
 async def test_abort_returns_only_once_the_steps_run_ahead_stopped(config: LoadedConfig) -> None:
     # Given bergen's preselect stuck ahead while oslo's last part is in the robot
-    devices = soft_cell(config.cell, follow=True)
+    devices = soft_cell(config.cell)
     changer = devices["toolchanger"]
     write = changer.write
 

@@ -100,9 +100,9 @@ async def test_a_reorder_that_is_not_a_permutation_is_refused_and_changes_nothin
 
 
 async def test_after_a_reorder_production_follows_the_new_order(config: LoadedConfig) -> None:
-    # Given three queued jobs, reordered by the operator (on a gauge passing their first articles)
+    # Given three queued jobs, reordered by the operator
     sink = FakeSink()
-    engine = Engine(config, soft_cell(config.cell, follow=True), sink)
+    engine = Engine(config, soft_cell(config.cell), sink)
     async with running(engine):
         first, second, third = await submit_all(engine, ("oslo", "bergen", "tromso"))
         status = await engine.reorder([third, first, second], by="op")
