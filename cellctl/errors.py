@@ -205,6 +205,14 @@ class JobError(CellctlError):
     """An order is invalid or cannot be accepted (unknown variant, bad parameters, duplicate id)."""
 
 
+class FirstArticleFailed(CellctlError):
+    """A part made in first-article qualification did not pass: the cell holds with this as the reason."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(f"first article {part}: {message}")
+        self.part = part
+
+
 class StoreError(CellctlError):
     """The store could not keep a record."""
 

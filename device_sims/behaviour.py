@@ -22,6 +22,7 @@ import contextlib
 import math
 import random
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ClassVar
@@ -490,14 +491,28 @@ class RobotSim(DeviceSim):
         self._set_fault(0)
 
 
+def _monotonic() -> float:
+    """Real seconds for the tool magazine's turning (a seam for tests; the event loop keeps its own clock)."""
+    return time.monotonic()
+
+
 class ToolChangerSim(DeviceSim):
-    """A tool changer: ``tool_request`` = N moves for the change time, then ``tool_current`` = N."""
+    """A tool changer: ``tool_request`` = N moves for the change time, then ``tool_current`` = N.
+
+    ``preselect`` = N turns the magazine toward tool N while the robot works; a change to N then takes up to
+    ``preselect_s`` less (the time the magazine had to turn).
+    """
 
     profile = ProfileKind.TOOL_CHANGER
     settings: ToolChangerSettings
+    _preselected: tuple[int, float] | None = None
 
     def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
-        """Tool change requests."""
+        """Tool change requests and preselects."""
+        if tag == "preselect":
+            super().on_write(tag, old, new)
+            self._preselected = (int(new), _monotonic())
+            return
         if tag != "tool_request":
             super().on_write(tag, old, new)
             return
@@ -512,10 +527,16 @@ class ToolChangerSim(DeviceSim):
             if tool != self.values["tool_current"]:
                 self._set("tool_current", 0)
                 self._set("moving", True)
-                self._run("change", self._change(tool))
+                self._run("change", self._change(tool, self._turned_s(tool)))
 
-    async def _change(self, tool: int) -> None:
-        await self._sleep(self.settings.change_s)
+    def _turned_s(self, tool: int) -> float:
+        """Real seconds the magazine already turned toward ``tool`` (0 unless it is the preselected one)."""
+        if self._preselected is None or self._preselected[0] != tool:
+            return 0.0
+        return min(self.world.scaled(self.settings.preselect_s), _monotonic() - self._preselected[1])
+
+    async def _change(self, tool: int, turned_s: float = 0.0) -> None:
+        await asyncio.sleep(max(0.0, self.world.scaled(self.settings.change_s) - turned_s))
         self._set("tool_current", tool)
         self._set("moving", False)
 

@@ -153,14 +153,42 @@ def _gauge(dev: SoftDriver, measure: GaugeFn, channels: list[str]) -> None:
     dev.on_write(hook)
 
 
+def following(devices: Mapping[str, SoftDriver]) -> GaugeFn:
+    """A gauge that measures what the setup makes, as the simulators do (config/sims.yaml): the seat's width
+    and depth are the fixture's axes, the staple height falls with the stapler's force; so a part made on the
+    right setup passes."""
+
+    def number(device: str, tag: str) -> float:
+        value = devices[device].last(tag).value
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    def measure(channel: str) -> float:
+        if channel == "width_mm":
+            return number("fixture", "width_act")
+        if channel == "depth_mm":
+            return number("fixture", "depth_act")
+        if channel == "staple_height_mm":
+            return 3.0 - 0.002 * number("stapler", "force_sp")
+        return 0.0
+
+    return measure
+
+
 def soft_cell(
     cell: CellConfig,
     *,
     measure: GaugeFn | None = None,
     initial: Mapping[str, Mapping[str, TagValue]] | None = None,
+    follow: bool = True,
 ) -> dict[str, SoftDriver]:
-    """Soft drivers for every device of ``cell``, idle, with no tool and no program, answering at once."""
+    """Soft drivers for every device of ``cell``, idle, with no tool and no program, answering at once.
+
+    The gauge measures ``measure(channel)``; without one, what the setup makes (see ``following``), so parts
+    made on the right setup pass and a first-article gate does not hold the cell; ``follow=False``: 0.0.
+    """
     devices: dict[str, SoftDriver] = {}
+    if measure is None and follow:
+        measure = following(devices)  # filled below, read only when a part is measured
     for name, config in cell.devices.items():
         start: dict[str, TagValue] = {}
         for tag_name, tag in config.tags.items():

@@ -177,6 +177,12 @@ class ConfirmArgs(Args):
     evidence: Annotated[str, Field(max_length=256)] | None = None
 
 
+class SignOffArgs(Args):
+    """``sign_off``: end the open first-article qualification; ``note`` is journaled with who signed."""
+
+    note: Annotated[str, Field(max_length=500)] = ""
+
+
 class WatchArgs(Args):
     """``watch``: push events to this connection; resume after ``since_seq`` of ``epoch`` when possible."""
 
@@ -200,6 +206,7 @@ COMMANDS: dict[str, type[Args]] = {
     "reorder": ReorderArgs,
     "apply_proposal": NoArgs,
     "confirm": ConfirmArgs,
+    "sign_off": SignOffArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
 }

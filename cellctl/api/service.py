@@ -1,9 +1,10 @@
 """The single entry into the engine for API clients: validates a request, calls the engine, answers one Reply.
 
-Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, ``reorder`` and
-``apply_proposal`` that reaches the engine is recorded as an ``OperatorAction`` (accepted or refused, with who
-sent it) through the sink the runtime gives the service, and is passed to the same listeners as the engine's
-own events. The engine records the facts that follow (``StateChanged`` with ``by``, ``JobEvent``...).
+Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, ``reorder``,
+``apply_proposal`` and ``sign_off`` that reaches the engine is recorded as an ``OperatorAction`` (accepted or
+refused, with who sent it) through the sink the runtime gives the service, and is passed to the same
+listeners as the engine's own events. The engine records the facts that follow (``StateChanged`` with
+``by``, ``JobEvent``...).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cellctl.api.protocol import (
     ReorderArgs,
     Reply,
     Request,
+    SignOffArgs,
     SubmitArgs,
     parse_args,
 )
@@ -99,6 +101,10 @@ class EnginePort(Protocol):
         """Take the scheduler's proposed order."""
         ...
 
+    async def sign_off(self, *, by: str, note: str) -> View:
+        """End the open first-article qualification."""
+        ...
+
     def status(self) -> View:
         """Snapshot of the cell."""
         ...
@@ -135,6 +141,7 @@ class ControlService:
             "reorder": self._reorder,
             "apply_proposal": self._apply_proposal,
             "confirm": self._confirm,
+            "sign_off": self._sign_off,
             "journal": self._read_journal,
         }
 
@@ -259,6 +266,15 @@ class ControlService:
             return await self._engine.confirm(step, evidence=evidence, by=caller.by)
 
         return await self._act("confirm", args.model_dump(), caller, call)
+
+    async def _sign_off(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, SignOffArgs)
+        note = args.note
+
+        async def call() -> View:
+            return await self._engine.sign_off(by=caller.by, note=note)
+
+        return await self._act("sign_off", args.model_dump(), caller, call)
 
     async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
         assert isinstance(args, JournalArgs)

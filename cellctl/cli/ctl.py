@@ -89,6 +89,12 @@ def add_parser(sub: Any) -> None:
     confirm.add_argument("--evidence", default=None, help="the scanned id the step asks for")
     confirm.add_argument("--json", action="store_true", help="print the resulting status as JSON")
 
+    sign_off = actions.add_parser(
+        "sign-off", help="end the first-article qualification after a changeover (journaled with who)"
+    )
+    sign_off.add_argument("--note", default="", help="why the setup is accepted (journaled)")
+    sign_off.add_argument("--json", action="store_true", help="print the resulting status as JSON")
+
     watch = actions.add_parser("watch", help="print events as they happen, until Ctrl-C")
     watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
@@ -238,6 +244,14 @@ async def _confirm(client: ControlClient, args: argparse.Namespace, out: TextIO)
             out.write(f"still waiting: {_format_prompt(prompt)}\n")
 
 
+async def _sign_off(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "sign_off", note=args.note)
+    if args.json:
+        _print_json(status, out)
+    else:
+        out.write(f"first article signed off: state {status.get('state', '?')}\n")
+
+
 async def _watch(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
@@ -268,6 +282,7 @@ _ACTIONS: dict[str, Action] = {
     "reorder": _reorder,
     "apply-proposal": _apply_proposal,
     "confirm": _confirm,
+    "sign-off": _sign_off,
     "watch": _watch,
     "journal": _journal,
     **dict.fromkeys(PACKML_COMMANDS, _command),
@@ -373,6 +388,9 @@ def format_status(status: dict[str, Any]) -> str:
     for prompt in status.get("prompts") or []:
         if isinstance(prompt, dict):
             rows.append(("waiting", _format_prompt(prompt)))
+    qualification = status.get("qualification")
+    if isinstance(qualification, dict):
+        rows.append(("first article", _format_qualification(qualification)))
     counters = status.get("counters")
     if isinstance(counters, dict):
         rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
@@ -400,6 +418,16 @@ def _format_prompt(prompt: dict[str, Any]) -> str:
         text += f"; scan: {evidence}"
         answer += " --evidence ID"
     return f"{text} -> {answer}"
+
+
+def _format_qualification(qualification: dict[str, Any]) -> str:
+    text = (
+        f"{qualification.get('variant', '?')} in qualification (job {qualification.get('job_id', '?')}): "
+        f"{qualification.get('passes', '?')}/{qualification.get('needed', '?')} consecutive passes"
+    )
+    if qualification.get("failures"):
+        text += f", {qualification['failures']} failed"
+    return text + " (cellctl ctl sign-off ends it)"
 
 
 def _format_changeover(changeover: dict[str, Any]) -> str:

@@ -193,10 +193,107 @@ class PartProduced(Event):
     measurements: tuple[Measurement, ...]
     parameters: dict[str, float] = field(default_factory=dict)
     cycle_s: float = 0.0
+    first_article: bool = False
+    """Made while the first-article gate after a changeover was open (in qualification)."""
 
     @property
     def job_id(self) -> str | None:
         """The job this part belongs to."""
+        return self.job
+
+
+class FirstArticleStatus(StrEnum):
+    """Life of the first-article gate after a changeover."""
+
+    STARTED = "started"
+    PASSED = "passed"
+    FAILED = "failed"
+    SIGNED_OFF = "signed_off"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirstArticleEvent(Event):
+    """The first-article gate opened, a part failed it, it passed, or a person signed it off.
+
+    ``needed`` consecutive passes close the gate; ``passes`` is the run of passes so far; ``part`` is the part
+    that passed or failed it; ``by`` and ``note`` say who signed off and why.
+    """
+
+    stream: ClassVar[Stream] = Stream.CHANGEOVER
+    kind: ClassVar[str] = "first_article"
+    changeover: str
+    job: str
+    variant: str
+    status: FirstArticleStatus
+    needed: int
+    passes: int = 0
+    part: str | None = None
+    by: str = "engine"
+    note: str = ""
+
+    @property
+    def job_id(self) -> str | None:
+        """The job whose parts are qualifying the new setup."""
+        return self.job
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepKpi:
+    """One changeover step's planned against actual seconds.
+
+    ``phase`` is where it ran (external: while the previous job still produced; internal: in the changeover
+    proper); ``actual_s`` is None when it did not finish.
+    """
+
+    step: str
+    device: str | None
+    phase: str
+    planned_s: float
+    actual_s: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeoverKpi(Event):
+    """The SMED figures of one changeover, recorded at the first good part of the new variant (or sign-off).
+
+    Wall-clock instants: ``last_good_ts`` is the last PASS part made before the changeover's internal run
+    started (None if the cell made none since it started), ``first_good_ts`` the first PASS part after the
+    changeover completed (or the sign-off). Durations in seconds, from the monotonic clock:
+
+    - ``total_s``: ``first_good_ts - last_good_ts`` (None without a last good part);
+    - ``external_s``: the time of the external steps run ahead while the previous job still produced: the
+      longest chain of their actual durations (each from its start to its confirmation; 0 when none ran
+      ahead); ``external_wait_s`` is how long the changeover waited for them because they had not finished
+      when the previous job did (downtime, inside ``total_s``);
+    - ``internal_s``: the changeover run proper, from its start (after that wait) to its completion;
+    - ``first_article_s``: from the changeover's completion to the first good part (or the sign-off), holds
+      and failed first articles included.
+
+    ``planned_external_s`` and ``planned_internal_s`` are the critical paths of the two runs as planned;
+    ``steps`` lists each step's planned and actual seconds. ``ended_by`` is ``part`` or ``sign_off``.
+    """
+
+    stream: ClassVar[Stream] = Stream.CHANGEOVER
+    kind: ClassVar[str] = "changeover_kpi"
+    changeover: str
+    job: str
+    from_variant: str | None
+    to_variant: str
+    last_good_ts: float | None
+    first_good_ts: float
+    total_s: float | None
+    external_s: float
+    external_wait_s: float
+    internal_s: float
+    first_article_s: float
+    planned_external_s: float
+    planned_internal_s: float
+    steps: tuple[StepKpi, ...] = ()
+    ended_by: str = "part"
+
+    @property
+    def job_id(self) -> str | None:
+        """The job the changeover was for."""
         return self.job
 
 
@@ -254,4 +351,6 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     DeviceHealthChanged,
     AlarmEvent,
     OperatorAction,
+    FirstArticleEvent,
+    ChangeoverKpi,
 )

@@ -32,6 +32,7 @@ from cellctl.core.events import (
     ChangeoverEvent,
     ChangeoverStatus,
     Event,
+    FirstArticleStatus,
     JobStatus,
     PartProduced,
     Severity,
@@ -46,13 +47,17 @@ from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.confirm import Confirmations, Prompt
 from cellctl.engine.durations import StepDurations
+from cellctl.engine.firstarticle import Qualification, QualificationView, authorise_sign_off
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
-from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup
+from cellctl.engine.kpi import EXTERNAL, INTERNAL, PendingKpi, StagedRun, step_kpis
+from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, target_setup
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
 from cellctl.engine.sequencer import RunControl, Sequencer
+from cellctl.engine.staging import Stager, lead_parts, runnable_ahead
 from cellctl.errors import (
     CellctlError,
     DeviceError,
+    FirstArticleFailed,
     InvalidTransition,
     JobError,
     PlanError,
@@ -203,6 +208,7 @@ class CellStatus:
     reason: str = ""
     proposed_order: ProposedOrder | None = None
     prompts: tuple[Prompt, ...] = ()
+    qualification: QualificationView | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -221,6 +227,7 @@ class CellStatus:
             "reason": self.reason,
             "proposed_order": self.proposed_order.to_dict() if self.proposed_order else None,
             "prompts": [p.to_dict() for p in self.prompts],
+            "qualification": self.qualification.to_dict() if self.qualification else None,
         }
 
 
@@ -329,6 +336,13 @@ class Engine:
         self._starved = False
         self._reason = ""
         self._alarm_active = False
+        # First-article gate, changeover KPIs and external steps run ahead (issue 4).
+        self._qualification: Qualification | None = None
+        self._authorise_sign_off: Callable[[str], None] = authorise_sign_off  # issue 7: role checks
+        self._last_good: float | None = None
+        self._kpi: PendingKpi | None = None
+        self._stager = Stager(self._sequencer)
+        self._ahead: tuple[tuple[str, str], int] | None = None
 
     # --------------------------------------------------------------------------------------------------------
     # Public API
@@ -415,6 +429,7 @@ class Engine:
             reason=self._reason,
             proposed_order=self._propose(),
             prompts=self._confirmations.pending(),
+            qualification=self._qualification.view() if self._qualification else None,
         )
 
     async def confirm(self, step: str, *, evidence: str | None = None, by: str) -> CellStatus:
@@ -449,6 +464,26 @@ class Engine:
                 changeover_s=proposal.changeover_s,
                 was_s=proposal.queue_changeover_s,
             )
+        return self.status()
+
+    async def sign_off(self, *, by: str, note: str = "") -> CellStatus:
+        """End the open first-article qualification at once, signed off by ``by`` (journaled with ``note``).
+
+        JobError when no qualification is open or ``by`` may not sign off. A cell held by a failed first
+        article stays held: the sign-off accepts the setup, Unhold resumes production.
+        """
+        async with self._lock:
+            gate = self._qualification
+            if gate is None:
+                raise JobError("no first-article qualification is open: there is nothing to sign off")
+            self._authorise_sign_off(by)
+            now = self._clock.wall()
+            await self._record(gate.event(now, FirstArticleStatus.SIGNED_OFF, by=by, note=note))
+            self._qualification = None
+            self._log.info(
+                "first article signed off", job=gate.job, variant=gate.variant, by=by, passes=gate.passes
+            )
+            await self._finish_kpi(now, ended_by="sign_off")
         return self.status()
 
     def _propose(self) -> ProposedOrder | None:
@@ -686,6 +721,14 @@ class Engine:
 
     async def _produce(self) -> None:
         """Take jobs and make their parts while the cell is in Execute; suspend when starved."""
+        try:
+            await self._produce_jobs()
+        finally:
+            # Steps run ahead live only as long as production: Hold, Stop, Abort and starving end them.
+            self._ahead = None
+            await self._stager.cancel()
+
+    async def _produce_jobs(self) -> None:
         with structlog.contextvars.bound_contextvars(cell=self._name):
             while self._cell.state is State.EXECUTE:
                 job = self._current or self._jobs.pop_next()
@@ -696,7 +739,7 @@ class Engine:
                 with structlog.contextvars.bound_contextvars(job=job.id):
                     try:
                         await self._run_job(job)
-                    except (DeviceError, SequenceError) as exc:
+                    except (DeviceError, SequenceError, FirstArticleFailed) as exc:
                         self._phase = Phase.IDLE
                         await self._fail(exc, Command.HOLD)
                         return
@@ -722,6 +765,7 @@ class Engine:
             await self._record(job.event(self._clock.wall()))
             self._log.info("job started", variant=job.variant, quantity=job.order.quantity)
         while job.remaining > 0:
+            await self._run_ahead(job)
             # Let a command in between parts: soft devices answer without ever yielding to the loop.
             await asyncio.sleep(0)
             if self._cell.state is not State.EXECUTE:
@@ -738,9 +782,143 @@ class Engine:
         )
 
     async def _count(self, job: Job, part: PartProduced) -> None:
+        gate = self._qualification
+        if gate is not None:
+            part = dataclasses.replace(part, first_article=True)
         job.count(part.verdict)
         self._counters = self._counters.counted(part.verdict)
         await self._record(part)
+        if part.verdict is Verdict.PASS:
+            self._last_good = part.ts
+            await self._finish_kpi(part.ts, ended_by="part")
+        if gate is None or gate is not self._qualification:
+            return  # no gate, or signed off while the part was being recorded
+        failure = gate.judge(part)
+        if failure is not None:
+            await self._record(gate.event(self._clock.wall(), FirstArticleStatus.FAILED, part=part.part))
+            raise failure
+        if gate.passed:
+            self._qualification = None
+            await self._record(gate.event(self._clock.wall(), FirstArticleStatus.PASSED, part=part.part))
+            self._log.info("first article passed", variant=gate.variant, passes=gate.passes)
+
+    async def _finish_kpi(self, first_good_ts: float, *, ended_by: str) -> None:
+        kpi = self._kpi
+        if kpi is None:
+            return
+        fact = kpi.finish(first_good_ts=first_good_ts, now_mono=self._clock.monotonic(), ended_by=ended_by)
+        # Taken before the await: a sign-off and a good part recorded at the same time close it once.
+        self._kpi = None
+        try:
+            await self._record(fact)
+        except BaseException:
+            self._kpi = kpi
+            raise
+        self._log.info(
+            "changeover kpi",
+            changeover=kpi.changeover,
+            total_s=fact.total_s,
+            internal_s=round(fact.internal_s, 3),
+            external_s=round(fact.external_s, 3),
+            first_article_s=round(fact.first_article_s, 3),
+        )
+
+    async def _run_ahead(self, job: Job) -> None:
+        """Start the next job's external steps that may run while ``job`` makes its last part(s).
+
+        Once per (job, next job): when the parts left are no more than the run ahead needs at the recipe's
+        ideal cycle time. The plan comes from the setup read back now; a failure to plan only logs (the
+        changeover meets it again and reports it).
+        """
+        queued = self._jobs.queued
+        if self._stager.active or self._group is None or not queued:
+            return
+        following = queued[0]
+        key = (job.id, following.id)
+        busy = self._parts.devices(job.recipe)
+        cell = self._config.cell
+        if self._ahead is None or self._ahead[0] != key:
+            try:
+                guess = plan_changeover(
+                    target_setup(job.recipe, cell), following.recipe, cell, from_variant=job.variant
+                )
+            except SequenceError:
+                lead = 0
+            else:
+                ahead = runnable_ahead(guess, busy)
+                lead = 0 if ahead.is_empty else lead_parts(ahead, job.recipe.ideal_cycle_s)
+            self._ahead = (key, lead)
+        if job.remaining > self._ahead[1]:
+            return
+        self._ahead = (key, 0)  # started (or found nothing to do): not again for this pair
+        recipes: dict[str, Recipe] = {**self._jobs.recipes, following.variant: following.recipe}
+        try:
+            current = await read_setup(self._profiles, cell, recipes)
+            plan = plan_changeover(current, following.recipe, cell, from_variant=job.variant)
+        except (DeviceError, SequenceError) as exc:
+            self._log.warning("external steps not run ahead", next_job=following.id, error=str(exc))
+            return
+        ahead = runnable_ahead(plan, busy)
+        if ahead.is_empty:
+            return
+        self._stager.start(self._group, ahead, changeover_id=uuid.uuid4().hex[:12], job_id=following.id)
+
+    async def _take_staged(self, job: Job) -> tuple[StagedRun | None, float]:
+        """The steps run ahead for ``job`` once they ended, and how long the changeover waited for them."""
+        if not self._stager.active:
+            return None, 0.0
+        began = self._clock.monotonic()
+        staged = await self._stager.take()
+        waited = self._clock.monotonic() - began
+        if staged is None or staged.job_id != job.id:
+            return None, 0.0  # run ahead for a job the queue no longer puts next: the setup read back says it
+        return staged, waited
+
+    async def _changed_over(
+        self,
+        job: Job,
+        changeover_id: str,
+        internal: ChangeoverPlan,
+        durations: Mapping[str, float],
+        internal_s: float,
+        staged: StagedRun | None,
+        waited: float,
+    ) -> None:
+        """A changeover completed: keep its KPI figures for the first good part and open the first-article
+        gate the recipe asks for (replacing any gate of the setup before)."""
+        if self._kpi is not None:
+            self._log.warning(
+                "changeover kpi dropped: no good part before the next changeover",
+                dropped=self._kpi.changeover,
+            )
+        steps = step_kpis(staged.plan, staged.durations, EXTERNAL) if staged else ()
+        self._kpi = PendingKpi(
+            changeover=changeover_id,
+            job=job.id,
+            from_variant=internal.from_variant,
+            to_variant=job.variant,
+            last_good_ts=self._last_good,
+            completed_mono=self._clock.monotonic(),
+            external_s=staged.actual_s if staged else 0.0,
+            external_wait_s=waited,
+            internal_s=internal_s,
+            planned_external_s=staged.plan.critical_path()[1] if staged else 0.0,
+            planned_internal_s=internal.critical_path()[1],
+            steps=steps + step_kpis(internal, durations, INTERNAL),
+        )
+        self._qualification = None
+        needed = job.recipe.first_article.parts
+        if needed > 0:
+            gate = Qualification(
+                changeover=changeover_id,
+                job=job.id,
+                variant=job.variant,
+                needed=needed,
+                since=self._clock.wall(),
+            )
+            await self._record(gate.event(self._clock.wall(), FirstArticleStatus.STARTED))
+            self._qualification = gate
+            self._log.info("first-article qualification started", needed=needed)
 
     async def _change_over(self, job: Job) -> None:
         """Bring the cell to the job's setup, planned from the setup read back now (empty plan: nothing)."""
@@ -752,6 +930,7 @@ class Engine:
             self._run_control = None
 
     async def _run_changeover(self, job: Job, control: RunControl) -> None:
+        staged, waited = await self._take_staged(job)
         recipes: dict[str, Recipe] = {**self._jobs.recipes, job.variant: job.recipe}
         current = await read_setup(self._profiles, self._config.cell, recipes)
         key = (job.id, job.variant)
@@ -773,13 +952,16 @@ class Engine:
             self._operator_done.clear()
             self._variant = job.variant
             self._phase = Phase.IDLE
+            if staged is not None and staged.durations:
+                # Everything left to change ran ahead: the changeover is done without stopping the cell.
+                await self._changed_over(job, staged.changeover_id, plan, {}, 0.0, staged, waited)
             return
         if control.hold_reason is not None:
             self._phase = Phase.IDLE  # held while the setup was read: nothing started, nothing to record
             return
         path, planned_s = plan.critical_path()
         progress = _Changeover(
-            id=uuid.uuid4().hex[:12],
+            id=staged.changeover_id if staged is not None else uuid.uuid4().hex[:12],
             job_id=job.id,
             plan=plan,
             planned_s=planned_s,
@@ -804,7 +986,9 @@ class Engine:
         try:
             with structlog.contextvars.bound_contextvars(changeover=progress.id):
                 self._log.info("changeover started", steps=len(plan.steps), planned_s=planned_s)
-                await self._sequencer.run(plan, changeover_id=progress.id, job_id=job.id, control=control)
+                result = await self._sequencer.run(
+                    plan, changeover_id=progress.id, job_id=job.id, control=control
+                )
         except PlanHeld as held:
             # Parked: the cell is on its way to Held, Stopped or Suspended; Unhold plans again from read-back.
             self._phase = Phase.IDLE
@@ -853,6 +1037,7 @@ class Engine:
         duration = self._clock.monotonic() - began
         await self._record(self._changeover_event(progress, ChangeoverStatus.COMPLETED, duration_s=duration))
         self._log.info("changeover completed", duration_s=round(duration, 3), planned_s=planned_s)
+        await self._changed_over(job, progress.id, plan, result.durations, duration, staged, waited)
 
     def _changeover_event(
         self,

@@ -398,6 +398,13 @@ class PartCycle:
         self._stations = [p for p in profiles.values() if isinstance(p, Press)]
         self._clock = clock
 
+    def devices(self, recipe: Recipe) -> frozenset[str]:
+        """Every device a part of ``recipe`` touches: robots, stations, parameter targets, quality sources."""
+        used = {p.device for p in (*self._robots, *self._stations)}
+        used.update(_split(p.target)[0] for p in recipe.parameters.values())
+        used.update(_split(c.source)[0] for c in recipe.quality.values())
+        return frozenset(used)
+
     def _profile(self, device: str) -> Profile:
         try:
             return self._profiles[device]

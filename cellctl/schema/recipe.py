@@ -87,6 +87,12 @@ class OperatorStep(Strict):
     timeout_s: Annotated[float, Field(gt=0, le=86400)] = 900.0
 
 
+class FirstArticle(Strict):
+    """The first-article gate after a changeover to this variant: ``parts`` consecutive passes (0: none)."""
+
+    parts: Annotated[int, Field(ge=0, le=1000)] = 0
+
+
 class Recipe(Strict):
     """A versioned master recipe for one variant."""
 
@@ -99,6 +105,9 @@ class Recipe(Strict):
     parameters: dict[Name, Parameter] = Field(default_factory=dict)
     quality: dict[Name, Characteristic] = Field(default_factory=dict)
     operator_steps: dict[Name, OperatorStep] = Field(default_factory=dict)
+    # No gate unless the recipe asks: a gate holds the cell on the first failed part after a changeover, which
+    # a recipe written before the gate existed never agreed to.
+    first_article: FirstArticle = Field(default_factory=FirstArticle)
 
     @model_validator(mode="after")
     def _operator_step_names(self) -> Recipe:
@@ -130,7 +139,11 @@ class Recipe(Strict):
 
     def snapshot_hash(self) -> str:
         """Stable hash of the recipe's content: a job runs from this snapshot."""
-        # A recipe without operator steps keeps the hash it had before they existed.
-        dropped = None if self.operator_steps else {"operator_steps"}
-        blob = json.dumps(self.model_dump(mode="json", exclude=dropped), sort_keys=True).encode()
+        # Fields at their defaults that did not always exist are left out: journaled jobs stay matched.
+        data = self.model_dump(mode="json")
+        if not self.operator_steps:
+            del data["operator_steps"]
+        if self.first_article == FirstArticle():
+            del data["first_article"]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cellctl.core.events import (
     ChangeoverStatus,
+    FirstArticleStatus,
     JobStatus,
     Severity,
     StepStatus,
@@ -101,6 +102,52 @@ class StepData(Payload):
     duration_s: float | None
 
 
+class FirstArticleData(Payload):
+    """The first-article gate after a changeover opened, failed, passed or was signed off."""
+
+    kind: Literal["first_article"] = "first_article"
+    changeover: str
+    job: str
+    variant: str
+    status: FirstArticleStatus
+    needed: int
+    passes: int
+    part: str | None
+    by: str
+    note: str
+
+
+class StepKpiData(Payload):
+    """One step's planned against actual seconds in a changeover's KPIs."""
+
+    step: str
+    device: str | None
+    phase: Literal["external", "internal"]
+    planned_s: float
+    actual_s: float | None
+
+
+class ChangeoverKpiData(Payload):
+    """The SMED figures of one changeover (see ``cellctl.core.events.ChangeoverKpi`` for each definition)."""
+
+    kind: Literal["changeover_kpi"] = "changeover_kpi"
+    changeover: str
+    job: str
+    from_variant: str | None
+    to_variant: str
+    last_good_ts: float | None
+    first_good_ts: float
+    total_s: float | None
+    external_s: float
+    external_wait_s: float
+    internal_s: float
+    first_article_s: float
+    planned_external_s: float
+    planned_internal_s: float
+    steps: list[StepKpiData]
+    ended_by: Literal["part", "sign_off"]
+
+
 class PartData(Payload):
     """A part finished with its overall verdict; ``checks`` maps each characteristic to its verdict."""
 
@@ -113,6 +160,7 @@ class PartData(Payload):
     checks: dict[str, Verdict]
     parameters: dict[str, float]
     cycle_s: float
+    first_article: bool = False
 
 
 class QualityData(Payload):
@@ -193,11 +241,13 @@ class JobMessage(Envelope):
 
 
 class ChangeoverMessage(Envelope):
-    """``<root>/changeover``: a changeover or one of its steps, told apart by ``data.kind``."""
+    """``<root>/changeover``: a changeover, a step, its first-article gate or its KPIs (by ``data.kind``)."""
 
     schema_id: Literal["cellctl.changeover/1"] = Field(alias="schema")
     stream: Literal["changeover"]
-    data: Annotated[ChangeoverData | StepData, Field(discriminator="kind")]  # type: ignore[assignment]
+    data: Annotated[  # type: ignore[assignment]
+        ChangeoverData | StepData | FirstArticleData | ChangeoverKpiData, Field(discriminator="kind")
+    ]
 
 
 class PartMessage(Envelope):

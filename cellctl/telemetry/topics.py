@@ -7,7 +7,9 @@ topic                                 stream    event                        ret
 ====================================  ========  ===========================  =========
 ``<root>/state``                      state     StateChanged                 yes
 ``<root>/job``                        job       JobEvent                     no
-``<root>/changeover``                 change…   ChangeoverEvent, StepEvent   no
+``<root>/changeover``                 change…   ChangeoverEvent, StepEvent,  no
+                                                FirstArticleEvent,
+                                                ChangeoverKpi
 ``<root>/part``                       part      PartProduced                 no
 ``<root>/quality/<characteristic>``   quality   PartProduced (one each)      no
 ``<root>/health/<device>``            health    DeviceHealthChanged          yes
@@ -31,8 +33,10 @@ import structlog
 from cellctl.core.events import (
     AlarmEvent,
     ChangeoverEvent,
+    ChangeoverKpi,
     DeviceHealthChanged,
     Event,
+    FirstArticleEvent,
     JobEvent,
     OperatorAction,
     PartProduced,
@@ -45,6 +49,8 @@ from cellctl.store import OutboxMessage, OutboxRow
 from cellctl.telemetry.payloads import (
     AlarmData,
     ChangeoverData,
+    ChangeoverKpiData,
+    FirstArticleData,
     HealthData,
     JobData,
     PartData,
@@ -114,6 +120,16 @@ def _step(event: StepEvent, root: str) -> list[OutboxMessage]:
     return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(_copied(StepData, event)))]
 
 
+def _first_article(event: FirstArticleEvent, root: str) -> list[OutboxMessage]:
+    data = _copied(FirstArticleData, event)
+    return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(data))]
+
+
+def _changeover_kpi(event: ChangeoverKpi, root: str) -> list[OutboxMessage]:
+    data = _copied(ChangeoverKpiData, event)
+    return [OutboxMessage(f"{root}/changeover", Stream.CHANGEOVER, _body(data))]
+
+
 def _part(event: PartProduced, root: str) -> list[OutboxMessage]:
     part = PartData(
         part=event.part,
@@ -124,6 +140,7 @@ def _part(event: PartProduced, root: str) -> list[OutboxMessage]:
         checks={m.characteristic: m.verdict for m in event.measurements},
         parameters=dict(event.parameters),
         cycle_s=event.cycle_s,
+        first_article=event.first_article,
     )
     messages = [OutboxMessage(f"{root}/part", Stream.PART, _body(part))]
     for m in event.measurements:
@@ -165,6 +182,8 @@ MAPPERS: dict[str, Mapper] = {
     JobEvent.kind: _job,
     ChangeoverEvent.kind: _changeover,
     StepEvent.kind: _step,
+    FirstArticleEvent.kind: _first_article,
+    ChangeoverKpi.kind: _changeover_kpi,
     PartProduced.kind: _part,
     DeviceHealthChanged.kind: _health,
     AlarmEvent.kind: _alarm,

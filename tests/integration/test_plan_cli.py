@@ -75,15 +75,17 @@ def test_oslo_to_bergen_table_lists_every_step_with_critical_path_and_figures(
         "fixture:fixture_clamp",
         "robot1:robot_program",
         "stapler:setpoints",
+        "toolchanger:setpoints",
     ):
         assert step in out
     assert "FOAM-S -> FOAM-L" in out
     critical = [line for line in out.splitlines() if line.startswith("*")]
-    assert {line.split()[1] for line in critical} == {"toolchanger:tool_change", "robot1:robot_program"}
-    assert "critical path (*): toolchanger:tool_change -> robot1:robot_program (4.5 s)" in out
+    path = ["toolchanger:setpoints", "toolchanger:tool_change", "robot1:robot_program"]
+    assert {line.split()[1] for line in critical} == set(path)
+    assert f"critical path (*): {' -> '.join(path)} (4.6 s)" in out
     assert "predicted internal downtime: 4 s" in out
-    assert "sum of all step durations: 7.4 s" in out
-    assert "runs external: stapler:setpoints, robot1:robot_program" in out
+    assert "sum of all step durations: 7.5 s" in out
+    assert "runs external: toolchanger:setpoints, stapler:setpoints, robot1:robot_program" in out
 
 
 def test_table_lists_steps_in_dependency_order(capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,8 +155,8 @@ def test_json_parses_and_its_critical_path_is_the_longest_path(capsys: pytest.Ca
     assert data["planned_s"] == pytest.approx(_longest_path_s(data["steps"]))
     assert data["critical_path_s"] == data["planned_s"]
     assert data["internal_downtime_s"] == pytest.approx(4.0)
-    assert data["total_s"] == pytest.approx(7.4)
-    assert data["external_steps"] == ["stapler:setpoints", "robot1:robot_program"]
+    assert data["total_s"] == pytest.approx(7.5)
+    assert data["external_steps"] == ["toolchanger:setpoints", "stapler:setpoints", "robot1:robot_program"]
     assert data["parameters"] == {"staple_pitch": 10.0}  # bergen's default
 
 

@@ -232,5 +232,5 @@ async def test_service_runs_two_orders_end_to_end(
     assert [(p["part"], p["verdict"]) for p in received_parts] == [(p["part"], p["verdict"]) for p in parts]
     assert len(by_stream["quality"]) == 4 * 3, "one quality message per part and characteristic"
     assert [e["data"]["state"] for e in by_stream["state"]] == states
-    journal_steps = [d for k, _s, d in rows if k in ("changeover", "step")]
+    journal_steps = [d for k, _s, d in rows if k in ("changeover", "step", "first_article", "changeover_kpi")]
     assert len(by_stream["changeover"]) == len(journal_steps)

@@ -151,6 +151,7 @@ def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
         "reorder",
         "apply_proposal",
         "confirm",
+        "sign_off",
         "watch",
         "journal",
     }

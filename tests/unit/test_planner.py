@@ -298,12 +298,14 @@ def test_oslo_to_bergen_moves_the_fixture_changes_tool_and_program_and_sets_the_
     plan = plan_changeover(current, EXAMPLE.recipes["bergen"], CELL, from_variant="oslo")
     assert _ids(plan) == [
         "fixture:fixture_unclamp",
-        "toolchanger:tool_change",
         "fixture:fixture_move",
         "fixture:fixture_clamp",
-        "robot1:robot_program",
+        "toolchanger:setpoints",
         "stapler:setpoints",
+        "toolchanger:tool_change",
+        "robot1:robot_program",
     ]
+    assert plan.step("toolchanger:setpoints").args == {"preselect": TOOLS["FOAM-L"]}
     assert plan.step("toolchanger:tool_change").args == {"tool": TOOLS["FOAM-L"]}
     assert plan.step("fixture:fixture_move").args == {"width": 520.0, "depth": 480.0}
     assert plan.step("robot1:robot_program").args == {"program": 12}
@@ -312,17 +314,21 @@ def test_oslo_to_bergen_moves_the_fixture_changes_tool_and_program_and_sets_the_
     assert plan.step("fixture:fixture_clamp").after == ("fixture:fixture_move",)
     assert plan.step("robot1:robot_program").after == ("toolchanger:tool_change",)
     assert plan.step("stapler:setpoints").after == ()
-    assert plan.critical_path() == (("toolchanger:tool_change", "robot1:robot_program"), 4.5)
-    assert plan.critical_path(internal_only=True) == (("toolchanger:tool_change",), 4.0)
+    # The magazine preselects the tool before the change (template: tool_change after setpoints).
+    assert plan.step("toolchanger:tool_change").after == ("toolchanger:setpoints", "stapler:setpoints")
+    path = ("toolchanger:setpoints", "toolchanger:tool_change", "robot1:robot_program")
+    assert plan.critical_path() == (path, pytest.approx(4.6))
+    assert plan.critical_path(internal_only=True) == (path[:2], 4.0)
 
 
 def test_bergen_to_tromso_keeps_the_fixture() -> None:
     current = target_setup(EXAMPLE.recipes["bergen"], CELL)
     plan = plan_changeover(current, EXAMPLE.recipes["tromso"], CELL, from_variant="bergen")
     assert _ids(plan) == [
+        "toolchanger:setpoints",
+        "stapler:setpoints",
         "toolchanger:tool_change",
         "robot1:robot_program",
-        "stapler:setpoints",
         "operator:load_fabric",
     ]
     assert plan.step("toolchanger:tool_change").args == {"tool": TOOLS["FABRIC-WIDE"]}
@@ -333,7 +339,7 @@ def test_bergen_to_tromso_keeps_the_fixture() -> None:
 
 def test_from_an_unknown_setup_everything_the_recipe_names_is_set() -> None:
     plan = plan_changeover({}, EXAMPLE.recipes["tromso"], CELL, from_variant=None)
-    assert len([s for s in plan.steps if s.kind != OPERATOR_KIND]) == 6
+    assert len([s for s in plan.steps if s.kind != OPERATOR_KIND]) == 7
     assert [s.id for s in plan.steps if s.kind == OPERATOR_KIND] == ["operator:load_fabric"]
     assert plan.from_variant is None
 

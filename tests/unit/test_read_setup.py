@@ -23,7 +23,7 @@ CELL = EXAMPLE.cell
 RECIPES = EXAMPLE.recipes
 
 BERGEN_ON_DEVICES: dict[str, dict[str, Any]] = {
-    "toolchanger": {"tool_current": 2},
+    "toolchanger": {"tool_current": 2, "preselect": 2},
     "robot1": {"active_program": 12},
     "fixture": {"width_act": 520.0, "depth_act": 480.0, "clamped": True},
     "stapler": {"force_sp": 950.0, "pitch_mm": 10.0},
@@ -41,7 +41,7 @@ async def test_the_setup_is_read_from_the_devices() -> None:
     # Given devices set up for bergen, when the setup is read, then it holds what the devices report.
     devices = soft_cell(CELL, initial=BERGEN_ON_DEVICES)
     setup = await read_setup(_profiles(devices), CELL, RECIPES)
-    assert setup["toolchanger"] == DeviceSetup(tool=2)
+    assert setup["toolchanger"] == DeviceSetup(tool=2, setpoints={"preselect": 2})
     assert setup["robot1"] == DeviceSetup(program=12)
     assert setup["fixture"] == DeviceSetup(positions={"width": 520.0, "depth": 480.0})
     assert setup["stapler"] == DeviceSetup(setpoints={"force_sp": 950.0})

@@ -85,6 +85,7 @@ def test_the_recipe_schema_describes_the_top_level_keys_of_a_recipe_file() -> No
         "parameters",
         "quality",
         "operator_steps",
+        "first_article",
     }
     assert set(schema["required"]) == {"variant", "version", "setup"}
 

@@ -156,7 +156,7 @@ async def test_after_a_run_the_read_back_setup_needs_no_further_changeover() -> 
     # The devices' steps only: tromso's operator step is a person's (tests/unit/test_operator_steps.py).
     tromso = recipes["tromso"].model_copy(update={"operator_steps": {}})
     plan = plan_changeover(await read_setup(profiles, CELL, recipes), tromso, CELL, from_variant=None)
-    assert len(plan.steps) == 6
+    assert len(plan.steps) == 7
     await _run(Sequencer(profiles, RecordingSink(), ManualClock()), plan)
     again = plan_changeover(await read_setup(profiles, CELL, recipes), tromso, CELL, from_variant="tromso")
     assert again.is_empty

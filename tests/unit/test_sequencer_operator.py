@@ -47,8 +47,14 @@ async def test_the_machine_steps_run_while_the_person_is_asked_and_the_answer_co
     await sink.wait_for(_waiting)
 
     # The tool change and the program do not wait for the person (they are on other devices)
+    await sink.wait_for(
+        lambda e: (
+            isinstance(e, StepEvent) and e.step == "robot1:robot_program" and e.status is StepStatus.DONE
+        )
+    )
     done = {step for step, status in sink.steps if status is StepStatus.DONE}
     assert {"toolchanger:tool_change", "robot1:robot_program", "stapler:setpoints"} <= done
+    assert [p.step for p in hub.pending()] == [STEP]
     hub.answer(STEP, by="ann", evidence="FAB-TROMSO")
     async with asyncio.timeout(BOUND):
         result = await run

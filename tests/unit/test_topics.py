@@ -11,9 +11,12 @@ from cellctl.core.events import (
     ALL_EVENT_TYPES,
     AlarmEvent,
     ChangeoverEvent,
+    ChangeoverKpi,
     ChangeoverStatus,
     DeviceHealthChanged,
     Event,
+    FirstArticleEvent,
+    FirstArticleStatus,
     JobEvent,
     JobStatus,
     Measurement,
@@ -22,6 +25,7 @@ from cellctl.core.events import (
     Severity,
     StateChanged,
     StepEvent,
+    StepKpi,
     StepStatus,
     Verdict,
 )
@@ -123,6 +127,45 @@ SAMPLES: dict[type[Event], Event] = {
         source="safety",
     ),
     OperatorAction: OperatorAction(ts=17.0, action="start", by="uid:1000", args={"job": "J1"}),
+    FirstArticleEvent: FirstArticleEvent(
+        ts=18.0,
+        changeover="C1",
+        job="J1",
+        variant="oslo",
+        status=FirstArticleStatus.SIGNED_OFF,
+        needed=2,
+        passes=1,
+        by="api:ana",
+        note="checked by hand",
+    ),
+    ChangeoverKpi: ChangeoverKpi(
+        ts=19.0,
+        changeover="C1",
+        job="J1",
+        from_variant="bergen",
+        to_variant="oslo",
+        last_good_ts=1.0,
+        first_good_ts=19.0,
+        total_s=18.0,
+        external_s=0.5,
+        external_wait_s=0.0,
+        internal_s=6.0,
+        first_article_s=12.0,
+        planned_external_s=0.1,
+        planned_internal_s=6.4,
+        steps=(
+            StepKpi(
+                step="toolchanger:setpoints",
+                device="toolchanger",
+                phase="external",
+                planned_s=0.1,
+                actual_s=0.5,
+            ),
+            StepKpi(
+                step="fixture:fixture_move", device="fixture", phase="internal", planned_s=2.0, actual_s=None
+            ),
+        ),
+    ),
 }
 
 EXPECTED: dict[type[Event], list[tuple[str, str, bool, type[Envelope]]]] = {
@@ -138,6 +181,8 @@ EXPECTED: dict[type[Event], list[tuple[str, str, bool, type[Envelope]]]] = {
     DeviceHealthChanged: [(f"{ROOT}/health/robot1", "health", True, HealthMessage)],
     AlarmEvent: [(f"{ROOT}/alarm", "alarm", False, AlarmMessage)],
     OperatorAction: [],
+    FirstArticleEvent: [(f"{ROOT}/changeover", "changeover", False, ChangeoverMessage)],
+    ChangeoverKpi: [(f"{ROOT}/changeover", "changeover", False, ChangeoverMessage)],
 }
 
 
