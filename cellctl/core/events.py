@@ -92,6 +92,7 @@ class JobEvent(Event):
     parameters: dict[str, float] = field(default_factory=dict)
     by: str = "engine"
     reason: str = ""
+    priority: int = 0
 
     @property
     def job_id(self) -> str | None:

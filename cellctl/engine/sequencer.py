@@ -21,13 +21,17 @@ from cellctl.core.events import StepEvent, StepStatus
 from cellctl.core.plans import ChangeoverPlan, PlanStep
 from cellctl.core.ports import EventSink
 from cellctl.engine.confirm import Confirmation, Confirmations, Prompt, PromptKind
+from cellctl.engine.readback import reached
 from cellctl.engine.steps import REGISTRY, StepContext, StepHandler, check_plan
-from cellctl.errors import CellctlError, DeviceError, SequenceError, StepFailed, StepTimeout
+from cellctl.errors import CellctlError, DeviceError, PlanError, SequenceError, StepFailed, StepTimeout
 
 _log = structlog.get_logger(__name__)
 
 CANCELLED = "cancelled"
 """Detail of the FAILED event of a step interrupted by a cancellation."""
+
+VERIFIED = "verified by read-back after restart"
+"""Detail of the DONE event of a step in doubt whose result the devices read back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +62,22 @@ class Sequencer:
         self._registry: Mapping[str, StepHandler] = REGISTRY if registry is None else registry
         self._confirmations = confirmations
 
-    async def run(self, plan: ChangeoverPlan, *, changeover_id: str, job_id: str) -> RunResult:
+    async def run(
+        self,
+        plan: ChangeoverPlan,
+        *,
+        changeover_id: str,
+        job_id: str,
+        confirm_first: Mapping[str, str] | None = None,
+    ) -> RunResult:
         """Run every step of ``plan``; StepFailed/StepTimeout name the step that failed, PlanError a plan that
-        cannot run here (checked before any step starts)."""
+        cannot run here (checked before any step starts).
+
+        ``confirm_first`` gates steps in doubt after a restart (step id -> what is unknown): such a step is
+        first read back; if its result is not there an operator must confirm (IN_DOUBT prompt) before it runs,
+        and it is read back once more after the confirmation. A step verified by read-back is recorded DONE
+        without being commanded. The wait comes before the step's own timeout starts.
+        """
         check_plan(plan, self._profiles, self._registry)
         run = _Run(
             plan=plan,
@@ -71,6 +88,7 @@ class Sequencer:
             sink=self._sink,
             clock=self._clock,
             confirmations=self._confirmations,
+            confirm_first=confirm_first or {},
         )
         with structlog.contextvars.bound_contextvars(changeover=changeover_id, job=job_id):
             return await run.execute()
@@ -90,8 +108,11 @@ class _Run:
         sink: EventSink,
         clock: Clock,
         confirmations: Confirmations | None,
+        confirm_first: Mapping[str, str],
     ) -> None:
         self.plan = plan
+        self.profiles = profiles
+        self.confirm_first = confirm_first
         self.changeover_id = changeover_id
         self.job_id = job_id
         self.confirmations = confirmations
@@ -192,13 +213,23 @@ class _Run:
         log = self.log.bind(step=step.id, device=step.device, kind=step.kind)
         handler = self.registry[step.kind]
         began = self.clock.monotonic()
+        started = False
         try:
+            reason = self.confirm_first.get(step.id)
+            if reason is not None and await self._gate(step, reason, log):
+                self.durations[step.id] = 0.0
+                self.attempts[step.id] = 0
+                self.done.add(step.id)
+                return
+            began = self.clock.monotonic()  # the operator's wait is not the step's time
+            started = True
             await self._record(step, StepStatus.STARTED)
             log.info("step started", description=step.description)
             await self._attempts(step, handler, log)
         except asyncio.CancelledError:
             log.warning("step cancelled")
-            await self._record(step, StepStatus.FAILED, detail=CANCELLED)
+            if started:  # a gated step cancelled while it waits stays in doubt: nothing is recorded
+                await self._record(step, StepStatus.FAILED, detail=CANCELLED)
             raise
         except Exception as exc:
             self.failures.append(exc)
@@ -220,10 +251,41 @@ class _Run:
                 self.busy_devices.discard(step.device)
             self.progress.set()
 
-    async def _ask(self, step: PlanStep, kind: PromptKind) -> Confirmation:
+    async def _gate(self, step: PlanStep, reason: str, log: structlog.typing.FilteringBoundLogger) -> bool:
+        """Settle a step in doubt: True when its result reads back (recorded DONE), else False once an
+        operator confirmed that it may run again."""
+        if await self._reads_back(step, log):
+            await self._record(step, StepStatus.DONE, detail=VERIFIED)
+            log.info("step in doubt verified by read-back")
+            return True
+        if self.confirmations is None:
+            raise PlanError(f"step {step.id!r} is in doubt ({reason}) and this run has nobody to ask")
+        instruction = (
+            f"{step.description}: {reason}; the devices do not read back its result. Check the equipment, "
+            "then confirm to run this step again"
+        )
+        confirmation = await self._ask(step, PromptKind.IN_DOUBT, instruction=instruction)
+        if await self._reads_back(step, log):
+            detail = f"{VERIFIED} ({_confirmed_by(confirmation)}; not run again)"
+            await self._record(step, StepStatus.DONE, detail=detail)
+            self.confirmed.pop(step.id, None)
+            log.info("step in doubt verified by read-back after the confirmation")
+            return True
+        return False
+
+    async def _reads_back(self, step: PlanStep, log: structlog.typing.FilteringBoundLogger) -> bool:
+        try:
+            return await reached(step, self.profiles)
+        except DeviceError as exc:
+            # An unreadable device cannot verify anything: the operator is asked instead.
+            log.warning("step read-back failed", error=str(exc))
+            return False
+
+    async def _ask(self, step: PlanStep, kind: PromptKind, *, instruction: str | None = None) -> Confirmation:
         """Show the step's prompt and wait for an accepted answer; the wait is recorded as WAITING."""
         assert self.confirmations is not None
-        instruction = step.instruction or step.description
+        in_doubt = kind is PromptKind.IN_DOUBT and instruction is not None
+        instruction = instruction or step.instruction or step.description
         await self._record(step, StepStatus.WAITING, detail=instruction)
         self.log.info("step waits for the operator", step=step.id, kind=kind.value, instruction=instruction)
         prompt = Prompt(
@@ -232,10 +294,11 @@ class _Run:
             device=step.device,
             kind=kind,
             instruction=instruction,
-            evidence=step.evidence,
+            evidence=None if in_doubt else step.evidence,
             since=self.clock.wall(),
         )
-        confirmation = await self.confirmations.ask(prompt, expected=step.expected_evidence)
+        expected = None if in_doubt else step.expected_evidence
+        confirmation = await self.confirmations.ask(prompt, expected=expected)
         self.confirmed[step.id] = confirmation
         self.log.info("step confirmed", step=step.id, by=confirmation.by, evidence=confirmation.evidence)
         return confirmation
@@ -297,4 +360,4 @@ def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return flat
 
 
-__all__ = ["CANCELLED", "RunResult", "Sequencer"]
+__all__ = ["CANCELLED", "VERIFIED", "RunResult", "Sequencer"]

@@ -17,6 +17,7 @@ from cellctl.core.events import DeviceHealthChanged
 from cellctl.core.ports import Driver, Health
 from cellctl.drivers import build_driver
 from cellctl.engine import Engine
+from cellctl.engine.recovery import read_recovery
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
@@ -99,7 +100,16 @@ class CellApp:
         # publishing (--no-mqtt, demo without a broker) still queues telemetry for a later connection.
         recorder = Recorder(store, cell.identity, telemetry=cell.mqtt.enabled)
         drivers = {name: self._driver_factory(name, self.config, self._clock) for name in cell.devices}
-        engine = Engine(self.config, drivers, recorder, self._clock)
+        began = self._clock.monotonic()
+        recovery = await read_recovery(store)
+        log.info(
+            "journal read for recovery",
+            unclean=recovery.unclean,
+            jobs=len(recovery.jobs),
+            changeover=recovery.changeover.changeover_id if recovery.changeover else None,
+            read_s=round(self._clock.monotonic() - began, 4),
+        )
+        engine = Engine(self.config, drivers, recorder, self._clock, recovery=recovery)
         publisher = None
         if self._publish:
             publisher = OutboxPublisher(store, cell.mqtt, cell.identity)

@@ -68,6 +68,7 @@ class JobData(Payload):
     parameters: dict[str, float]
     by: str
     reason: str
+    priority: int = 0
 
 
 class ChangeoverData(Payload):
