@@ -58,7 +58,8 @@ class RecoveredStep:
 
 @dataclass(frozen=True, slots=True)
 class InterruptedChangeover:
-    """A changeover whose STARTED was journaled and whose end (completed, failed, aborted) was not."""
+    """A changeover whose STARTED was journaled and whose end (completed, failed, aborted) was not, or one
+    that failed with steps still in doubt (its job not finished)."""
 
     changeover_id: str
     job_id: str
@@ -185,8 +186,9 @@ async def read_recovery(reader: JournalReader) -> Recovery:
     last_state = await reader.last_entry("state_changed")
     last_changeover = await reader.last_entry("changeover")
     job_entries = await reader.open_job_entries()
+    open_jobs = {str(e.data["job"]) for e in job_entries}
     step_entries: list[Entry] = []
-    if last_changeover is not None and last_changeover.data.get("status") == ChangeoverStatus.STARTED:
+    if last_changeover is not None and _may_be_interrupted(last_changeover, open_jobs):
         job = str(last_changeover.data["job"])
         after = 0
         while True:  # bounded: one job's step events, paged
@@ -220,16 +222,29 @@ def recover(
     step events of that changeover's job, the job events of unfinished jobs, and each unfinished job's parts
     journaled after its newest job event (by verdict)."""
     changeover = None
-    if last_changeover is not None and last_changeover.data.get("status") == ChangeoverStatus.STARTED:
+    open_jobs = {str(e.data["job"]) for e in job_entries}
+    is_open = last_changeover is not None and last_changeover.data.get("status") == ChangeoverStatus.STARTED
+    if last_changeover is not None and _may_be_interrupted(last_changeover, open_jobs):
         changeover = _interrupted(last_changeover, step_entries)
+        if not is_open and not changeover.ids(StepState.IN_DOUBT):
+            changeover = None  # it failed with every step's outcome known: a plain re-plan will do
     state = None if last_state is None else str(last_state.data.get("state"))
-    unclean = changeover is not None or (state is not None and state not in CLEAN_STATES)
+    unclean = is_open or (state is not None and state not in CLEAN_STATES)
     return Recovery(
         unclean=unclean,
         last_state=state,
         changeover=changeover,
         jobs=_jobs(job_entries, parts_after),
     )
+
+
+def _may_be_interrupted(newest: Entry, open_jobs: Collection[str]) -> bool:
+    """Open (STARTED), or FAILED for a job still to be done: a resumed changeover that failed or was held in
+    the same process leaves its steps in doubt still waiting, and a later kill must not forget them."""
+    status = newest.data.get("status")
+    if status == ChangeoverStatus.STARTED:
+        return True
+    return status == ChangeoverStatus.FAILED and str(newest.data.get("job")) in open_jobs
 
 
 def _interrupted(started: Entry, step_entries: Sequence[Entry]) -> InterruptedChangeover:

@@ -3,6 +3,7 @@ changeover resumed under its id with in-doubt steps verified by read-back or con
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from cellctl.core.events import (
     ChangeoverStatus,
     JobEvent,
     JobStatus,
+    PartProduced,
     StepEvent,
     StepStatus,
 )
@@ -38,6 +40,7 @@ from tests.unit.test_engine import (
     running,
     total_writes,
 )
+from tests.unit.test_sequencer import OSLO_ON_DEVICES
 
 T = 5.0
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -203,3 +206,31 @@ async def test_cancelling_the_interrupted_job_closes_its_changeover(
     assert isinstance(closed, ChangeoverEvent) and closed.changeover == "C-old"
     assert status.current_job is None
     assert status.recovery is not None and status.recovery.changeover is not None, "shown until Reset"
+
+
+async def test_a_job_killed_in_production_goes_on_from_its_count_after_reset_and_start(
+    config: LoadedConfig,
+) -> None:
+    """Given a started oslo job with 1 of 3 parts made and the cell set up for oslo, when reset and started,
+    then no changeover runs and parts 2 and 3 are made under the same job id."""
+    started = dataclasses.replace(
+        _job(config, "J1", "oslo", 10),
+        status=JobStatus.STARTED,
+        quantity=3,
+        produced=1,
+        good=1,
+        started_at=2.0,
+    )
+    recovery = Recovery(unclean=True, last_state="Execute", changeover=None, jobs=(started,))
+    sink = FakeSink()
+    devices = soft_cell(config.cell, measure=GaugeScript([OSLO_GOOD] * 2), initial=OSLO_ON_DEVICES)
+    engine = Engine(config, devices, sink, recovery=recovery)
+    async with running(engine):
+        assert engine.status().current_job is not None
+        await engine.command("reset", by="op")
+        await engine.wait_for(State.IDLE, timeout=T)
+        await engine.command("start", by="op")
+        done = await sink.wait_for(is_job(JobStatus.COMPLETED, "J1"))
+    assert isinstance(done, JobEvent) and (done.produced, done.good) == (3, 3)
+    assert [p.index for p in sink.of(PartProduced)] == [2, 3]
+    assert sink.of(ChangeoverEvent) == []

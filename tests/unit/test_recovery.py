@@ -168,17 +168,51 @@ async def test_a_step_waiting_for_the_operator_or_restarted_after_a_confirmation
     }
 
 
-async def test_a_changeover_that_ended_is_not_interrupted(store: Store) -> None:
+async def test_a_changeover_that_ended_with_every_outcome_known_is_not_interrupted(store: Store) -> None:
     await put(
         store,
         job("J1", JobStatus.QUEUED),
         changeover("C1", "J1", ChangeoverStatus.STARTED),
+        step("C1", "J1", STEPS[0], StepStatus.STARTED),
+        step("C1", "J1", STEPS[0], StepStatus.FAILED, "cancelled"),
         changeover("C1", "J1", ChangeoverStatus.FAILED),
         state("Held"),
     )
     recovery = await read_recovery(store)
     assert recovery.changeover is None
     assert recovery.unclean, "killed while Held is still an unclean stop"
+
+
+async def test_a_resumed_changeover_held_while_a_step_in_doubt_waited_keeps_it_in_doubt(store: Store) -> None:
+    """Given a resumed changeover held while a step in doubt waited for the operator (no outcome recorded),
+    closed FAILED, then a kill: the step is still in doubt, so it is still gated after the restart."""
+    await put(
+        store,
+        job("J1", JobStatus.QUEUED),
+        changeover("C1", "J1", ChangeoverStatus.STARTED),
+        step("C1", "J1", STEPS[0], StepStatus.STARTED),
+        state("Stopped"),
+        changeover("C1", "J1", ChangeoverStatus.STARTED),
+        step("C1", "J1", STEPS[0], StepStatus.WAITING, "check it"),
+        changeover("C1", "J1", ChangeoverStatus.FAILED),
+        state("Held"),
+    )
+    co = (await read_recovery(store)).changeover
+    assert co is not None and co.ids(StepState.IN_DOUBT) == (STEPS[0],)
+
+
+async def test_a_failed_changeover_of_a_finished_job_is_not_interrupted(store: Store) -> None:
+    await put(
+        store,
+        job("J1", JobStatus.QUEUED),
+        changeover("C1", "J1", ChangeoverStatus.STARTED),
+        step("C1", "J1", STEPS[0], StepStatus.WAITING),
+        changeover("C1", "J1", ChangeoverStatus.FAILED),
+        job("J1", JobStatus.CANCELLED),
+        state("Stopped"),
+    )
+    recovery = await read_recovery(store)
+    assert recovery.changeover is None and not recovery.unclean
 
 
 async def test_unfinished_jobs_come_back_in_submit_order_with_their_parts_counted(store: Store) -> None:
