@@ -235,7 +235,8 @@ class _Run:
             self.failures.append(exc)
             detail = _detail(step, exc)
             log.error("step failed", error=detail)
-            await self._record(step, StepStatus.FAILED, detail=detail)
+            if started:  # a gated step that never started keeps its journaled doubt
+                await self._record(step, StepStatus.FAILED, detail=detail)
             raise
         else:
             duration = self.clock.monotonic() - began

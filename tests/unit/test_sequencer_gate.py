@@ -109,8 +109,10 @@ async def test_a_gated_step_cancelled_while_it_waits_stays_in_doubt() -> None:
 
 async def test_without_an_operator_a_step_in_doubt_fails_rather_than_runs() -> None:
     devices = soft_cell(CELL)
-    sequencer = Sequencer(_profiles(devices), RecordingSink(), ManualClock())
+    sink = RecordingSink()
+    sequencer = Sequencer(_profiles(devices), sink, ManualClock())
     with pytest.raises(PlanError, match="in doubt"):
         async with asyncio.timeout(BOUND):
             await _run(sequencer)
     assert devices["toolchanger"].writes == []
+    assert sink.steps == [], "no FAILED: the step's outcome is still unknown"
