@@ -391,11 +391,40 @@ def format_status(status: dict[str, Any]) -> str:
     qualification = status.get("qualification")
     if isinstance(qualification, dict):
         rows.append(("first article", _format_qualification(qualification)))
+    recovery = status.get("recovery")
+    if isinstance(recovery, dict):
+        rows.extend(_format_recovery(recovery))
     counters = status.get("counters")
     if isinstance(counters, dict):
         rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
+def _format_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a restart after an unclean stop found: the interrupted changeover's steps, jobs not restored."""
+    head = "after an unclean stop" if recovery.get("unclean") else "restored from the journal"
+    rows = [("recovery", f"{head} (last state {recovery.get('last_state') or 'unknown'})")]
+    changeover = recovery.get("changeover")
+    if isinstance(changeover, dict):
+        rows.append(
+            (
+                "",
+                f"changeover {changeover.get('changeover_id', '?')} of job {changeover.get('job_id', '?')} "
+                f"-> {changeover.get('to_variant', '?')}: {len(changeover.get('done') or [])} done, "
+                f"{len(changeover.get('in_doubt') or [])} in doubt, "
+                f"{len(changeover.get('not_started') or [])} not started",
+            )
+        )
+        for step in changeover.get("steps") or []:
+            if isinstance(step, dict):
+                state = str(step.get("state", "?")).replace("_", " ")
+                detail = f" ({step['detail']})" if step.get("detail") else ""
+                rows.append(("", f"{step.get('id', '?')}: {state}{detail}"))
+    for refused in recovery.get("refused_jobs") or []:
+        if isinstance(refused, dict):
+            rows.append(("", f"job {refused.get('job_id', '?')} not restored: {refused.get('reason', '')}"))
+    return rows
 
 
 def _format_proposal(proposed: dict[str, Any]) -> str:

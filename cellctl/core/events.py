@@ -93,6 +93,7 @@ class JobEvent(Event):
     by: str = "engine"
     reason: str = ""
     due: float | None = None
+    priority: int = 0
 
     @property
     def job_id(self) -> str | None:

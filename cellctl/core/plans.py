@@ -18,6 +18,8 @@ class DeviceSetup:
     program: int | None = None
     positions: Mapping[str, float] = field(default_factory=dict)
     setpoints: Mapping[str, TagValue] = field(default_factory=dict)
+    clamped: bool | None = None
+    """A fixture's clamps as read back (None: not read); a target never asks for it, it implies clamped."""
 
 
 Setup = Mapping[str, DeviceSetup]

@@ -33,6 +33,7 @@ from cellctl.core.events import (
     ChangeoverStatus,
     Event,
     FirstArticleStatus,
+    JobEvent,
     JobStatus,
     PartProduced,
     Severity,
@@ -51,8 +52,9 @@ from cellctl.engine.firstarticle import Qualification, QualificationView, author
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.kpi import EXTERNAL, INTERNAL, PendingKpi, StagedRun, step_kpis
 from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, target_setup
+from cellctl.engine.recovery import InterruptedChangeover, RecoveredJob, RecoveredStep, Recovery, StepState
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
-from cellctl.engine.sequencer import RunControl, Sequencer
+from cellctl.engine.sequencer import VERIFIED, RunControl, Sequencer
 from cellctl.engine.staging import Stager, lead_parts, runnable_ahead
 from cellctl.errors import (
     CellctlError,
@@ -80,6 +82,12 @@ PROPOSAL_TTL_S = 60.0
 
 _ProposalKey = tuple[str | None, frozenset[str], int, int]
 """What a cached proposal was computed for: start variant, queued job ids, durations version, time slot."""
+
+RECOVERY_ALARM = "unclean_stop"
+"""Alarm raised at power-up when the journal shows the last run was killed; cleared by Reset."""
+
+IN_DOUBT_REASON = "its outcome before the unclean stop is unknown"
+DONE_DIFFERS_REASON = "it was journaled done before the unclean stop, yet its result does not read back"
 
 
 class Phase(StrEnum):
@@ -191,6 +199,29 @@ class ProposedOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryView:
+    """What the last unclean stop left behind and how far settling it got: shown until the interrupted
+    changeover completed (or its job ended), or, with none, until Reset."""
+
+    unclean: bool
+    last_state: str | None
+    changeover: InterruptedChangeover | None
+    restored_jobs: tuple[str, ...]
+    refused_jobs: tuple[tuple[str, str], ...]
+    """(job id, why it was not restored)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "unclean": self.unclean,
+            "last_state": self.last_state,
+            "changeover": self.changeover.to_dict() if self.changeover else None,
+            "restored_jobs": list(self.restored_jobs),
+            "refused_jobs": [{"job_id": j, "reason": r} for j, r in self.refused_jobs],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class CellStatus:
     """A snapshot of the cell for clients."""
 
@@ -209,6 +240,7 @@ class CellStatus:
     proposed_order: ProposedOrder | None = None
     prompts: tuple[Prompt, ...] = ()
     qualification: QualificationView | None = None
+    recovery: RecoveryView | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -228,6 +260,7 @@ class CellStatus:
             "proposed_order": self.proposed_order.to_dict() if self.proposed_order else None,
             "prompts": [p.to_dict() for p in self.prompts],
             "qualification": self.qualification.to_dict() if self.qualification else None,
+            "recovery": self.recovery.to_dict() if self.recovery else None,
         }
 
 
@@ -295,7 +328,10 @@ class Engine:
         clock: Clock | None = None,
         *,
         durations: StepDurations | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
+        """``recovery`` (``read_recovery`` of the journal) restores unfinished jobs and, after an unclean
+        stop, powers up with an alarm and resumes the interrupted changeover only after Reset and Start."""
         self._config = config
         self._clock: Clock = clock or SystemClock()
         self._sink = sink
@@ -343,6 +379,15 @@ class Engine:
         self._kpi: PendingKpi | None = None
         self._stager = Stager(self._sequencer)
         self._ahead: tuple[tuple[str, str], int] | None = None
+        self._recovery: RecoveryView | None = None
+        self._resume: InterruptedChangeover | None = None
+        self._resume_steps: dict[str, RecoveredStep] = {}
+        self._recovery_alarm = False
+        self._recovery_text = ""
+        self._refused: list[JobEvent] = []
+        self._orphan: InterruptedChangeover | None = None
+        if recovery is not None and not recovery.empty:
+            self._restore(recovery)
 
     # --------------------------------------------------------------------------------------------------------
     # Public API
@@ -356,6 +401,7 @@ class Engine:
                 self._group = group
                 with structlog.contextvars.bound_contextvars(cell=self._name):
                     await self._cell.power_up(State.STOPPED, by=ENGINE)
+                    await self._report_recovery()
                     self._log.info("engine running", devices=sorted(self._profiles))
                     await asyncio.Event().wait()  # until cancelled; the group's tasks do the work
         finally:
@@ -400,6 +446,7 @@ class Engine:
                     )
                 job.status, job.reason, job.finished_at = JobStatus.CANCELLED, reason, self._clock.wall()
                 self._current = None
+                await self._drop_resume(job, reason)
             else:
                 self._jobs.cancel(job_id, reason=reason)
                 job.finished_at = self._clock.wall()
@@ -430,6 +477,7 @@ class Engine:
             proposed_order=self._propose(),
             prompts=self._confirmations.pending(),
             qualification=self._qualification.view() if self._qualification else None,
+            recovery=self._recovery_view(),
         )
 
     async def confirm(self, step: str, *, evidence: str | None = None, by: str) -> CellStatus:
@@ -548,6 +596,148 @@ class Engine:
                 await self._transition(Command.ABORT, by="system")
 
     # --------------------------------------------------------------------------------------------------------
+    # Recovery after a restart (see cellctl/engine/recovery.py)
+
+    def _restore(self, recovery: Recovery) -> None:
+        """Rebuild the unfinished jobs (same ids, counts, recipe snapshot); note the interrupted changeover.
+
+        The job whose changeover was interrupted (else the one in production) becomes the current job, so it
+        runs first. A job whose recipe changed since it was queued is not restored (reported at power-up).
+        """
+        interrupted = recovery.changeover
+        current_id = interrupted.job_id if interrupted is not None else None
+        if current_id is None:
+            current_id = next((j.job_id for j in recovery.jobs if j.status is JobStatus.STARTED), None)
+        restored: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for saved in sorted(recovery.jobs, key=lambda j: j.seq):
+            recipe = self._jobs.recipes.get(saved.variant)
+            why = _refusal(saved, recipe)
+            if why is not None or recipe is None:
+                refused.append((saved.job_id, why or "no recipe"))
+                self._refused.append(_refused_event(saved, why or "no recipe", self._clock.wall()))
+                continue
+            job = _rebuilt(saved, recipe)
+            is_current = job.id == current_id and self._current is None
+            self._jobs.restore(job, queue=not is_current)
+            restored.append(job.id)
+            if is_current:
+                self._current = job
+        if interrupted is not None and self._current is not None and self._current.id == interrupted.job_id:
+            self._resume = interrupted
+            self._resume_steps = {s.id: s for s in interrupted.steps}
+        elif interrupted is not None:
+            self._orphan = interrupted  # its job is not restored: the changeover is closed at power-up
+        self._recovery = RecoveryView(
+            unclean=recovery.unclean,
+            last_state=recovery.last_state,
+            changeover=interrupted,
+            restored_jobs=tuple(restored),
+            refused_jobs=tuple(refused),
+        )
+        self._recovery_text = recovery.describe() if recovery.unclean else ""
+        self._log.warning(
+            "restored from the journal",
+            unclean=recovery.unclean,
+            restored=restored,
+            refused=[j for j, _ in refused],
+            changeover=interrupted.changeover_id if interrupted else None,
+        )
+
+    async def _report_recovery(self) -> None:
+        """At power-up: journal the jobs not restored, close an orphaned changeover, raise the alarm."""
+        for event in self._refused:
+            await self._record(event)
+            self._log.warning("job not restored", job=event.job, reason=event.reason)
+        self._refused.clear()
+        orphan, self._orphan = self._orphan, None
+        if orphan is not None:
+            await self._record(
+                self._closing_event(orphan, ChangeoverStatus.ABORTED, "its job was not restored")
+            )
+        if self._recovery_text:
+            self._reason = self._recovery_text
+            self._recovery_alarm = True
+            await self._record(
+                AlarmEvent(
+                    ts=self._clock.wall(),
+                    alarm=RECOVERY_ALARM,
+                    severity=Severity.WARNING,
+                    active=True,
+                    message=self._recovery_text,
+                    source=ENGINE,
+                )
+            )
+            self._log.warning("powered up after an unclean stop", reason=self._recovery_text)
+
+    def _recovery_view(self) -> RecoveryView | None:
+        view, resume = self._recovery, self._resume
+        if view is None or resume is None:
+            return view
+        steps = tuple(self._resume_steps.get(s.id, s) for s in resume.steps)
+        return dataclasses.replace(view, changeover=dataclasses.replace(resume, steps=steps))
+
+    async def _settle(self, resume: InterruptedChangeover, plan: ChangeoverPlan) -> dict[str, str]:
+        """Settle the interrupted changeover's steps against the plan made from the setup read back now.
+
+        A step in doubt that is not in the plan reads back done: recorded DONE (verified) under its old
+        changeover id. A step in doubt that is in the plan, or one journaled done whose result no longer
+        reads back, is gated: the sequencer reads it back once more and asks before it runs it again.
+        """
+        planned = {s.id for s in plan.steps}
+        gates: dict[str, str] = {}
+        for step_id, step in list(self._resume_steps.items()):
+            if step.state is StepState.IN_DOUBT and step_id not in planned:
+                await self._record(
+                    StepEvent(
+                        ts=self._clock.wall(),
+                        changeover=resume.changeover_id,
+                        job=resume.job_id,
+                        step=step_id,
+                        step_kind=step.kind,
+                        device=step.device,
+                        status=StepStatus.DONE,
+                        detail=VERIFIED,
+                    )
+                )
+                self._log.info("step in doubt verified by read-back", step=step_id)
+            elif step.state is StepState.IN_DOUBT:
+                gates[step_id] = IN_DOUBT_REASON
+            elif step.state is StepState.DONE and step_id in planned:
+                gates[step_id] = DONE_DIFFERS_REASON
+        return gates
+
+    async def _finish_resume(self, job: Job, status: ChangeoverStatus, reason: str) -> None:
+        """Close the interrupted changeover with ``status``; the recovery is settled."""
+        resume = self._resume
+        if resume is None:
+            return
+        self._resume, self._resume_steps = None, {}
+        if not self._recovery_alarm:
+            self._recovery = None  # settled and acknowledged; else the report stays until Reset
+        await self._record(self._closing_event(resume, status, reason))
+        self._log.info("interrupted changeover closed", changeover=resume.changeover_id, status=status.value)
+
+    async def _drop_resume(self, job: Job, reason: str) -> None:
+        """The interrupted changeover's job ended (cancelled, aborted): close that changeover."""
+        if self._resume is not None and self._resume.job_id == job.id:
+            await self._finish_resume(job, ChangeoverStatus.ABORTED, reason)
+
+    def _closing_event(
+        self, changeover: InterruptedChangeover, status: ChangeoverStatus, reason: str
+    ) -> ChangeoverEvent:
+        return ChangeoverEvent(
+            ts=self._clock.wall(),
+            changeover=changeover.changeover_id,
+            job=changeover.job_id,
+            from_variant=changeover.from_variant,
+            to_variant=changeover.to_variant,
+            status=status,
+            steps=tuple(s.id for s in changeover.steps),
+            reason=reason,
+        )
+
+    # --------------------------------------------------------------------------------------------------------
     # Recording
 
     async def _record(self, event: Event) -> int:
@@ -567,6 +757,16 @@ class Engine:
                 self._log.exception("event listener failed", listener=repr(listener), kind=event.kind)
 
     def _track_step(self, event: StepEvent) -> None:
+        resumed = self._resume_steps.get(event.step)
+        if (
+            resumed is not None
+            and self._resume is not None
+            and event.changeover == self._resume.changeover_id
+        ):
+            state = StepState.DONE if event.status in (StepStatus.DONE, StepStatus.SKIPPED) else resumed.state
+            if event.status is StepStatus.FAILED and event.detail != "cancelled":
+                state = StepState.FAILED
+            self._resume_steps[event.step] = dataclasses.replace(resumed, state=state, detail=event.detail)
         progress = self._changeover
         if progress is None or event.changeover != progress.id or event.step not in progress.steps:
             return
@@ -659,6 +859,7 @@ class Engine:
         if job is not None and not job.finished:
             job.status, job.reason, job.finished_at = JobStatus.ABORTED, "aborted", self._clock.wall()
             self._current = None
+            await self._drop_resume(job, "job aborted")
             await self._record(job.event(self._clock.wall()))
             self._log.warning("job aborted", job=job.id, produced=job.produced)
 
@@ -703,6 +904,20 @@ class Engine:
 
     async def _clear_alarm(self, by: str) -> None:
         self._reason = ""
+        if self._recovery_alarm:
+            self._recovery_alarm = False
+            if self._resume is None:
+                self._recovery = None  # nothing left to settle: the report goes with the alarm
+            await self._record(
+                AlarmEvent(
+                    ts=self._clock.wall(),
+                    alarm=RECOVERY_ALARM,
+                    severity=Severity.INFO,
+                    active=False,
+                    message=f"acknowledged by {by}",
+                    source=ENGINE,
+                )
+            )
         if self._alarm_active:
             self._alarm_active = False
             await self._record(
@@ -948,8 +1163,12 @@ class Engine:
         )
         if any(s.kind == OPERATOR_KIND for s in plan.steps):
             self._operator_done.setdefault(key, set())
+        resume = self._resume if self._resume is not None and self._resume.job_id == job.id else None
+        gates = {} if resume is None else await self._settle(resume, plan)
         if plan.is_empty:
             self._operator_done.clear()
+            if resume is not None:
+                await self._finish_resume(job, ChangeoverStatus.COMPLETED, "every step verified by read-back")
             self._variant = job.variant
             self._phase = Phase.IDLE
             if staged is not None and staged.durations:
@@ -961,7 +1180,13 @@ class Engine:
             return
         path, planned_s = plan.critical_path()
         progress = _Changeover(
-            id=staged.changeover_id if staged is not None else uuid.uuid4().hex[:12],
+            id=(
+                resume.changeover_id
+                if resume is not None
+                else staged.changeover_id
+                if staged is not None
+                else uuid.uuid4().hex[:12]
+            ),
             job_id=job.id,
             plan=plan,
             planned_s=planned_s,
@@ -982,12 +1207,15 @@ class Engine:
         )
         self._changeover = progress
         began = self._clock.monotonic()
-        await self._record(self._changeover_event(progress, ChangeoverStatus.STARTED))
+        resumed = "" if resume is None else "resumed after an unclean stop"
+        await self._record(self._changeover_event(progress, ChangeoverStatus.STARTED, reason=resumed))
         try:
             with structlog.contextvars.bound_contextvars(changeover=progress.id):
-                self._log.info("changeover started", steps=len(plan.steps), planned_s=planned_s)
+                self._log.info(
+                    "changeover started", steps=len(plan.steps), planned_s=planned_s, gated=len(gates)
+                )
                 result = await self._sequencer.run(
-                    plan, changeover_id=progress.id, job_id=job.id, control=control
+                    plan, changeover_id=progress.id, job_id=job.id, control=control, confirm_first=gates
                 )
         except PlanHeld as held:
             # Parked: the cell is on its way to Held, Stopped or Suspended; Unhold plans again from read-back.
@@ -1035,6 +1263,8 @@ class Engine:
         self._operator_done.clear()
         self._variant = job.variant
         duration = self._clock.monotonic() - began
+        if resume is not None:
+            self._resume, self._resume_steps, self._recovery = None, {}, None
         await self._record(self._changeover_event(progress, ChangeoverStatus.COMPLETED, duration_s=duration))
         self._log.info("changeover completed", duration_s=round(duration, 3), planned_s=planned_s)
         await self._changed_over(job, progress.id, plan, result.durations, duration, staged, waited)
@@ -1059,3 +1289,65 @@ class Engine:
             duration_s=duration_s,
             reason=reason,
         )
+
+
+def _refusal(saved: RecoveredJob, recipe: Recipe | None) -> str | None:
+    """Why a job cannot run again from today's recipes (None: it can, the snapshot is identical)."""
+    if recipe is None:
+        return f"variant {saved.variant!r} is not in the recipes any more; submit the order again"
+    now = recipe.snapshot_hash()
+    if now != saved.recipe_hash:
+        return (
+            f"recipe {saved.variant!r} changed since the job was queued (v{saved.recipe_version} "
+            f"{saved.recipe_hash[:12]}, now v{recipe.version} {now[:12]}): a job never runs from a different "
+            "recipe; submit the order again"
+        )
+    return None
+
+
+def _rebuilt(saved: RecoveredJob, recipe: Recipe) -> Job:
+    """The job as it was: same id, order, parameters, submit order and counts."""
+    order = OrderRequest(
+        order_id=saved.order_id,
+        variant=saved.variant,
+        quantity=saved.quantity,
+        parameters=dict(saved.parameters),
+        priority=saved.priority,
+        due=saved.due,
+    )
+    return Job(
+        id=saved.job_id,
+        order=order,
+        recipe=recipe,
+        recipe_hash=saved.recipe_hash,
+        parameters=dict(saved.parameters),
+        seq=saved.seq,
+        submitted_at=saved.submitted_at,
+        submitted_by=saved.submitted_by,
+        status=saved.status,
+        produced=saved.produced,
+        good=saved.good,
+        bad=saved.bad,
+        invalid=saved.invalid,
+        started_at=saved.started_at,
+    )
+
+
+def _refused_event(saved: RecoveredJob, reason: str, ts: float) -> JobEvent:
+    return JobEvent(
+        ts=ts,
+        job=saved.job_id,
+        order_id=saved.order_id,
+        variant=saved.variant,
+        recipe_version=saved.recipe_version,
+        recipe_hash=saved.recipe_hash,
+        quantity=saved.quantity,
+        status=JobStatus.ABORTED,
+        produced=saved.produced,
+        good=saved.good,
+        bad=saved.bad,
+        invalid=saved.invalid,
+        parameters=dict(saved.parameters),
+        reason=f"not restored after an unclean stop: {reason}",
+        priority=saved.priority,
+    )

@@ -180,6 +180,7 @@ class Job:
             by=by,
             reason=self.reason,
             due=self.order.due,
+            priority=self.order.priority,
         )
 
 
@@ -309,6 +310,22 @@ class JobQueue:
         )
         self._queued.insert(at, job)
         return job, True
+
+    def restore(self, job: Job, *, queue: bool = True) -> None:
+        """Take back a job rebuilt from the journal after a restart, with its id and seq; a QUEUED one joins
+        the queue by priority unless ``queue`` is False (the engine runs it first). JobError (nothing
+        changed) when its id or order id is taken."""
+        if job.id in self._jobs or job.order.order_id in self._by_order:
+            raise JobError(f"job {job.id!r} (order {job.order.order_id!r}) is already known")
+        self._jobs[job.id] = job
+        self._by_order[job.order.order_id] = job
+        self._seq = max(self._seq, job.seq)
+        if queue and job.status is JobStatus.QUEUED:
+            at = next(
+                (k for k, queued in enumerate(self._queued) if queued.order.priority < job.order.priority),
+                len(self._queued),
+            )
+            self._queued.insert(at, job)
 
     @property
     def queued(self) -> list[Job]:

@@ -187,6 +187,7 @@ async def read_setup(
         program: int | None = None
         positions: dict[str, float] = {}
         setpoints: dict[str, TagValue] = {}
+        clamped: bool | None = None
         if wanted.tool:
             changer = _profile_of(profiles, device, ToolChanger)
             tool = _integer(device, "tool_current", await changer.tag("tool_current").read_value())
@@ -198,11 +199,15 @@ async def read_setup(
             for axis in wanted.axes:
                 tag = axis_actual_tag(axis)
                 positions[axis] = _number(device, tag, await fixture.tag(tag).read_value())
+            # A fixture left unclamped at its positions (a changeover stopped before its clamp) is not set up.
+            clamped = bool(await fixture.tag("clamped").read_value())
         if wanted.setpoints:
             profile = _profile_of(profiles, device, Profile)
             for name in wanted.setpoints:
                 setpoints[name] = await profile.tag(name).read_value()
-        current[device] = DeviceSetup(tool=tool, program=program, positions=positions, setpoints=setpoints)
+        current[device] = DeviceSetup(
+            tool=tool, program=program, positions=positions, setpoints=setpoints, clamped=clamped
+        )
     _log.debug("setup read back", devices=sorted(current))
     return current
 
@@ -256,6 +261,8 @@ def _differences(
         needed[StepKind.FIXTURE_UNCLAMP] = ((), f"{device}: unclamp")
         needed[StepKind.FIXTURE_MOVE] = (tuple(moves.items()), f"{device}: move {text}")
         needed[StepKind.FIXTURE_CLAMP] = ((), f"{device}: clamp")
+    elif want.positions and have.clamped is False:
+        needed[StepKind.FIXTURE_CLAMP] = ((), f"{device}: clamp (in position, left unclamped)")
     writes = {
         name: value
         for name, value in want.setpoints.items()

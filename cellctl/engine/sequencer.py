@@ -32,8 +32,17 @@ from cellctl.core.events import StepEvent, StepStatus
 from cellctl.core.plans import ChangeoverPlan, PlanStep
 from cellctl.core.ports import EventSink
 from cellctl.engine.confirm import Confirmation, Confirmations, Prompt, PromptKind
+from cellctl.engine.readback import reached
 from cellctl.engine.steps import REGISTRY, StepContext, StepHandler, check_plan
-from cellctl.errors import CellctlError, DeviceError, PlanHeld, SequenceError, StepFailed, StepTimeout
+from cellctl.errors import (
+    CellctlError,
+    DeviceError,
+    PlanError,
+    PlanHeld,
+    SequenceError,
+    StepFailed,
+    StepTimeout,
+)
 
 _log = structlog.get_logger(__name__)
 
@@ -75,6 +84,10 @@ class RunControl:
         self._wake = wake
 
 
+VERIFIED = "verified by read-back after restart"
+"""Detail of the DONE event of a step in doubt whose result the devices read back."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """A finished run: each step's duration (s, start to confirmed) and attempts, and the run's wall time."""
@@ -114,9 +127,16 @@ class Sequencer:
         changeover_id: str,
         job_id: str,
         control: RunControl | None = None,
+        confirm_first: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run every step of ``plan``; StepFailed/StepTimeout name the step that failed, PlanError a plan that
-        cannot run here (checked before any step starts), PlanHeld a run parked by ``control.hold()``."""
+        cannot run here (checked before any step starts), PlanHeld a run parked by ``control.hold()``.
+
+        ``confirm_first`` gates steps in doubt after a restart (step id -> what is unknown): such a step is
+        first read back; if its result is not there an operator must confirm (IN_DOUBT prompt) before it runs,
+        and it is read back once more after the confirmation. A step verified by read-back is recorded DONE
+        without being commanded. The wait comes before the step's own timeout starts.
+        """
         check_plan(plan, self._profiles, self._registry)
         run = _Run(
             plan=plan,
@@ -129,6 +149,7 @@ class Sequencer:
             confirmations=self._confirmations,
             control=control or RunControl(),
             finalizer_deadline_s=self._finalizer_deadline_s,
+            confirm_first=confirm_first or {},
         )
         with structlog.contextvars.bound_contextvars(changeover=changeover_id, job=job_id):
             return await run.execute()
@@ -150,8 +171,11 @@ class _Run:
         confirmations: Confirmations | None,
         control: RunControl,
         finalizer_deadline_s: float,
+        confirm_first: Mapping[str, str],
     ) -> None:
         self.plan = plan
+        self.profiles = profiles
+        self.confirm_first = confirm_first
         self.changeover_id = changeover_id
         self.job_id = job_id
         self.confirmations = confirmations
@@ -176,6 +200,8 @@ class _Run:
         self.by_id = {s.id: s for s in plan.steps}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.held: list[str] = []
+        self.acting: set[str] = set()
+        """Running steps past their gate (if any): commanding their device, not waiting for a person."""
         """Running steps a hold cancelled, in the order it cancelled them."""
         control._bind(self.progress.set)
 
@@ -235,7 +261,9 @@ class _Run:
         for step_id in sorted(self.running):
             step = self.by_id[step_id]
             task = self.tasks.get(step_id)
-            if step.interruptible and step_id not in self.held and task is not None:
+            # A step still in its gate waits for a person and has commanded nothing: a hold cuts it too.
+            cuttable = step.interruptible or step_id not in self.acting
+            if cuttable and step_id not in self.held and task is not None:
                 self.held.append(step_id)
                 task.cancel()
 
@@ -257,6 +285,7 @@ class _Run:
 
     def _forget(self, step: PlanStep) -> None:
         """The step no longer runs: free its device and wake the run loop (once per step)."""
+        self.acting.discard(step.id)
         if self.tasks.pop(step.id, None) is None:
             return  # forgotten already; its device may be another step's by now
         self.running.discard(step.id)
@@ -299,12 +328,24 @@ class _Run:
         log = self.log.bind(step=step.id, device=step.device, kind=step.kind)
         handler = self.registry[step.kind]
         began = self.clock.monotonic()
+        started = False
         try:
+            reason = self.confirm_first.get(step.id)
+            if reason is not None and await self._gate(step, reason, log):
+                self.durations[step.id] = 0.0
+                self.attempts[step.id] = 0
+                self.done.add(step.id)
+                return
+            began = self.clock.monotonic()  # the operator's wait is not the step's time
+            started = True
+            self.acting.add(step.id)
             await self._record(step, StepStatus.STARTED)
             log.info("step started", description=step.description)
             await self._attempts(step, handler, log)
         except asyncio.CancelledError:
             log.warning("step cancelled")
+            if not started:
+                raise  # a gated step cancelled while it waits stays in doubt: nothing recorded or undone
             # The cancellation is answered here by finalizing, and raised again below. While the task still
             # counts it as cancelling, drivers refuse every request (raise_if_cancelling): clear the count.
             task = asyncio.current_task()
@@ -321,7 +362,8 @@ class _Run:
             self.failures.append(exc)
             detail = _detail(step, exc)
             log.error("step failed", error=detail)
-            await self._record(step, StepStatus.FAILED, detail=detail)
+            if started:  # a gated step that never started keeps its journaled doubt
+                await self._record(step, StepStatus.FAILED, detail=detail)
             raise
         else:
             duration = self.clock.monotonic() - began
@@ -358,10 +400,41 @@ class _Run:
         log.info("step finalized")
         return FINALIZED
 
-    async def _ask(self, step: PlanStep, kind: PromptKind) -> Confirmation:
+    async def _gate(self, step: PlanStep, reason: str, log: structlog.typing.FilteringBoundLogger) -> bool:
+        """Settle a step in doubt: True when its result reads back (recorded DONE), else False once an
+        operator confirmed that it may run again."""
+        if await self._reads_back(step, log):
+            await self._record(step, StepStatus.DONE, detail=VERIFIED)
+            log.info("step in doubt verified by read-back")
+            return True
+        if self.confirmations is None:
+            raise PlanError(f"step {step.id!r} is in doubt ({reason}) and this run has nobody to ask")
+        instruction = (
+            f"{step.description}: {reason}; the devices do not read back its result. Check the equipment, "
+            "then confirm to run this step again"
+        )
+        confirmation = await self._ask(step, PromptKind.IN_DOUBT, instruction=instruction)
+        if await self._reads_back(step, log):
+            detail = f"{VERIFIED} ({_confirmed_by(confirmation)}; not run again)"
+            await self._record(step, StepStatus.DONE, detail=detail)
+            self.confirmed.pop(step.id, None)
+            log.info("step in doubt verified by read-back after the confirmation")
+            return True
+        return False
+
+    async def _reads_back(self, step: PlanStep, log: structlog.typing.FilteringBoundLogger) -> bool:
+        try:
+            return await reached(step, self.profiles)
+        except DeviceError as exc:
+            # An unreadable device cannot verify anything: the operator is asked instead.
+            log.warning("step read-back failed", error=str(exc))
+            return False
+
+    async def _ask(self, step: PlanStep, kind: PromptKind, *, instruction: str | None = None) -> Confirmation:
         """Show the step's prompt and wait for an accepted answer; the wait is recorded as WAITING."""
         assert self.confirmations is not None
-        instruction = step.instruction or step.description
+        in_doubt = kind is PromptKind.IN_DOUBT and instruction is not None
+        instruction = instruction or step.instruction or step.description
         await self._record(step, StepStatus.WAITING, detail=instruction)
         self.log.info("step waits for the operator", step=step.id, kind=kind.value, instruction=instruction)
         prompt = Prompt(
@@ -370,10 +443,11 @@ class _Run:
             device=step.device,
             kind=kind,
             instruction=instruction,
-            evidence=step.evidence,
+            evidence=None if in_doubt else step.evidence,
             since=self.clock.wall(),
         )
-        confirmation = await self.confirmations.ask(prompt, expected=step.expected_evidence)
+        expected = None if in_doubt else step.expected_evidence
+        confirmation = await self.confirmations.ask(prompt, expected=expected)
         self.confirmed[step.id] = confirmation
         self.log.info("step confirmed", step=step.id, by=confirmation.by, evidence=confirmation.evidence)
         return confirmation
@@ -435,4 +509,12 @@ def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return flat
 
 
-__all__ = ["CANCELLED", "DEFAULT_FINALIZER_DEADLINE_S", "FINALIZED", "RunControl", "RunResult", "Sequencer"]
+__all__ = [
+    "CANCELLED",
+    "DEFAULT_FINALIZER_DEADLINE_S",
+    "FINALIZED",
+    "VERIFIED",
+    "RunControl",
+    "RunResult",
+    "Sequencer",
+]

@@ -17,6 +17,7 @@ from cellctl.core.events import DeviceHealthChanged
 from cellctl.core.ports import Driver, Health
 from cellctl.drivers import build_driver
 from cellctl.engine import Engine, StepDurations
+from cellctl.engine.recovery import read_recovery
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
@@ -102,7 +103,16 @@ class CellApp:
         samples = await store.step_durations()
         durations = StepDurations.from_samples(samples)
         log.info("step durations loaded", samples=len(samples), keys=len(durations))
-        engine = Engine(self.config, drivers, recorder, self._clock, durations=durations)
+        began = self._clock.monotonic()
+        recovery = await read_recovery(store)
+        log.info(
+            "journal read for recovery",
+            unclean=recovery.unclean,
+            jobs=len(recovery.jobs),
+            changeover=recovery.changeover.changeover_id if recovery.changeover else None,
+            read_s=round(self._clock.monotonic() - began, 4),
+        )
+        engine = Engine(self.config, drivers, recorder, self._clock, durations=durations, recovery=recovery)
         publisher = None
         if self._publish:
             publisher = OutboxPublisher(store, cell.mqtt, cell.identity)

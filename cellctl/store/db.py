@@ -100,6 +100,18 @@ class Store:
         """(device, step kind, seconds) of the completed steps among the newest ``window`` step rows."""
         return await self._call("read step durations", lambda conn: steps.select(conn, window=window))
 
+    async def last_entry(self, kind: str) -> JournalEntry | None:
+        """The newest journal entry of ``kind`` (None when there is none)."""
+        return await self._call("read journal", lambda conn: journal.last_of_kind(conn, kind))
+
+    async def open_job_entries(self) -> list[JournalEntry]:
+        """Every job event of the jobs not finished (newest status queued or started), in id order."""
+        return await self._call("read journal", journal.open_job_entries)
+
+    async def verdict_counts(self, job_id: str, *, after_id: int) -> dict[str, int]:
+        """Parts of ``job_id`` journaled after ``after_id``, counted by verdict."""
+        return await self._call("read journal", lambda conn: journal.verdict_counts(conn, job_id, after_id))
+
     async def last_journal_id(self) -> int:
         """The newest journal id (0 when empty)."""
         return await self._call("read journal", journal.last_id)

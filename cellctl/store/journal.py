@@ -83,3 +83,43 @@ def last_id(conn: sqlite3.Connection) -> int:
     """The newest journal id, 0 when the journal is empty."""
     row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()
     return int(row[0])
+
+
+_OPEN_JOBS = f"""
+    SELECT {_COLUMNS} FROM journal
+    WHERE kind = 'job' AND job_id IN (
+        SELECT job_id FROM journal AS last
+        WHERE last.id IN (SELECT MAX(id) FROM journal WHERE kind = 'job' GROUP BY job_id)
+          AND json_extract(last.data, '$.status') IN ('queued', 'started')
+    )
+    ORDER BY id
+"""
+
+
+def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    return JournalEntry(
+        id=row[0], ts=row[1], kind=row[2], stream=row[3], job_id=row[4], data=json.loads(row[5])
+    )
+
+
+def last_of_kind(conn: sqlite3.Connection, kind: str) -> JournalEntry | None:
+    """The newest entry of ``kind`` (by the kind index), None when there is none."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM journal WHERE kind = ? ORDER BY id DESC LIMIT 1", (kind,)
+    ).fetchone()
+    return None if row is None else _entry(row)
+
+
+def open_job_entries(conn: sqlite3.Connection) -> list[JournalEntry]:
+    """Every job event of the jobs whose newest job event says queued or started, in id order."""
+    return [_entry(r) for r in conn.execute(_OPEN_JOBS)]
+
+
+def verdict_counts(conn: sqlite3.Connection, job_id: str, after_id: int) -> dict[str, int]:
+    """Parts of ``job_id`` journaled after ``after_id``, counted by verdict."""
+    rows = conn.execute(
+        "SELECT json_extract(data, '$.verdict'), COUNT(*) FROM journal "
+        "WHERE job_id = ? AND id > ? AND kind = 'part' GROUP BY 1",
+        (job_id, after_id),
+    )
+    return {str(verdict): int(count) for verdict, count in rows}

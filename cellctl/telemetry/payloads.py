@@ -71,6 +71,7 @@ class JobData(Payload):
     reason: str
     due: float | None = None
     """When the order should be finished (epoch seconds), if it says."""
+    priority: int = 0
 
 
 class ChangeoverData(Payload):

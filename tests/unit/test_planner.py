@@ -337,6 +337,18 @@ def test_bergen_to_tromso_keeps_the_fixture() -> None:
     assert not any(s.device == "fixture" for s in plan.steps)
 
 
+def test_a_fixture_in_position_but_left_unclamped_gets_only_its_clamp() -> None:
+    """A changeover stopped between the move and the clamp: the positions match, the clamp is still due."""
+    current = dict(target_setup(EXAMPLE.recipes["bergen"], CELL))
+    current["fixture"] = DeviceSetup(positions=current["fixture"].positions, clamped=False)
+    plan = plan_changeover(current, EXAMPLE.recipes["bergen"], CELL, from_variant=None)
+    assert _ids(plan) == ["fixture:fixture_clamp"]
+    clamped = DeviceSetup(positions=current["fixture"].positions, clamped=True)
+    assert plan_changeover(
+        {**current, "fixture": clamped}, EXAMPLE.recipes["bergen"], CELL, from_variant=None
+    ).is_empty
+
+
 def test_from_an_unknown_setup_everything_the_recipe_names_is_set() -> None:
     plan = plan_changeover({}, EXAMPLE.recipes["tromso"], CELL, from_variant=None)
     assert len([s for s in plan.steps if s.kind != OPERATOR_KIND]) == 7

@@ -43,7 +43,7 @@ async def test_the_setup_is_read_from_the_devices() -> None:
     setup = await read_setup(_profiles(devices), CELL, RECIPES)
     assert setup["toolchanger"] == DeviceSetup(tool=2, setpoints={"preselect": 2})
     assert setup["robot1"] == DeviceSetup(program=12)
-    assert setup["fixture"] == DeviceSetup(positions={"width": 520.0, "depth": 480.0})
+    assert setup["fixture"] == DeviceSetup(positions={"width": 520.0, "depth": 480.0}, clamped=True)
     assert setup["stapler"] == DeviceSetup(setpoints={"force_sp": 950.0})
 
 

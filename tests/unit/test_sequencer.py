@@ -31,7 +31,7 @@ BOUND = 5.0
 """Upper bound on any wait in these tests (s): a hang fails the test instead of blocking the suite."""
 
 OSLO_ON_DEVICES: dict[str, dict[str, TagValue]] = {
-    "toolchanger": {"tool_current": 1, "tool_request": 1},
+    "toolchanger": {"tool_current": 1, "tool_request": 1, "preselect": 1},
     "robot1": {"active_program": 11, "program": 11},
     "fixture": {"width_act": 420.0, "depth_act": 400.0, "clamped": True, "clamp": True, "in_position": True},
     "stapler": {"force_sp": 800.0},
