@@ -1219,43 +1219,23 @@ class Engine:
                 )
         except PlanHeld as held:
             # Parked: the cell is on its way to Held, Stopped or Suspended; Unhold plans again from read-back.
-            self._phase = Phase.IDLE
-            self._changeover = None
-            await self._record(
-                self._changeover_event(
-                    progress,
-                    ChangeoverStatus.FAILED,
-                    reason=str(held),
-                    duration_s=self._clock.monotonic() - began,
-                )
-            )
+            await self._changeover_ended(progress, ChangeoverStatus.FAILED, reason=str(held), began=began)
             self._log.info("changeover held", done=list(held.done), cut=list(held.cut))
             return
         except asyncio.CancelledError:
-            self._phase = Phase.IDLE
-            self._changeover = None
-            if self._interrupt is not None:
+            if self._interrupt is None:
+                self._phase, self._changeover = Phase.IDLE, None
+            else:
                 aborted = self._interrupt == "abort"
-                await self._record(
-                    self._changeover_event(
-                        progress,
-                        ChangeoverStatus.ABORTED if aborted else ChangeoverStatus.FAILED,
-                        reason=f"cancelled by {self._interrupt}",
-                        duration_s=self._clock.monotonic() - began,
-                    )
+                await self._changeover_ended(
+                    progress,
+                    ChangeoverStatus.ABORTED if aborted else ChangeoverStatus.FAILED,
+                    reason=f"cancelled by {self._interrupt}",
+                    began=began,
                 )
             raise
         except SequenceError as exc:
-            self._phase = Phase.IDLE
-            self._changeover = None
-            await self._record(
-                self._changeover_event(
-                    progress,
-                    ChangeoverStatus.FAILED,
-                    reason=str(exc),
-                    duration_s=self._clock.monotonic() - began,
-                )
-            )
+            await self._changeover_ended(progress, ChangeoverStatus.FAILED, reason=str(exc), began=began)
             raise
         # Done: from here a Hold must not cancel the bookkeeping, so production is no longer interruptible.
         self._phase = Phase.IDLE
@@ -1268,6 +1248,14 @@ class Engine:
         await self._record(self._changeover_event(progress, ChangeoverStatus.COMPLETED, duration_s=duration))
         self._log.info("changeover completed", duration_s=round(duration, 3), planned_s=planned_s)
         await self._changed_over(job, progress.id, plan, result.durations, duration, staged, waited)
+
+    async def _changeover_ended(
+        self, progress: _Changeover, status: ChangeoverStatus, *, reason: str, began: float
+    ) -> None:
+        """The run ended before completing: no changeover is active any more; how it ended is recorded."""
+        self._phase, self._changeover = Phase.IDLE, None
+        duration = self._clock.monotonic() - began
+        await self._record(self._changeover_event(progress, status, reason=reason, duration_s=duration))
 
     def _changeover_event(
         self,

@@ -15,7 +15,8 @@ import os
 import shutil
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ from cellctl.api.protocol import MAX_LINE, EventBody
 from cellctl.api.server import WATCH_QUEUE, ControlServer
 from cellctl.api.service import ControlService
 from cellctl.cli import ctl
+from cellctl.core.clock import Clock
 from cellctl.core.events import Event, OperatorAction, StateChanged
 from cellctl.core.packml import Command, State, allowed_commands, completion, is_acting, next_state
+from cellctl.core.tags import TagBackend
 from cellctl.engine import Engine, OrderRequest
 from cellctl.errors import ApiError, JobError
 from cellctl.schema.cell import Identity
-from cellctl.schema.load import load_config
+from cellctl.schema.load import LoadedConfig, load_config
 from tests.softcell import soft_cell
 
 IDENTITY = Identity(enterprise="nordform", site="lyon", area="upholstery", line="line1", cell="cell3")
@@ -686,20 +689,36 @@ class Cell:
     sink: ListSink
 
 
-@pytest.fixture
-async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
-    config = load_config(config_dir)
+@asynccontextmanager
+async def serving(
+    config: LoadedConfig,
+    devices: Mapping[str, TagBackend],
+    tmp_path: Path,
+    clock: Clock | None = None,
+) -> AsyncIterator[Cell]:
+    """The real Engine on ``devices``, served on a control socket in ``tmp_path``; stopped on exit."""
     sink = ListSink()
-    engine = Engine(config, soft_cell(config.cell, measure=lambda channel: OSLO_PART[channel]), sink)
+    engine = Engine(config, devices, sink, clock)
     engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
     await engine.wait_for(State.STOPPED, timeout=WAIT_S)
     server = ControlServer(
         tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
     )
     server_task = await start(server)
-    yield Cell(server.path, engine, sink)
-    await stop(server_task)
-    await stop(engine_task)
+    try:
+        yield Cell(server.path, engine, sink)
+    finally:
+        await stop(server_task)
+        await stop(engine_task)
+
+
+@pytest.fixture
+async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
+    config = load_config(config_dir)
+    async with serving(
+        config, soft_cell(config.cell, measure=lambda channel: OSLO_PART[channel]), tmp_path
+    ) as cell:
+        yield cell
 
 
 async def until(client: ControlClient, predicate: Callable[[EventBody], bool]) -> list[EventBody]:

@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 
 from cellctl.api.client import ControlClient
-from cellctl.api.server import ControlServer
-from cellctl.api.service import ControlService
 from cellctl.core.events import OperatorAction, StepEvent, StepStatus
 from cellctl.core.plans import ChangeoverPlan, PlanStep
-from cellctl.engine import Engine, State
 from cellctl.engine.confirm import PromptKind
 from cellctl.engine.sequencer import RunResult
 from cellctl.engine.steps import REGISTRY, StepContext, StepHandler
 from cellctl.errors import ApiError
 from cellctl.schema.load import load_config
-from tests.integration.test_api import WAIT_S, Cell, ListSink, run_ctl, start, stop
+from tests.integration.test_api import WAIT_S, Cell, run_ctl, serving
 from tests.softcell import soft_cell
 
 
@@ -50,17 +47,8 @@ PLAN = ChangeoverPlan(
 async def cell(config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cell]:
     monkeypatch.setitem(REGISTRY, "test_manual", StepHandler("test_manual", _ask_operator))
     config = load_config(config_dir)
-    sink = ListSink()
-    engine = Engine(config, soft_cell(config.cell), sink)
-    engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
-    await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
-    )
-    server_task = await start(server)
-    yield Cell(server.path, engine, sink)
-    await stop(server_task)
-    await stop(engine_task)
+    async with serving(config, soft_cell(config.cell), tmp_path) as cell:
+        yield cell
 
 
 async def _waiting_run(cell: Cell) -> asyncio.Task[RunResult]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,14 +9,11 @@ from pathlib import Path
 import pytest
 
 from cellctl.api.client import ControlClient
-from cellctl.api.server import ControlServer
-from cellctl.api.service import ControlService
 from cellctl.core.clock import ManualClock
 from cellctl.core.events import JobEvent, OperatorAction
-from cellctl.engine import Engine, State
 from cellctl.errors import ApiError
 from cellctl.schema.load import load_config
-from tests.integration.test_api import WAIT_S, Cell, ListSink, run_ctl, start, stop
+from tests.integration.test_api import Cell, run_ctl, serving
 from tests.softcell import soft_cell
 
 NOW = datetime(2026, 11, 28, 6, tzinfo=UTC).timestamp()
@@ -28,17 +24,8 @@ DUE_S = datetime(2026, 11, 28, 13, tzinfo=UTC).timestamp()
 @pytest.fixture
 async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
     config = load_config(config_dir)
-    sink = ListSink()
-    engine = Engine(config, soft_cell(config.cell), sink, ManualClock(NOW))
-    engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
-    await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
-    )
-    server_task = await start(server)
-    yield Cell(server.path, engine, sink)
-    await stop(server_task)
-    await stop(engine_task)
+    async with serving(config, soft_cell(config.cell), tmp_path, ManualClock(NOW)) as cell:
+        yield cell
 
 
 async def test_a_due_date_in_iso_8601_round_trips_as_epoch_seconds(cell: Cell) -> None:

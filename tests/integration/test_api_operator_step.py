@@ -4,19 +4,15 @@ which evidence and when, is journaled."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from cellctl.api.client import ControlClient
-from cellctl.api.server import ControlServer
-from cellctl.api.service import ControlService
 from cellctl.core.events import JobStatus, OperatorAction, StepEvent, StepStatus
-from cellctl.engine import Engine, State
 from cellctl.schema.load import load_config
-from tests.integration.test_api import WAIT_S, Cell, ListSink, is_state, run_ctl, start, stop, until
+from tests.integration.test_api import Cell, is_state, run_ctl, serving, until
 from tests.softcell import soft_cell
 
 
@@ -25,17 +21,8 @@ async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
     """The example cell on soft devices whose gauge measures what the setup makes: tromso parts pass its
     first-article gate."""
     config = load_config(config_dir)
-    sink = ListSink()
-    engine = Engine(config, soft_cell(config.cell), sink)
-    engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
-    await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
-    )
-    server_task = await start(server)
-    yield Cell(server.path, engine, sink)
-    await stop(server_task)
-    await stop(engine_task)
+    async with serving(config, soft_cell(config.cell), tmp_path) as cell:
+        yield cell
 
 
 STEP = "operator:load_fabric"

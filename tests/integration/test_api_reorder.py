@@ -3,37 +3,25 @@ actions, and through `cellctl ctl`."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from cellctl.api.client import ControlClient
-from cellctl.api.server import ControlServer
-from cellctl.api.service import ControlService
 from cellctl.core.events import OperatorAction
-from cellctl.engine import Engine, OrderRequest, State
+from cellctl.engine import OrderRequest
 from cellctl.errors import ApiError
 from cellctl.schema.load import load_config
-from tests.integration.test_api import WAIT_S, Cell, ListSink, run_ctl, start, stop
+from tests.integration.test_api import Cell, run_ctl, serving
 from tests.softcell import soft_cell
 
 
 @pytest.fixture
 async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
     config = load_config(config_dir)
-    sink = ListSink()
-    engine = Engine(config, soft_cell(config.cell), sink)
-    engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
-    await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
-    )
-    server_task = await start(server)
-    yield Cell(server.path, engine, sink)
-    await stop(server_task)
-    await stop(engine_task)
+    async with serving(config, soft_cell(config.cell), tmp_path) as cell:
+        yield cell
 
 
 async def queue_of(cell: Cell, variants: list[str]) -> list[str]:

@@ -3,20 +3,17 @@ on a soft cell, journaled as operator actions."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from cellctl.api.client import ControlClient
-from cellctl.api.server import ControlServer
-from cellctl.api.service import ControlService
 from cellctl.core.events import FirstArticleEvent, FirstArticleStatus, OperatorAction
-from cellctl.engine import Engine, OrderRequest, State
+from cellctl.engine import OrderRequest, State
 from cellctl.errors import ApiError
 from cellctl.schema.load import load_config
-from tests.integration.test_api import WAIT_S, Cell, ListSink, run_ctl, start, stop
+from tests.integration.test_api import WAIT_S, Cell, run_ctl, serving
 from tests.softcell import soft_cell
 
 
@@ -24,17 +21,8 @@ from tests.softcell import soft_cell
 async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
     """A cell whose gauge measures 0 (every part fails), on the example recipes (each gated)."""
     config = load_config(config_dir)
-    sink = ListSink()
-    engine = Engine(config, soft_cell(config.cell, follow=False), sink)
-    engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
-    await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
-    )
-    server_task = await start(server)
-    yield Cell(server.path, engine, sink)
-    await stop(server_task)
-    await stop(engine_task)
+    async with serving(config, soft_cell(config.cell, follow=False), tmp_path) as cell:
+        yield cell
 
 
 async def held_on_a_first_article(cell: Cell) -> None:
