@@ -32,6 +32,7 @@ from cellctl.core.events import (
     ChangeoverEvent,
     ChangeoverStatus,
     Event,
+    OeeReport,
     PartProduced,
     StateChanged,
     Verdict,
@@ -167,6 +168,32 @@ class OeeFigures:
         if a is None or p is None or q is None:
             return 0.0
         return a * p * q
+
+    def report(self, ts: float) -> OeeReport:
+        """These figures as the fact recorded (and published) when their window ended."""
+        return OeeReport(
+            ts=ts,
+            window=self.window.name,
+            window_start=self.window.start,
+            window_end=self.window.end,
+            policy=self.policy.value,
+            oee=self.oee,
+            availability=self.availability,
+            performance=self.performance,
+            quality=self.quality,
+            planned_s=self.planned_s,
+            run_s=self.run_s,
+            downtime_s=self.downtime_s,
+            changeover_s=self.changeover_s,
+            unknown_s=self.unknown_s,
+            ideal_s=self.ideal_s,
+            good=self.parts.good,
+            bad=self.parts.bad,
+            invalid=self.parts.invalid,
+            changeovers=self.changeovers,
+            downtime={d.cause: d.seconds for d in self.pareto},
+            downtime_count={d.cause: d.count for d in self.pareto},
+        )
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready data."""

@@ -407,6 +407,7 @@ class Engine:
                 with structlog.contextvars.bound_contextvars(cell=self._name):
                     await self._cell.power_up(State.STOPPED, by=ENGINE)
                     await self._report_recovery()
+                    group.create_task(self._report_oee(), name="engine:oee")
                     self._log.info("engine running", devices=sorted(self._profiles))
                     await asyncio.Event().wait()  # until cancelled; the group's tasks do the work
         finally:
@@ -753,6 +754,16 @@ class Engine:
             self._durations.observe(event)
         self._notify(event)
         return journal_id
+
+    async def _report_oee(self) -> None:
+        """Record each ended shift's OEE (OeeReport); wakes at least each minute, so a clock step is seen."""
+        while True:
+            await asyncio.sleep(min(self._oee.seconds_left(self._clock.wall()) + 0.5, 60.0))
+            for report in self._oee.ended(self._clock.wall()):
+                try:
+                    await self._record(report)
+                except CellctlError as exc:
+                    self._log.error("OEE report not recorded", window=report.window, error=str(exc))
 
     def _notify(self, event: Event) -> None:
         self._oee.observe(event)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo
 
-from cellctl.core.events import Event
+from cellctl.core.events import Event, OeeReport
 from cellctl.core.oee import OeeAccumulator, OeeFigures, ShiftSpec, Window, shift_windows
 from cellctl.schema.load import LoadedConfig
 
 BETWEEN_SHIFTS = "between shifts"
+
+MAX_ROLL = 100
+"""Windows rolled one by one at most; past that (a wall-clock jump) it jumps to the window of now."""
 
 
 class LiveOee:
@@ -29,6 +32,7 @@ class LiveOee:
         self._shifts: tuple[ShiftSpec, ...] = oee.shift_specs()
         self._tz: tzinfo = oee.zone()
         self._acc: OeeAccumulator | None = None
+        self._ended: list[OeeFigures] = []
 
     def observe(self, event: Event) -> None:
         """Take one recorded fact."""
@@ -38,11 +42,27 @@ class LiveOee:
         """The current window's figures up to ``now``."""
         return self._roll(now).figures(until=now)
 
+    def seconds_left(self, now: float) -> float:
+        """Seconds until the current window ends."""
+        return max(0.0, self._roll(now).window.end - now)
+
+    def ended(self, now: float) -> list[OeeReport]:
+        """The reports of the windows that ended since the last call (oldest first), stamped ``now``."""
+        self._roll(now)
+        reports = [figures.report(now) for figures in self._ended]
+        self._ended.clear()
+        return reports
+
     def _roll(self, ts: float) -> OeeAccumulator:
         acc = self._acc
         if acc is None:
             acc = OeeAccumulator(window=self.window_at(ts), ideal_cycle_s=self._ideal, policy=self._policy)
-        elif ts >= acc.window.end:
+        for _ in range(MAX_ROLL):
+            if ts < acc.window.end:
+                break
+            self._ended.append(acc.figures())
+            acc = acc.carry_over(self.window_at(acc.window.end))
+        else:
             acc = acc.carry_over(self.window_at(ts))
         self._acc = acc
         return acc

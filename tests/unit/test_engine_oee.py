@@ -70,3 +70,23 @@ async def test_engine_status_carries_the_live_oee_of_its_run(
     data = json.loads(json.dumps(engine.status().to_dict()))["oee"]
     assert data["parts"] == {"good": 3, "bad": 1, "invalid": 1}
     assert "oee " in format_status(engine.status().to_dict())
+
+
+def test_ended_windows_become_oee_reports_one_per_shift() -> None:
+    shifts = (
+        ShiftConfig(name="early", start="06:00", end="14:00"),
+        ShiftConfig(name="late", start="14:00", end="22:00"),
+    )
+    live = LiveOee(loaded(OeeConfig(shifts=shifts, timezone="UTC")))
+    live.observe(
+        StateChanged(ts=utc(13), state="Execute", state_no=6, previous="Starting", command=None, by="e")
+    )
+    assert live.ended(utc(13, 30)) == []
+    assert live.seconds_left(utc(13, 30)) == 1800
+    # No fact for two windows: both reports come, in order, the state carried over.
+    reports = live.ended(utc(23))
+    assert [(r.window, r.run_s, r.ts) for r in reports] == [
+        ("early 2026-03-02", 3600, utc(23)),
+        ("late 2026-03-02", 8 * 3600, utc(23)),
+    ]
+    assert live.ended(utc(23)) == []
