@@ -14,13 +14,15 @@ request (bad arguments or configuration, unknown shift, variant or characteristi
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import io
+import itertools
 import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,11 +36,12 @@ from cellctl.core.events import (
     Event,
     JobEvent,
     PartProduced,
+    StateChanged,
 )
 from cellctl.core.oee import OeeFigures, Window, compute_oee, shift_windows
 from cellctl.errors import ConfigError, StoreError
 from cellctl.schema.load import LoadedConfig, format_issues, load_config
-from cellctl.store.history import read_window, to_event
+from cellctl.store.history import REPORT_KINDS, read_window, to_event
 
 __all__ = ["add_parsers", "history_rows", "parse_time", "report_rows"]
 
@@ -170,8 +173,8 @@ def _request(args: argparse.Namespace, *, shift: str | None = None) -> _Request:
     return _Request(loaded, loaded.resolve(loaded.cell.store.path), window)
 
 
-def _events(request: _Request) -> list[Event]:
-    entries = read_window(request.store, request.window.start, request.window.end)
+def _events(request: _Request, kinds: Collection[str] = REPORT_KINDS) -> list[Event]:
+    entries = read_window(request.store, request.window.start, request.window.end, kinds)
     return [e for e in (to_event(entry) for entry in entries) if e is not None]
 
 
@@ -267,7 +270,22 @@ REPORT_COLUMNS = ("section", "item", "metric", "value")
 
 def _figures(events: Sequence[Event], request: _Request, window: Window) -> OeeFigures:
     ideal = {v: r.ideal_cycle_s for v, r in request.loaded.recipes.items()}
-    return compute_oee(events, window, ideal, request.loaded.cell.oee.changeover)
+    return compute_oee(_around(events, window), window, ideal, request.loaded.cell.oee.changeover)
+
+
+def _around(events: Sequence[Event], window: Window) -> Sequence[Event]:
+    """The facts a window's figures need: from the newest state change before it to its end.
+
+    A shift is a slice of the report's facts, so a week by shift does not fold the week once per shift.
+    Only when the timestamps run in order (no wall-clock step back) can the slice be found by bisection.
+    """
+    stamps = [e.ts for e in events]
+    if any(b < a for a, b in itertools.pairwise(stamps)):
+        return events
+    first = bisect.bisect_left(stamps, window.start)
+    while first > 0 and not isinstance(events[first], StateChanged):
+        first -= 1
+    return events[first : bisect.bisect_left(stamps, window.end)]
 
 
 def report_rows(events: Sequence[Event], request: _Request) -> list[tuple[str, str, str, str]]:
@@ -463,7 +481,7 @@ def run_chart(args: argparse.Namespace) -> int:
             raise _Refused(
                 f"variant {args.variant!r} has no characteristic {args.characteristic!r} (known: {known})"
             )
-        parts = [e for e in _events(request) if isinstance(e, PartProduced)]
+        parts = [e for e in _events(request, (PartProduced.kind,)) if isinstance(e, PartProduced)]
         try:
             data = chart_data(parts, args.variant, args.characteristic, args.baseline)
         except ValueError as exc:
