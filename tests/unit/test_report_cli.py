@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 
 from cellctl.cli import main
 from cellctl.cli.chart import imr_limits
+from cellctl.cli.report import _around
 from cellctl.core.events import (
     AlarmEvent,
     ChangeoverEvent,
@@ -32,6 +33,7 @@ from cellctl.core.events import (
     StateChanged,
     Verdict,
 )
+from cellctl.core.oee import Window, compute_oee
 from cellctl.store import Store
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -256,3 +258,13 @@ def test_imr_limits_by_hand() -> None:
     assert limits.ucl == pytest.approx(11.5 + 2.66 * 5 / 3) and limits.mr_ucl == pytest.approx(3.267 * 5 / 3)
     with pytest.raises(ValueError, match="at least 2"):
         imr_limits([1.0])
+
+
+def test_a_window_folds_only_its_slice_of_the_facts_with_the_same_figures() -> None:
+    events = timeline()
+    ideal = {"oslo": 3.5}
+    for start in range(0, 600, 37):
+        w = Window(T + start, T + start + 90)
+        assert compute_oee(_around(events, w), w, ideal) == compute_oee(events, w, ideal)
+    stepped_back = [*events, state(10, "Stopped", "Suspended")]  # a wall-clock step back: no bisection
+    assert _around(stepped_back, Window(T + 100, T + 200)) is stepped_back
