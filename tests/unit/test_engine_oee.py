@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from cellctl.cli.ctl import format_status
 from cellctl.core.events import PartProduced, StateChanged, Verdict
@@ -90,3 +92,18 @@ def test_ended_windows_become_oee_reports_one_per_shift() -> None:
         ("late 2026-03-02", 8 * 3600, utc(23)),
     ]
     assert live.ended(utc(23)) == []
+
+
+@pytest.mark.parametrize(
+    ("oee", "message"),
+    [
+        ({"shifts": [{"name": "a", "start": "06:00", "end": "14:00"}] * 2}, "shift 'a' is named twice"),
+        ({"shifts": [{"name": "a", "start": "06:00", "end": "06:00"}]}, "starts and ends at 06:00"),
+        ({"shifts": [{"name": "a", "start": "6:00", "end": "14:00"}]}, "String should match pattern"),
+        ({"timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+        ({"changeover": "sometimes"}, "planned_downtime"),
+    ],
+)
+def test_bad_oee_sections_are_refused_with_the_reason(oee: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        OeeConfig.model_validate(oee)
