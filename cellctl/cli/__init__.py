@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from cellctl import __version__
-from cellctl.cli import browse, config_cmds, ctl, demo_cmd, plan, probe, run_cmd
+from cellctl.cli import browse, config_cmds, ctl, demo_cmd, plan, probe, report, run_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_parser(sub)
     browse.add_parser(sub)
     plan.add_parser(sub)
+    report.add_parsers(sub)
     return parser
 
 

@@ -397,6 +397,9 @@ def format_status(status: dict[str, Any]) -> str:
     counters = status.get("counters")
     if isinstance(counters, dict):
         rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
+    oee = status.get("oee")
+    if isinstance(oee, dict):
+        rows.append(("oee", _format_oee(oee)))
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
 
@@ -447,6 +450,21 @@ def _format_prompt(prompt: dict[str, Any]) -> str:
         text += f"; scan: {evidence}"
         answer += " --evidence ID"
     return f"{text} -> {answer}"
+
+
+def _format_oee(oee: dict[str, Any]) -> str:
+    """The live OEE line: OEE = A x P x Q of the current shift so far."""
+
+    def pct(key: str) -> str:
+        value = oee.get(key)
+        return f"{value * 100:.1f} %" if isinstance(value, int | float) else "n/a"
+
+    window = oee.get("window") or {}
+    name = window.get("name") if isinstance(window, dict) else None
+    return (
+        f"{pct('oee')} (availability {pct('availability')}, performance {pct('performance')}, quality "
+        f"{pct('quality')})" + (f" in {name}" if name else "")
+    )
 
 
 def _format_qualification(qualification: dict[str, Any]) -> str:

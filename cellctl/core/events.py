@@ -18,6 +18,7 @@ class Stream(StrEnum):
     QUALITY = "quality"
     HEALTH = "health"
     ALARM = "alarm"
+    OEE = "oee"
 
 
 class Verdict(StrEnum):
@@ -343,6 +344,38 @@ class OperatorAction(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OeeReport(Event):
+    """The OEE of one ended window (a shift, the gap between shifts, or a day); see ``cellctl.core.oee``.
+
+    Ratios are None when their denominator is zero; ``downtime`` is seconds by cause and ``downtime_count``
+    how often each began (the Pareto).
+    """
+
+    stream: ClassVar[Stream] = Stream.OEE
+    kind: ClassVar[str] = "oee_report"
+    window: str
+    window_start: float
+    window_end: float
+    policy: str
+    oee: float | None
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    planned_s: float
+    run_s: float
+    downtime_s: float
+    changeover_s: float
+    unknown_s: float
+    ideal_s: float
+    good: int
+    bad: int
+    invalid: int
+    changeovers: int
+    downtime: dict[str, float] = field(default_factory=dict)
+    downtime_count: dict[str, int] = field(default_factory=dict)
+
+
 ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     StateChanged,
     JobEvent,
@@ -354,4 +387,5 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     OperatorAction,
     FirstArticleEvent,
     ChangeoverKpi,
+    OeeReport,
 )

@@ -41,6 +41,7 @@ from cellctl.core.events import (
     StepStatus,
     Verdict,
 )
+from cellctl.core.oee import OeeFigures
 from cellctl.core.packml import Command, State, completion, is_acting
 from cellctl.core.plans import ChangeoverPlan
 from cellctl.core.ports import EventSink
@@ -51,6 +52,7 @@ from cellctl.engine.durations import StepDurations
 from cellctl.engine.firstarticle import Qualification, QualificationView, authorise_sign_off
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
 from cellctl.engine.kpi import EXTERNAL, INTERNAL, PendingKpi, StagedRun, step_kpis
+from cellctl.engine.oee import LiveOee
 from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, target_setup
 from cellctl.engine.recovery import InterruptedChangeover, RecoveredJob, RecoveredStep, Recovery, StepState
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
@@ -241,6 +243,7 @@ class CellStatus:
     prompts: tuple[Prompt, ...] = ()
     qualification: QualificationView | None = None
     recovery: RecoveryView | None = None
+    oee: OeeFigures | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -261,6 +264,7 @@ class CellStatus:
             "prompts": [p.to_dict() for p in self.prompts],
             "qualification": self.qualification.to_dict() if self.qualification else None,
             "recovery": self.recovery.to_dict() if self.recovery else None,
+            "oee": self.oee.to_dict() if self.oee else None,
         }
 
 
@@ -386,6 +390,7 @@ class Engine:
         self._recovery_text = ""
         self._refused: list[JobEvent] = []
         self._orphan: InterruptedChangeover | None = None
+        self._oee = LiveOee(config)  # issue 5: the current shift's OEE in the status
         if recovery is not None and not recovery.empty:
             self._restore(recovery)
 
@@ -402,6 +407,7 @@ class Engine:
                 with structlog.contextvars.bound_contextvars(cell=self._name):
                     await self._cell.power_up(State.STOPPED, by=ENGINE)
                     await self._report_recovery()
+                    group.create_task(self._report_oee(), name="engine:oee")
                     self._log.info("engine running", devices=sorted(self._profiles))
                     await asyncio.Event().wait()  # until cancelled; the group's tasks do the work
         finally:
@@ -478,6 +484,7 @@ class Engine:
             prompts=self._confirmations.pending(),
             qualification=self._qualification.view() if self._qualification else None,
             recovery=self._recovery_view(),
+            oee=self._oee.figures(self._clock.wall()),
         )
 
     async def confirm(self, step: str, *, evidence: str | None = None, by: str) -> CellStatus:
@@ -748,7 +755,18 @@ class Engine:
         self._notify(event)
         return journal_id
 
+    async def _report_oee(self) -> None:
+        """Record each ended shift's OEE (OeeReport); wakes at least each minute, so a clock step is seen."""
+        while True:
+            await asyncio.sleep(min(self._oee.seconds_left(self._clock.wall()) + 0.5, 60.0))
+            for report in self._oee.ended(self._clock.wall()):
+                try:
+                    await self._record(report)
+                except CellctlError as exc:
+                    self._log.error("OEE report not recorded", window=report.window, error=str(exc))
+
     def _notify(self, event: Event) -> None:
+        self._oee.observe(event)
         for listener in list(self._listeners):
             try:
                 listener(event)

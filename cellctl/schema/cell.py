@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime, tzinfo
+from datetime import time as dt_time
 from enum import StrEnum
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from cellctl.core.devices import Handshake, MethodSignature, ProfileKind, ValueKind
+from cellctl.core.oee import ChangeoverPolicy, ShiftSpec
 from cellctl.schema.noderef import NodeRefError, parse_node_ref
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
@@ -558,6 +562,61 @@ class ProductionConfig(Strict):
     gauge_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 
 
+_CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class ShiftConfig(Strict):
+    """A named shift in local time, ``"HH:MM"``; an end at or before the start runs past midnight."""
+
+    name: Name
+    start: Annotated[str, Field(pattern=_CLOCK_PATTERN)]
+    end: Annotated[str, Field(pattern=_CLOCK_PATTERN)]
+
+
+class OeeConfig(Strict):
+    """How OEE is counted: the changeover policy, the shifts (reports and live figures per shift) and their
+    time zone (an IANA name; left out: the controller's local time)."""
+
+    changeover: ChangeoverPolicy = Field(
+        default=ChangeoverPolicy.PLANNED_DOWNTIME,
+        description="planned_downtime: changeover time is left out of planned time; availability_loss: it "
+        "counts as downtime",
+    )
+    shifts: tuple[ShiftConfig, ...] = ()
+    timezone: str | None = None
+
+    @model_validator(mode="after")
+    def _shifts_and_zone(self) -> OeeConfig:
+        names = [s.name for s in self.shifts]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise located(f"shift {name!r} is named twice", "shifts", i, "name")
+        for i, shift in enumerate(self.shifts):
+            if shift.start == shift.end:
+                raise located(f"shift {shift.name!r} starts and ends at {shift.start}", "shifts", i, "end")
+        if self.timezone is not None:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise located(f"unknown time zone {self.timezone!r}", "timezone") from None
+        return self
+
+    def shift_specs(self) -> tuple[ShiftSpec, ...]:
+        """The shifts as the OEE core takes them."""
+        return tuple(
+            ShiftSpec(s.name, dt_time.fromisoformat(s.start), dt_time.fromisoformat(s.end))
+            for s in self.shifts
+        )
+
+    def zone(self) -> tzinfo:
+        """The shifts' time zone: the configured one, else the controller's local zone."""
+        if self.timezone is not None:
+            return ZoneInfo(self.timezone)
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None  # astimezone() always sets one
+        return local
+
+
 class CellConfig(Strict):
     """A cell file: everything cellctl needs to run one work cell."""
 
@@ -570,6 +629,7 @@ class CellConfig(Strict):
     recipes_dir: str = "recipes"
     changeover: ChangeoverConfig = ChangeoverConfig()
     production: ProductionConfig = ProductionConfig()
+    oee: OeeConfig = OeeConfig()
 
     def devices_of(self, profile: ProfileKind) -> list[str]:
         """Names of the devices playing ``profile``, in file order."""

@@ -203,6 +203,32 @@ class AlarmData(Payload):
     source: str
 
 
+class OeeData(Payload):
+    """The OEE of one ended shift or window (see ``cellctl.core.events.OeeReport``), retained."""
+
+    kind: Literal["oee_report"] = "oee_report"
+    window: str
+    window_start: float
+    window_end: float
+    policy: str
+    oee: float | None
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    planned_s: float
+    run_s: float
+    downtime_s: float
+    changeover_s: float
+    unknown_s: float
+    ideal_s: float
+    good: int
+    bad: int
+    invalid: int
+    changeovers: int
+    downtime: dict[str, float]
+    downtime_count: dict[str, int]
+
+
 # --- envelopes ---------------------------------------------------------------------------------------
 
 
@@ -283,6 +309,14 @@ class AlarmMessage(Envelope):
     data: AlarmData  # type: ignore[assignment]
 
 
+class OeeMessage(Envelope):
+    """``<root>/oee`` (retained): the last ended shift's OEE."""
+
+    schema_id: Literal["cellctl.oee/1"] = Field(alias="schema")
+    stream: Literal["oee"]
+    data: OeeData  # type: ignore[assignment]
+
+
 MESSAGE_MODELS: dict[str, type[Envelope]] = {
     "cellctl.state/1": StateMessage,
     "cellctl.job/1": JobMessage,
@@ -291,6 +325,7 @@ MESSAGE_MODELS: dict[str, type[Envelope]] = {
     "cellctl.quality/1": QualityMessage,
     "cellctl.health/1": HealthMessage,
     "cellctl.alarm/1": AlarmMessage,
+    "cellctl.oee/1": OeeMessage,
 }
 """Typed envelope model by ``schema`` value."""
 

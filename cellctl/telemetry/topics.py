@@ -14,6 +14,7 @@ topic                                 stream    event                        ret
 ``<root>/quality/<characteristic>``   quality   PartProduced (one each)      no
 ``<root>/health/<device>``            health    DeviceHealthChanged          yes
 ``<root>/alarm``                      alarm     AlarmEvent                   no
+``<root>/oee``                        oee       OeeReport                    yes
 ``<root>/status``                     —         birth / last will            yes
 ====================================  ========  ===========================  =========
 
@@ -38,6 +39,7 @@ from cellctl.core.events import (
     Event,
     FirstArticleEvent,
     JobEvent,
+    OeeReport,
     OperatorAction,
     PartProduced,
     StateChanged,
@@ -53,6 +55,7 @@ from cellctl.telemetry.payloads import (
     FirstArticleData,
     HealthData,
     JobData,
+    OeeData,
     PartData,
     Payload,
     QualityData,
@@ -173,6 +176,11 @@ def _alarm(event: AlarmEvent, root: str) -> list[OutboxMessage]:
     return [OutboxMessage(f"{root}/alarm", Stream.ALARM, _body(_copied(AlarmData, event)))]
 
 
+def _oee(event: OeeReport, root: str) -> list[OutboxMessage]:
+    # Retained: a dashboard that connects mid-shift still sees the last shift's figures.
+    return [OutboxMessage(f"{root}/oee", Stream.OEE, _body(_copied(OeeData, event)), retain=True)]
+
+
 def _journal_only(event: Event, root: str) -> list[OutboxMessage]:
     return []
 
@@ -188,6 +196,7 @@ MAPPERS: dict[str, Mapper] = {
     DeviceHealthChanged.kind: _health,
     AlarmEvent.kind: _alarm,
     OperatorAction.kind: _journal_only,
+    OeeReport.kind: _oee,
 }
 """Event kind -> the messages it becomes; a new event kind adds one entry here."""
 

@@ -20,6 +20,7 @@ from cellctl.core.events import (
     JobEvent,
     JobStatus,
     Measurement,
+    OeeReport,
     OperatorAction,
     PartProduced,
     Severity,
@@ -38,6 +39,7 @@ from cellctl.telemetry.payloads import (
     Envelope,
     HealthMessage,
     JobMessage,
+    OeeMessage,
     PartMessage,
     QualityMessage,
     StateMessage,
@@ -166,6 +168,29 @@ SAMPLES: dict[type[Event], Event] = {
             ),
         ),
     ),
+    OeeReport: OeeReport(
+        ts=20.0,
+        window="early 2026-03-02",
+        window_start=0.0,
+        window_end=28800.0,
+        policy="planned_downtime",
+        oee=0.5,
+        availability=0.8,
+        performance=0.9,
+        quality=None,
+        planned_s=28000.0,
+        run_s=22400.0,
+        downtime_s=5600.0,
+        changeover_s=800.0,
+        unknown_s=0.0,
+        ideal_s=20000.0,
+        good=0,
+        bad=0,
+        invalid=0,
+        changeovers=1,
+        downtime={"held: cell_held (robot1)": 5600.0},
+        downtime_count={"held: cell_held (robot1)": 2},
+    ),
 }
 
 EXPECTED: dict[type[Event], list[tuple[str, str, bool, type[Envelope]]]] = {
@@ -183,6 +208,7 @@ EXPECTED: dict[type[Event], list[tuple[str, str, bool, type[Envelope]]]] = {
     OperatorAction: [],
     FirstArticleEvent: [(f"{ROOT}/changeover", "changeover", False, ChangeoverMessage)],
     ChangeoverKpi: [(f"{ROOT}/changeover", "changeover", False, ChangeoverMessage)],
+    OeeReport: [(f"{ROOT}/oee", "oee", True, OeeMessage)],
 }
 
 
