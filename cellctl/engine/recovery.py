@@ -118,6 +118,8 @@ class RecoveredJob:
     bad: int = 0
     invalid: int = 0
     started_at: float | None = None
+    part_parameters: tuple[Mapping[str, float], ...] = ()
+    order_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +331,10 @@ def _jobs(entries: Sequence[Entry], parts_after: Mapping[str, Mapping[str, int]]
                 bad=int(data.get("bad") or 0) + bad,
                 invalid=int(data.get("invalid") or 0) + invalid,
                 started_at=started_at,
+                part_parameters=tuple(
+                    {str(k): float(v) for k, v in p.items()} for p in (data.get("part_parameters") or ())
+                ),
+                order_hash=str(data.get("order_hash") or ""),
             )
         )
     return tuple(jobs)
