@@ -13,7 +13,7 @@ from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.store import Store
 from cellctl.telemetry.recorder import Recorder
 from tests.softcell import soft_cell
-from tests.unit.test_engine import T, FakeSink, reset_and_start, running
+from tests.unit.test_engine import FakeSink, T, reset_and_start, running
 
 
 @pytest.fixture
@@ -24,7 +24,9 @@ def config(config_dir: Path) -> LoadedConfig:
 # --- batch size one ------------------------------------------------------------------------------------
 
 
-async def test_each_part_of_a_batch_size_one_order_is_made_with_its_own_parameters(config: LoadedConfig) -> None:
+async def test_each_part_of_a_batch_size_one_order_is_made_with_its_own_parameters(
+    config: LoadedConfig,
+) -> None:
     devices = soft_cell(config.cell)
     sink = FakeSink()
     engine = Engine(config, devices, sink)
@@ -46,7 +48,11 @@ async def test_a_part_without_its_own_value_takes_the_orders_value(config: Loade
     async with running(engine):
         view = await engine.submit(
             OrderRequest(
-                "PO-1", "oslo", 2, parameters={"staple_pitch": 10.0}, part_parameters=[{}, {"staple_pitch": 14.0}]
+                "PO-1",
+                "oslo",
+                2,
+                parameters={"staple_pitch": 10.0},
+                part_parameters=[{}, {"staple_pitch": 14.0}],
             ),
             by="mes",
         )
@@ -58,7 +64,10 @@ async def test_a_part_without_its_own_value_takes_the_orders_value(config: Loade
     ("parts", "message"),
     [
         ([{"staple_pitch": 9.0}], r"part_parameters: 1 parameter sets for a quantity of 2"),
-        ([{"staple_pitch": 9.0}, {"staple_pitch": 99.0}], r"part_parameters\[1\]\.staple_pitch: 99 is outside"),
+        (
+            [{"staple_pitch": 9.0}, {"staple_pitch": 99.0}],
+            r"part_parameters\[1\]\.staple_pitch: 99 is outside",
+        ),
         ([{"staple_pitch": 9.0}, {"speed": 1.0}], r"part_parameters\[1\]\.speed: unknown parameter"),
     ],
 )
@@ -78,10 +87,16 @@ async def test_a_bad_per_part_parameter_set_is_refused_naming_the_part_and_nothi
 async def test_the_same_order_id_with_other_part_parameters_is_refused(config: LoadedConfig) -> None:
     engine = Engine(config, soft_cell(config.cell), FakeSink())
     async with running(engine):
-        first = await engine.submit(OrderRequest("PO-1", "oslo", 1, part_parameters=[{"staple_pitch": 9.0}]), by="a")
-        again = await engine.submit(OrderRequest("PO-1", "oslo", 1, part_parameters=[{"staple_pitch": 9.0}]), by="b")
+        first = await engine.submit(
+            OrderRequest("PO-1", "oslo", 1, part_parameters=[{"staple_pitch": 9.0}]), by="a"
+        )
+        again = await engine.submit(
+            OrderRequest("PO-1", "oslo", 1, part_parameters=[{"staple_pitch": 9.0}]), by="b"
+        )
         with pytest.raises(JobError, match="different content"):
-            await engine.submit(OrderRequest("PO-1", "oslo", 1, part_parameters=[{"staple_pitch": 10.0}]), by="c")
+            await engine.submit(
+                OrderRequest("PO-1", "oslo", 1, part_parameters=[{"staple_pitch": 10.0}]), by="c"
+            )
 
     assert again.job_id == first.job_id
 
@@ -97,7 +112,9 @@ async def test_an_order_finished_before_a_restart_is_still_its_job_and_a_changed
         sink = Recorder(store, config.cell.identity, telemetry=False)
         first = Engine(config, soft_cell(config.cell), sink, orders=store)
         async with running(first):
-            made = await first.submit(OrderRequest("PO-1", "oslo", 1, parameters={"staple_pitch": 9.0}), by="mes")
+            made = await first.submit(
+                OrderRequest("PO-1", "oslo", 1, parameters={"staple_pitch": 9.0}), by="mes"
+            )
             await reset_and_start(first)
             await first.wait_for(State.SUSPENDED, timeout=T)
 
@@ -108,7 +125,9 @@ async def test_an_order_finished_before_a_restart_is_still_its_job_and_a_changed
                 OrderRequest("PO-1", "oslo", 1, parameters={"staple_pitch": 9.0}), by="mes"
             )
             with pytest.raises(JobError, match="already accepted as job"):
-                await second.submit(OrderRequest("PO-1", "oslo", 2, parameters={"staple_pitch": 9.0}), by="mes")
+                await second.submit(
+                    OrderRequest("PO-1", "oslo", 2, parameters={"staple_pitch": 9.0}), by="mes"
+                )
             queue = second.status().queue
         journal = await store.journal(kinds={"job"})
     finally:

@@ -100,7 +100,9 @@ async def test_open_refuses_a_file_written_by_a_newer_schema(tmp_path: Path) -> 
     conn.close()
 
     newer, known = SCHEMA_VERSION + 1, SCHEMA_VERSION
-    with pytest.raises(StoreError, match=rf"newer cellctl \(schema version {newer}; this one knows up to {known}\)"):
+    with pytest.raises(
+        StoreError, match=rf"newer cellctl \(schema version {newer}; this one knows up to {known}\)"
+    ):
         await Store.open(path)
 
 

@@ -90,7 +90,9 @@ async def test_the_same_job_queued_again_after_a_restart_keeps_its_order_id(tmp_
     assert record is not None and record.job_id == "J1"
 
 
-async def test_a_version_1_store_opens_and_its_orders_are_taken_without_a_content_digest(tmp_path: Path) -> None:
+async def test_a_version_1_store_opens_and_its_orders_are_taken_without_a_content_digest(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "old.db"
     data = {"job": "J0", "order_id": "PO-OLD", "status": "queued", "by": "api:mes"}
     with sqlite3.connect(path, isolation_level=None) as conn:
