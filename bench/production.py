@@ -104,19 +104,20 @@ class TimedSink:
     def __init__(self, recorder: Recorder | None = None) -> None:
         self._recorder = recorder
         self.count = 0
-        self.stamps: dict[tuple[str, JobStatus], float] = {}
+        self.stamps: dict[tuple[str, JobStatus], tuple[float, float]] = {}
+        """(wall, this process's CPU) when each job event was recorded."""
         self._changed = asyncio.Event()
 
     async def record(self, event: Event) -> int:
         journal_id = await self._recorder.record(event) if self._recorder is not None else self.count + 1
         self.count += 1
         if isinstance(event, JobEvent):
-            self.stamps[(event.job, event.status)] = time.perf_counter()
+            self.stamps[(event.job, event.status)] = (time.perf_counter(), time.process_time())
             self._changed.set()
             self._changed = asyncio.Event()
         return journal_id
 
-    async def wait_job(self, job_id: str, status: JobStatus) -> float:
+    async def wait_job(self, job_id: str, status: JobStatus) -> tuple[float, float]:
         while (job_id, status) not in self.stamps:
             await self._changed.wait()
         return self.stamps[(job_id, status)]
@@ -161,6 +162,7 @@ async def _engine_run(
     sink = TimedSink(Recorder(store, live.cell.identity, telemetry=False) if store is not None else None)
     engine = Engine(live, devices, sink, orders=store)
     walls: list[float] = []
+    cpus: list[float] = []
     ops: list[int] = []
     try:
         async with asyncio.timeout(RUN_TIMEOUT_S), asyncio.TaskGroup() as group:
@@ -180,7 +182,8 @@ async def _engine_run(
                     job = await engine.submit(OrderRequest(f"bench-{k}", VARIANT, parts), by="bench")
                     began = await sink.wait_job(job.job_id, JobStatus.STARTED)
                     ended = await sink.wait_job(job.job_id, JobStatus.COMPLETED)
-                    walls.append(ended - began)
+                    walls.append(ended[0] - began[0])
+                    cpus.append(ended[1] - began[1])
                     ops.append(sum(counts.values()) - before)
                     if engine.job(job.job_id).good != parts:
                         raise RuntimeError(
@@ -196,6 +199,7 @@ async def _engine_run(
         "sink": "store" if store_dir is not None else "memory",
         "walls_s": walls,
         "per_part_ms": _util.spread([p * 1e3 for p in per_part]),
+        "cpu_per_part_ms": _util.spread([c / parts * 1e3 for c in cpus]),
         "parts_per_s": parts / statistics.median(walls),
         "requests_per_part": statistics.median(ops) / parts,
     }
@@ -208,15 +212,18 @@ async def _direct_run(
     cycle = PartCycle(profiles, live.cell, SystemClock())
     job, _new = JobQueue(live.recipes).submit(OrderRequest("direct", VARIANT, parts), by="bench", now=0.0)
     walls: list[float] = []
+    cpus: list[float] = []
     async with asyncio.timeout(RUN_TIMEOUT_S):
         for _ in range(repeats):
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             for index in range(1, parts + 1):
                 part = await cycle.run(job, index)
                 await cycle.sort(part)
             walls.append(time.perf_counter() - began)
+            cpus.append(time.process_time() - cpu)
     return {
         "walls_s": walls,
+        "cpus_s": cpus,
         "per_part_ms": _util.spread([w / parts * 1e3 for w in walls]),
         "parts_per_s": parts / statistics.median(walls),
     }
@@ -224,8 +231,11 @@ async def _direct_run(
 
 def _merged(before: dict[str, Any], after: dict[str, Any], parts: int) -> dict[str, Any]:
     walls = [*before["walls_s"], *after["walls_s"]]
+    cpus = [*before["cpus_s"], *after["cpus_s"]]
     return {
         "walls_s": walls,
+        "cpus_s": cpus,
+        "cpu_per_part_ms": _util.spread([c / parts * 1e3 for c in cpus]),
         "per_part_ms": _util.spread([w / parts * 1e3 for w in walls]),
         "parts_per_s": parts / statistics.median(walls),
     }
@@ -317,6 +327,9 @@ async def bench(
             continue
         engine_ms = run["per_part_ms"]["median"]
         result[f"overhead_{name}_ms_per_part"] = engine_ms - direct_ms
+        result[f"cpu_overhead_{name}_ms_per_part"] = (
+            run["cpu_per_part_ms"]["median"] - direct["cpu_per_part_ms"]["median"]
+        )
         result[f"ratio_{name}_over_part_cycle"] = engine_ms / direct_ms
         result[f"ratio_{name}_over_raw"] = engine_ms / raw["floor_per_part_ms"]
     result["ratio_part_cycle_over_raw"] = direct_ms / raw["floor_per_part_ms"]
@@ -330,7 +343,7 @@ def _print(result: dict[str, Any]) -> None:
         f"time scale 0, Modbus poll {result['modbus_poll_interval_s'] * 1e3:g} ms, "
         f"OPC UA publishing {result['opcua_publishing_interval_ms']:g} ms"
     )
-    print(f"{'run':<28}{'parts/s':>10}{'ms/part':>10}{'x part cycle':>14}{'x raw':>8}")
+    print(f"{'run':<28}{'parts/s':>10}{'ms/part':>10}{'x part cycle':>14}{'x raw':>8}{'CPU ms/part':>13}")
     direct = result["part_cycle"]
     raw_ms = result["raw"]["floor_per_part_ms"]
     rows = [
@@ -343,16 +356,21 @@ def _print(result: dict[str, Any]) -> None:
         ms = run["per_part_ms"]["median"]
         print(
             f"{label:<28}{run['parts_per_s']:>10.1f}{ms:>10.2f}{ms / direct['per_part_ms']['median']:>14.2f}"
-            f"{ms / raw_ms:>8.2f}"
+            f"{ms / raw_ms:>8.2f}{run['cpu_per_part_ms']['median']:>13.2f}"
         )
     ms = direct["per_part_ms"]["median"]
     label = "part cycle, no engine"
-    print(f"{label:<28}{direct['parts_per_s']:>10.1f}{ms:>10.2f}{1.0:>14.2f}{ms / raw_ms:>8.2f}")
+    cpu = direct["cpu_per_part_ms"]["median"]
+    print(f"{label:<28}{direct['parts_per_s']:>10.1f}{ms:>10.2f}{1.0:>14.2f}{ms / raw_ms:>8.2f}{cpu:>13.2f}")
     print(f"{'raw round trips (floor)':<28}{1e3 / raw_ms:>10.1f}{raw_ms:>10.2f}")
     for name in ("store", "memory"):
         key = f"overhead_{name}_ms_per_part"
         if key in result:
-            print(f"engine overhead per part ({name}): {result[key]:.2f} ms")
+            cpu_key = f"cpu_overhead_{name}_ms_per_part"
+            print(
+                f"engine overhead per part ({name}): {result[key]:+.2f} ms wall, "
+                f"{result[cpu_key]:+.2f} ms CPU (compare with the spread in --json)"
+            )
     print(f"requests per part: {result['requests_per_part']:.1f}")
     for row in result["raw"]["requests"]:
         print(
