@@ -106,7 +106,8 @@ class PackMLCell:
                 raise
 
     def on_change(self, callback: StateCallback) -> Callable[[], None]:
-        """Call back after every move; returns the unsubscribe function."""
+        """Call back after every move (a unit-mode change calls with the same state twice); returns the
+        unsubscribe function."""
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 

@@ -130,3 +130,13 @@ async def test_ctl_mode_selects_maintenance_and_the_journal_says_so(stored_cell:
     mode_entry = next(e for e in entries if e.kind == StateChanged.kind and e.data["command"] == "mode")
     assert (mode_entry.data["mode"], mode_entry.data["state"]) == ("maintenance", "Stopped")
     assert any(e.kind == "operator_action" and e.data["action"] == "mode" for e in entries)
+
+
+async def test_ctl_submit_with_one_part_option_per_part_sends_batch_size_one(stored_cell: StoredCell) -> None:
+    ran = await run_ctl(
+        "--socket", str(stored_cell.path), "submit", "PO-11", "oslo", "2", "--part", "staple_pitch=9",
+        "--part", "staple_pitch=15", "--json",
+    )  # fmt: skip
+
+    assert ran.code == 0, ran.err
+    assert json.loads(ran.out)["part_parameters"] == [{"staple_pitch": 9.0}, {"staple_pitch": 15.0}]
