@@ -343,7 +343,9 @@ class Engine:
         self._log = structlog.get_logger(__name__).bind(cell=self._name)
         self._listeners: list[Listener] = []
         self._profiles = build_profiles(config, devices)
-        self._cell = PackMLCell(sink, self._clock, notify=self._notify, name=self._name)
+        self._cell = PackMLCell(
+            sink, self._clock, notify=self._notify, name=self._name, mode=_restored_mode(recovery)
+        )
         self._jobs = JobQueue(config.recipes)
         # Measured step durations (the runtime loads them from the journal), updated from the steps run.
         self._durations = durations if durations is not None else StepDurations()
@@ -1317,6 +1319,17 @@ class Engine:
             duration_s=duration_s,
             reason=reason,
         )
+
+
+def _restored_mode(recovery: Recovery | None) -> UnitMode:
+    """The unit mode the last run was in: a cell left in maintenance or manual does not come back taking jobs
+    (a plan running when it ended, shown as changeover, was production)."""
+    name = recovery.mode if recovery is not None else None
+    try:
+        mode = UnitMode[name.upper()] if name else UnitMode.PRODUCTION
+    except KeyError:
+        return UnitMode.PRODUCTION
+    return UnitMode.PRODUCTION if mode is UnitMode.CHANGEOVER else mode
 
 
 def _refusal(saved: RecoveredJob, recipe: Recipe | None) -> str | None:

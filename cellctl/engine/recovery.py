@@ -132,6 +132,8 @@ class Recovery:
     changeover: InterruptedChangeover | None
     jobs: tuple[RecoveredJob, ...]
     """Unfinished jobs in submit order."""
+    mode: str | None = None
+    """The unit mode of the newest state change (None in a journal without one)."""
 
     @property
     def empty(self) -> bool:
@@ -238,6 +240,7 @@ def recover(
         last_state=state,
         changeover=changeover,
         jobs=_jobs(job_entries, parts_after),
+        mode=None if last_state is None else str(last_state.data.get("mode") or "") or None,
     )
 
 

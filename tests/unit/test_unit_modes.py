@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from cellctl.core.packml import (
     next_state,
 )
 from cellctl.engine import Engine, OrderRequest
+from cellctl.engine.recovery import Recovery, recover
 from cellctl.errors import InvalidTransition, ModeRefused
 from cellctl.schema.load import LoadedConfig, load_config
 from tests.softcell import soft_cell
@@ -189,3 +192,40 @@ async def test_the_mode_shows_changeover_while_a_plan_runs_and_production_after(
     assert after == "production"
     suspended = [e for e in sink.of(StateChanged) if e.state == "Suspended"][-1]
     assert suspended.mode == "production"
+
+
+@pytest.mark.parametrize(
+    ("journaled", "powers_up_in"),
+    [
+        ("maintenance", "maintenance"),
+        ("manual", "manual"),
+        ("changeover", "production"),
+        (None, "production"),
+    ],
+)
+async def test_after_a_restart_the_cell_powers_up_in_the_mode_it_was_left_in(
+    config: LoadedConfig, journaled: str | None, powers_up_in: str
+) -> None:
+    recovery = Recovery(unclean=False, last_state="Stopped", changeover=None, jobs=(), mode=journaled)
+    sink = FakeSink()
+    engine = Engine(config, soft_cell(config.cell), sink, recovery=recovery)
+    async with running(engine):
+        mode = engine.status().mode
+
+    assert mode == powers_up_in
+    assert sink.of(StateChanged)[0].mode == powers_up_in
+
+
+def test_recovery_reads_the_mode_of_the_newest_state_change() -> None:
+    @dataclass
+    class Row:
+        id: int
+        ts: float
+        kind: str
+        data: dict[str, Any]
+
+    last = Row(7, 1.0, "state_changed", {"state": "Stopped", "mode": "manual"})
+
+    found = recover(last_state=last, last_changeover=None, step_entries=(), job_entries=(), parts_after={})
+
+    assert (found.mode, found.unclean) == ("manual", False)
