@@ -98,6 +98,8 @@ class JobEvent(Event):
     """Batch size one: the resolved parameter set of each part, in part order (empty: ``parameters``)."""
     order_hash: str = ""
     """Digest of the order's content; the store keeps it with the order id (one job per order id)."""
+    order_released: bool = False
+    """The order id is free again: the job was not restored after an unclean stop (submit the order again)."""
 
     @property
     def job_id(self) -> str | None:

@@ -1394,4 +1394,5 @@ def _refused_event(saved: RecoveredJob, reason: str, ts: float) -> JobEvent:
         parameters=dict(saved.parameters),
         reason=f"not restored after an unclean stop: {reason}",
         priority=saved.priority,
+        order_released=True,  # the reason says "submit the order again": the same id must make a new job
     )

@@ -36,7 +36,11 @@ SCHEMA_V2: tuple[str, ...] = (
 
 def claim(conn: sqlite3.Connection, event: JobEvent, journal_id: int) -> None:
     """Take the event's order id for its job inside the caller's transaction; OrderConflict if another job
-    has it. A no-op for events other than a job's queued entry, or for one without a content digest."""
+    has it. A job event that releases its order id frees it; other events, and a queued entry without a
+    content digest, change nothing."""
+    if event.order_released:
+        conn.execute("DELETE FROM orders WHERE order_id = ? AND job_id = ?", (event.order_id, event.job))
+        return
     if event.status is not JobStatus.QUEUED or not event.order_hash:
         return
     row = conn.execute(

@@ -76,6 +76,8 @@ class JobData(Payload):
     """Batch size one: each part's parameter set, in part order (empty when the order has none)."""
     order_hash: str = ""
     """Digest of the order's content: a consumer sees whether a repeated order id is the same order."""
+    order_released: bool = False
+    """The order id may be submitted again (the job was not restored after an unclean stop)."""
 
 
 class ChangeoverData(Payload):

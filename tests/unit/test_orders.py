@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from cellctl.core.events import PartProduced
+from cellctl.core.events import Event, JobEvent, JobStatus, PartProduced
 from cellctl.engine import Engine, OrderRequest, State
+from cellctl.engine.recovery import RecoveredJob, Recovery
 from cellctl.errors import JobError
 from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.store import Store
@@ -161,3 +163,53 @@ async def test_two_engines_on_one_store_never_make_two_jobs_of_one_order_id(
 
     assert same.job_id == made.job_id
     assert [e.job_id for e in queued] == [made.job_id]
+
+
+async def test_a_job_not_restored_after_an_unclean_stop_frees_its_order_id(
+    config: LoadedConfig, tmp_path: Path
+) -> None:
+    store = await Store.open(tmp_path / "cell.db")
+    try:
+        sink = Recorder(store, config.cell.identity, telemetry=False)
+        first = Engine(config, soft_cell(config.cell), sink, orders=store)
+        async with running(first):
+            old = await first.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+        # The journal says PO-1 is queued; its recipe changed since (another hash): it cannot be restored.
+        saved = RecoveredJob(
+            job_id=old.job_id,
+            order_id="PO-1",
+            variant="oslo",
+            recipe_version=old.recipe_version,
+            recipe_hash="changed-since",
+            quantity=1,
+            status=JobStatus.QUEUED,
+            submitted_at=old.submitted_at,
+            submitted_by="mes",
+            seq=1,
+        )
+        recovery = Recovery(unclean=True, last_state="Execute", changeover=None, jobs=(saved,))
+        refused = RefusalWatch(sink)
+        second = Engine(config, soft_cell(config.cell), refused, orders=store, recovery=recovery)
+        async with running(second):
+            async with asyncio.timeout(T):
+                await refused.aborted.wait()  # reported at power-up, right after Stopped
+            again = await second.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
+    finally:
+        await store.close()
+
+    assert again.job_id != old.job_id
+    assert again.status is JobStatus.QUEUED
+
+
+class RefusalWatch:
+    """Passes events to the store's recorder and says when a job was journaled ABORTED."""
+
+    def __init__(self, inner: Recorder) -> None:
+        self._inner = inner
+        self.aborted = asyncio.Event()
+
+    async def record(self, event: Event) -> int:
+        journal_id = await self._inner.record(event)
+        if isinstance(event, JobEvent) and event.status is JobStatus.ABORTED:
+            self.aborted.set()
+        return journal_id

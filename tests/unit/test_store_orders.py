@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -119,3 +120,19 @@ async def test_a_version_1_store_opens_and_its_orders_are_taken_without_a_conten
     assert settings["schema_version"] == SCHEMA_VERSION
     assert record is not None
     assert (record.job_id, record.content_hash, record.submitted_by) == ("J0", "", "api:mes")
+
+
+async def test_a_job_event_that_releases_its_order_id_lets_a_new_job_take_it(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        await store.append(queued("J1"), [])
+        released = dataclasses.replace(queued("J1"), status=JobStatus.ABORTED, order_released=True)
+        await store.append(released, [])
+        freed = await store.find_order("PO-1")
+        await store.append(queued("J2", content="h2"), [])
+        record = await store.find_order("PO-1")
+    finally:
+        await store.close()
+
+    assert freed is None
+    assert record is not None and (record.job_id, record.content_hash) == ("J2", "h2")
