@@ -164,6 +164,14 @@ class InvalidTransition(CellctlError):
         super().__init__(f"command {command!r} is not allowed in state {state!r}")
 
 
+class ModeRefused(InvalidTransition):
+    """A unit-mode change, or a command the current unit mode does not allow, was refused; says why."""
+
+    def __init__(self, state: str, command: str, why: str) -> None:
+        super().__init__(state, command)
+        self.args = (f"command {command!r} is not allowed in state {state!r}: {why}",)
+
+
 class InterlockTripped(CellctlError):
     """An interlock condition stopped an action."""
 
@@ -203,6 +211,17 @@ class PlanAborted(SequenceError):
 
 class JobError(CellctlError):
     """An order is invalid or cannot be accepted (unknown variant, bad parameters, duplicate id)."""
+
+
+class OrderConflict(JobError):
+    """The store already holds this order id for another job: the same order (``same_content``) or not."""
+
+    def __init__(self, order_id: str, job_id: str, *, same_content: bool) -> None:
+        what = "the same content" if same_content else "different content"
+        super().__init__(f"order {order_id!r}: already accepted as job {job_id} with {what}")
+        self.order_id = order_id
+        self.job_id = job_id
+        self.same_content = same_content
 
 
 class FirstArticleFailed(CellctlError):

@@ -675,8 +675,11 @@ class GaugeSim(DeviceSim):
         """Channel pushed out on the last measurement, if that part was a reject."""
 
     def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
-        """Trigger and trigger release."""
-        if tag != "trigger":
+        """Trigger and trigger release; ``accept``/``reject`` set true count as one sorted part each."""
+        if tag in ("accept", "reject"):
+            if new:
+                self._accept(tag)
+        elif tag != "trigger":
             super().on_write(tag, old, new)
         elif new and not old:
             self._accept("trigger")

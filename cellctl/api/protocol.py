@@ -108,6 +108,12 @@ class CommandArgs(Args):
     name: PackMLCommandName
 
 
+class ModeArgs(Args):
+    """``mode``: select the unit mode (in Stopped, Idle or Aborted; changeover follows a running plan)."""
+
+    name: Literal["production", "maintenance", "manual"]
+
+
 def parse_due(value: object) -> float | None:
     """A due time as epoch seconds: a number of epoch seconds, or ISO 8601 text with a timezone.
 
@@ -148,6 +154,7 @@ class SubmitArgs(Args):
     """``submit``: an order; submitting the same order_id with the same content again returns the same job.
 
     ``due`` (optional): when the order should be finished, as epoch seconds or ISO 8601 with a timezone.
+    ``part_parameters`` (optional): one parameter set per part, for orders of batch size one.
     """
 
     order_id: Annotated[str, Field(min_length=1, max_length=128)]
@@ -156,6 +163,10 @@ class SubmitArgs(Args):
     parameters: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
     due: DueTime = None
+    part_parameters: Annotated[
+        list[dict[Annotated[str, Field(min_length=1, max_length=64)], float]], Field(max_length=10_000)
+    ] = Field(default_factory=list)
+    """Batch size one: one parameter set per part (exactly ``quantity`` of them), each over ``parameters``."""
 
 
 class CancelArgs(Args):
@@ -201,6 +212,7 @@ COMMANDS: dict[str, type[Args]] = {
     "hello": NoArgs,
     "status": NoArgs,
     "command": CommandArgs,
+    "mode": ModeArgs,
     "submit": SubmitArgs,
     "cancel": CancelArgs,
     "reorder": ReorderArgs,

@@ -25,6 +25,7 @@ from cellctl.api.protocol import (
     ConfirmArgs,
     ErrorCode,
     JournalArgs,
+    ModeArgs,
     ProtocolError,
     ReorderArgs,
     Reply,
@@ -85,6 +86,10 @@ class EnginePort(Protocol):
         """Queue an order."""
         ...
 
+    async def change_mode(self, mode: str, *, by: str) -> View:
+        """Select the unit mode."""
+        ...
+
     async def cancel(self, job_id: str, *, by: str) -> View:
         """Cancel a job."""
         ...
@@ -136,6 +141,7 @@ class ControlService:
             "hello": self._hello,
             "status": self._status,
             "command": self._command,
+            "mode": self._mode,
             "submit": self._submit,
             "cancel": self._cancel,
             "reorder": self._reorder,
@@ -218,6 +224,15 @@ class ControlService:
 
         return await self._act(name, {}, caller, call)
 
+    async def _mode(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, ModeArgs)
+        name = args.name
+
+        async def call() -> View:
+            return await self._engine.change_mode(name, by=caller.by)
+
+        return await self._act("mode", args.model_dump(), caller, call)
+
     async def _submit(self, args: Args, caller: Caller) -> dict[str, Any]:
         assert isinstance(args, SubmitArgs)
         order = OrderRequest(
@@ -227,6 +242,7 @@ class ControlService:
             parameters=dict(args.parameters),
             priority=args.priority,
             due=args.due,
+            part_parameters=tuple(dict(p) for p in args.part_parameters),
         )
 
         async def call() -> View:

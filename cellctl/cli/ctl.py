@@ -55,12 +55,23 @@ def add_parser(sub: Any) -> None:
         command = actions.add_parser(name, help=f"PackML {name.capitalize()}")
         command.add_argument("--json", action="store_true", help="print the resulting status as JSON")
 
+    mode = actions.add_parser("mode", help="select the unit mode (in Stopped, Idle or Aborted)")
+    mode.add_argument("mode_name", choices=("production", "maintenance", "manual"), metavar="MODE")
+    mode.add_argument("--json", action="store_true", help="print the resulting status as JSON")
+
     submit = actions.add_parser("submit", help="queue an order")
     submit.add_argument("order_id")
     submit.add_argument("variant")
     submit.add_argument("quantity", type=int, metavar="QTY")
     submit.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="customer parameter (repeatable)"
+    )
+    submit.add_argument(
+        "--part",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="batch size one: one part's parameters (repeat once per part, QTY times)",
     )
     submit.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     submit.add_argument(
@@ -187,6 +198,7 @@ async def _command(client: ControlClient, args: argparse.Namespace, out: TextIO)
 
 async def _submit(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
     parameters = parse_params(args.param)
+    parts = [parse_params([i for i in item.split(",") if i.strip()]) for item in args.part]
     due = parse_due_option(args.due)
     job = await _ask(
         client,
@@ -198,11 +210,20 @@ async def _submit(client: ControlClient, args: argparse.Namespace, out: TextIO) 
         parameters=parameters,
         priority=args.priority,
         **({"due": due} if due is not None else {}),
+        **({"part_parameters": parts} if parts else {}),
     )
     if args.json:
         _print_json(job, out)
     else:
         out.write(f"{format_job(job)}\n")
+
+
+async def _mode(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "mode", name=args.mode_name)
+    if args.json:
+        _print_json(status, out)
+    else:
+        out.write(f"mode: {status.get('mode', '?')}, state {status.get('state', '?')}\n")
 
 
 async def _cancel(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
@@ -278,6 +299,7 @@ async def _journal(client: ControlClient, args: argparse.Namespace, out: TextIO)
 _ACTIONS: dict[str, Action] = {
     "status": _status,
     "submit": _submit,
+    "mode": _mode,
     "cancel": _cancel,
     "reorder": _reorder,
     "apply-proposal": _apply_proposal,

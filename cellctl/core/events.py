@@ -95,6 +95,12 @@ class JobEvent(Event):
     reason: str = ""
     due: float | None = None
     priority: int = 0
+    part_parameters: list[dict[str, float]] = field(default_factory=list)
+    """Batch size one: the resolved parameter set of each part, in part order (empty: ``parameters``)."""
+    order_hash: str = ""
+    """Digest of the order's content; the store keeps it with the order id (one job per order id)."""
+    order_released: bool = False
+    """The order id is free again: the job was not restored after an unclean stop (submit the order again)."""
 
     @property
     def job_id(self) -> str | None:

@@ -1,7 +1,7 @@
-"""ISA-TR88.00.02 (PackML, 2015) state model: the 17 states, the 9 commands and ONE transition table.
+"""ISA-TR88.00.02 (PackML, 2015) state model: the 17 states, the 9 commands, ONE transition table, unit modes.
 
-Everything else (allowed commands, acting states, completion) is computed from ``TRANSITIONS``, so the engine,
-the API and the TUI can never disagree about what a state allows.
+Everything else (allowed commands, acting states, completion, where a unit mode may change) is computed here,
+so the engine, the API and the TUI can never disagree about what a state and a mode allow.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from enum import Enum, IntEnum
 from types import MappingProxyType
 
-from cellctl.errors import InvalidTransition
+from cellctl.errors import InvalidTransition, ModeRefused
 
 
 class State(IntEnum):
@@ -147,9 +147,78 @@ def next_state(state: State, trigger: Trigger) -> State:
         raise InvalidTransition(state.label, what) from None
 
 
-def allowed_commands(state: State) -> tuple[Command, ...]:
-    """Commands accepted in ``state``, in command-number order."""
-    return tuple(sorted(t for t in TRANSITIONS[state] if isinstance(t, Command)))
+class UnitMode(IntEnum):
+    """PackML unit modes with their TR88 numbers; Changeover is a user-defined mode (TR88 allows them).
+
+    Production makes parts from the job queue. Maintenance and Manual take no jobs: the cell can be reset,
+    stopped, aborted and cleared, but not started. Changeover is never selected: the cell shows it while a
+    changeover plan runs in Production.
+    """
+
+    PRODUCTION = 1
+    MAINTENANCE = 2
+    MANUAL = 3
+    CHANGEOVER = 4
+
+    @property
+    def label(self) -> str:
+        """The mode as the API and the journal spell it, e.g. ``"maintenance"``."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str, state: State = State.UNDEFINED) -> UnitMode:
+        """A mode an operator may select, by name (any case); ModeRefused naming the choices otherwise."""
+        try:
+            mode = cls[text.strip().upper()]
+        except KeyError:
+            mode = None
+        if mode is None or mode not in SELECTABLE_MODES:
+            choices = ", ".join(m.label for m in SELECTABLE_MODES)
+            raise ModeRefused(state.label, f"mode {text}", f"unknown unit mode (choose {choices})")
+        return mode
+
+
+SELECTABLE_MODES: tuple[UnitMode, ...] = (UnitMode.PRODUCTION, UnitMode.MAINTENANCE, UnitMode.MANUAL)
+"""Modes the ``mode`` command may select; Changeover follows a running plan instead."""
+
+MODE_CHANGE_STATES: frozenset[State] = frozenset({State.STOPPED, State.IDLE, State.ABORTED})
+"""Where the unit mode may change. TR88.00.02 lets the unit define these among its wait states; we take the
+OMAC implementation guide's usual set: the wait states with no job in progress (Held, Suspended and Complete
+are wait states too, but a job is open there, and changing its rules half-way would change what it makes)."""
+
+PRODUCING_MODES: frozenset[UnitMode] = frozenset({UnitMode.PRODUCTION, UnitMode.CHANGEOVER})
+"""Modes in which the cell takes jobs (Start is accepted)."""
+
+
+def allowed_commands(state: State, mode: UnitMode = UnitMode.PRODUCTION) -> tuple[Command, ...]:
+    """Commands accepted in ``state`` and unit ``mode``, in command-number order."""
+    commands = (t for t in TRANSITIONS[state] if isinstance(t, Command))
+    return tuple(sorted(c for c in commands if c is not Command.START or mode in PRODUCING_MODES))
+
+
+def check_command(state: State, mode: UnitMode, command: Command) -> State:
+    """The state ``command`` leads to in ``state`` and ``mode``; InvalidTransition (ModeRefused when only the
+    mode forbids it) otherwise."""
+    target = next_state(state, command)
+    if command is Command.START and mode not in PRODUCING_MODES:
+        raise ModeRefused(
+            state.label,
+            command.label,
+            f"the cell is in {mode.label} mode and takes no jobs (select production)",
+        )
+    return target
+
+
+def mode_change_allowed(state: State) -> bool:
+    """True where the unit mode may change (``MODE_CHANGE_STATES``)."""
+    return state in MODE_CHANGE_STATES
+
+
+def check_mode_change(state: State, mode: UnitMode) -> None:
+    """ModeRefused unless the unit may change to ``mode`` in ``state``."""
+    if not mode_change_allowed(state):
+        where = ", ".join(s.label for s in sorted(MODE_CHANGE_STATES))
+        raise ModeRefused(state.label, f"mode {mode.label}", f"the unit mode changes only in {where}")
 
 
 def is_acting(state: State) -> bool:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from cellctl.core.events import Event
 from cellctl.core.tags import TagBackend
@@ -54,4 +54,28 @@ class EventSink(Protocol):
 
     async def record(self, event: Event) -> int:
         """Durably record one event and return its journal id; raises StoreError if it cannot."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """An order id the store holds: the job it made, its content digest and that job's latest journaled event.
+
+    ``content_hash`` is empty for an order accepted before the store kept order content.
+    """
+
+    order_id: str
+    job_id: str
+    content_hash: str
+    submitted_at: float
+    submitted_by: str
+    last_ts: float
+    last_data: Mapping[str, Any]
+
+
+class OrderBook(Protocol):
+    """The store's order ids, one job each: what a submit consults before making a job."""
+
+    async def find_order(self, order_id: str) -> OrderRecord | None:
+        """The order id's record, None when the store has never accepted it."""
         ...

@@ -1,4 +1,5 @@
-"""PackMLCell: the only owner of the cell's PackML state; every move follows the table and is recorded.
+"""PackMLCell: the only owner of the cell's PackML state and unit mode; every move follows the table and is
+recorded.
 
 A move is recorded through the sink first and takes effect only once recorded, so the journal never misses a
 state the cell was in; listeners hear of it after it took effect.
@@ -13,7 +14,17 @@ import structlog
 
 from cellctl.core.clock import Clock
 from cellctl.core.events import Event, StateChanged
-from cellctl.core.packml import STATE_COMPLETE, Command, State, Trigger, allowed_commands, next_state
+from cellctl.core.packml import (
+    STATE_COMPLETE,
+    Command,
+    State,
+    Trigger,
+    UnitMode,
+    allowed_commands,
+    check_command,
+    check_mode_change,
+    next_state,
+)
 from cellctl.core.ports import EventSink
 from cellctl.errors import InvalidTransition
 
@@ -32,13 +43,14 @@ class PackMLCell:
         clock: Clock,
         *,
         notify: Callable[[Event], None] | None = None,
-        mode: str = "production",
+        mode: UnitMode = UnitMode.PRODUCTION,
         name: str = "",
     ) -> None:
         self._sink = sink
         self._clock = clock
         self._notify = notify
         self._mode = mode
+        self._plan_running = False
         self._state = State.UNDEFINED
         self._since = clock.wall()
         self._moved = asyncio.Event()
@@ -57,16 +69,45 @@ class PackMLCell:
         return self._since
 
     @property
-    def mode(self) -> str:
-        """The PackML unit mode."""
+    def unit_mode(self) -> UnitMode:
+        """The unit mode in effect: Changeover while a plan runs in Production, else the selected mode."""
+        if self._plan_running and self._mode is UnitMode.PRODUCTION:
+            return UnitMode.CHANGEOVER
         return self._mode
 
+    @property
+    def mode(self) -> str:
+        """The unit mode in effect, as the journal and the API spell it."""
+        return self.unit_mode.label
+
+    def plan_running(self, running: bool) -> None:
+        """The engine says a changeover plan started (True) or ended: the mode shows Changeover meanwhile."""
+        self._plan_running = running
+
     def allowed_commands(self) -> tuple[Command, ...]:
-        """Commands the current state accepts."""
-        return allowed_commands(self._state)
+        """Commands the current state and unit mode accept."""
+        return allowed_commands(self._state, self.unit_mode)
+
+    async def change_mode(self, mode: UnitMode, *, by: str) -> None:
+        """Select the unit mode; ModeRefused (nothing recorded) outside Stopped, Idle and Aborted.
+
+        Recorded as a StateChanged whose state is unchanged and whose command is ``"mode"``.
+        """
+        async with self._lock:
+            check_mode_change(self._state, mode)
+            if mode is self._mode:
+                return
+            previous = self._mode
+            self._mode = mode
+            try:
+                await self._move(self._state, None, by, command="mode")
+            except BaseException:
+                self._mode = previous  # not recorded, so not in effect
+                raise
 
     def on_change(self, callback: StateCallback) -> Callable[[], None]:
-        """Call back after every move; returns the unsubscribe function."""
+        """Call back after every move (a unit-mode change calls with the same state twice); returns the
+        unsubscribe function."""
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
@@ -82,7 +123,7 @@ class PackMLCell:
     async def command(self, command: Command, *, by: str) -> State:
         """Apply ``command``; InvalidTransition (and nothing recorded) when the state does not allow it."""
         async with self._lock:
-            target = next_state(self._state, command)
+            target = check_command(self._state, self.unit_mode, command)
             await self._move(target, command, by)
             return target
 
@@ -95,25 +136,33 @@ class PackMLCell:
             await self._move(target, STATE_COMPLETE, by)
             return target
 
-    async def _move(self, target: State, trigger: Trigger | None, by: str) -> None:
+    async def _move(
+        self, target: State, trigger: Trigger | None, by: str, *, command: str | None = None
+    ) -> None:
         previous = self._state
         event = StateChanged(
             ts=self._clock.wall(),
             state=target.label,
             state_no=int(target),
             previous=previous.label,
-            command=trigger.label if isinstance(trigger, Command) else None,
+            command=trigger.label if isinstance(trigger, Command) else command,
             by=by,
-            mode=self._mode,
+            mode=self.mode,
         )
         await self._sink.record(event)
+        if target is not previous:  # a mode change leaves the state, and its since, as they were
+            self._since = event.ts
         self._state = target
-        self._since = event.ts
         # Wake every waiter, then arm a fresh event for the next move.
         self._moved.set()
         self._moved = asyncio.Event()
         self._log.info(
-            "state changed", state=target.label, previous=previous.label, command=event.command, by=by
+            "state changed",
+            state=target.label,
+            previous=previous.label,
+            command=event.command,
+            by=by,
+            mode=event.mode,
         )
         for callback in list(self._callbacks):
             callback(previous, target)

@@ -42,15 +42,15 @@ from cellctl.core.events import (
     Verdict,
 )
 from cellctl.core.oee import OeeFigures
-from cellctl.core.packml import Command, State, completion, is_acting
+from cellctl.core.packml import Command, State, UnitMode, completion, is_acting
 from cellctl.core.plans import ChangeoverPlan
-from cellctl.core.ports import EventSink
+from cellctl.core.ports import EventSink, OrderBook
 from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.confirm import Confirmations, Prompt
 from cellctl.engine.durations import StepDurations
 from cellctl.engine.firstarticle import Qualification, QualificationView, authorise_sign_off
-from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle
+from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle, existing_job
 from cellctl.engine.kpi import EXTERNAL, INTERNAL, PendingKpi, StagedRun, step_kpis
 from cellctl.engine.oee import LiveOee
 from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, target_setup
@@ -64,6 +64,7 @@ from cellctl.errors import (
     FirstArticleFailed,
     InvalidTransition,
     JobError,
+    OrderConflict,
     PlanError,
     PlanHeld,
     SequenceError,
@@ -333,9 +334,12 @@ class Engine:
         *,
         durations: StepDurations | None = None,
         recovery: Recovery | None = None,
+        orders: OrderBook | None = None,
     ) -> None:
         """``recovery`` (``read_recovery`` of the journal) restores unfinished jobs and, after an unclean
-        stop, powers up with an alarm and resumes the interrupted changeover only after Reset and Start."""
+        stop, powers up with an alarm and resumes the interrupted changeover only after Reset and Start.
+        ``orders`` (the store) answers for order ids accepted before this run: one job per order id."""
+        self._orders = orders
         self._config = config
         self._clock: Clock = clock or SystemClock()
         self._sink = sink
@@ -343,7 +347,9 @@ class Engine:
         self._log = structlog.get_logger(__name__).bind(cell=self._name)
         self._listeners: list[Listener] = []
         self._profiles = build_profiles(config, devices)
-        self._cell = PackMLCell(sink, self._clock, notify=self._notify, name=self._name)
+        self._cell = PackMLCell(
+            sink, self._clock, notify=self._notify, name=self._name, mode=_restored_mode(recovery)
+        )
         self._jobs = JobQueue(config.recipes)
         # Measured step durations (the runtime loads them from the journal), updated from the steps run.
         self._durations = durations if durations is not None else StepDurations()
@@ -423,14 +429,35 @@ class Engine:
         await self._transition(parsed, by=by)
         return self.status()
 
+    async def change_mode(self, mode: str, *, by: str) -> CellStatus:
+        """Select the unit mode (production, maintenance, manual); ModeRefused, nothing changed, outside
+        Stopped, Idle and Aborted. In maintenance and manual the cell takes no jobs: Start is refused."""
+        async with self._lock:
+            parsed = UnitMode.parse(mode, self._cell.state)
+            await self._cell.change_mode(parsed, by=by)
+            self._log.info("unit mode selected", mode=parsed.label, by=by)
+        return self.status()
+
     async def submit(self, order: OrderRequest, *, by: str) -> JobView:
         """Queue an order; JobError on bad input. The same order id and content returns the existing job."""
         async with self._lock:
+            if self._jobs.find(order.order_id) is None and self._orders is not None:
+                # An order id taken before this run (its job finished, or ended before a restart).
+                record = await self._orders.find_order(order.order_id)
+                if record is not None:
+                    return existing_job(order, record)
             job, new = self._jobs.submit(order, by=by, now=self._clock.wall())
             if not new:
                 return job.view()
             try:
                 await self._record(job.event(self._clock.wall(), by=by))
+            except OrderConflict as exc:
+                # The store's unique order id is the last word (another writer took it first).
+                self._jobs.withdraw(job)
+                record = await self._orders.find_order(order.order_id) if self._orders else None
+                if exc.same_content and record is not None:
+                    return existing_job(order, record)
+                raise
             except BaseException:
                 self._jobs.withdraw(job)
                 raise
@@ -1021,6 +1048,7 @@ class Engine:
         job.count(part.verdict)
         self._counters = self._counters.counted(part.verdict)
         await self._record(part)
+        await self._parts.sort(part)  # only now: the output hands the part on, its record must exist first
         if part.verdict is Verdict.PASS:
             self._last_good = part.ts
             await self._finish_kpi(part.ts, ended_by="part")
@@ -1161,6 +1189,7 @@ class Engine:
             await self._run_changeover(job, control)
         finally:
             self._run_control = None
+            self._cell.plan_running(False)
 
     async def _run_changeover(self, job: Job, control: RunControl) -> None:
         staged, waited = await self._take_staged(job)
@@ -1224,6 +1253,7 @@ class Engine:
             },
         )
         self._changeover = progress
+        self._cell.plan_running(True)  # the unit mode shows Changeover until _change_over ends
         began = self._clock.monotonic()
         resumed = "" if resume is None else "resumed after an unclean stop"
         await self._record(self._changeover_event(progress, ChangeoverStatus.STARTED, reason=resumed))
@@ -1297,6 +1327,17 @@ class Engine:
         )
 
 
+def _restored_mode(recovery: Recovery | None) -> UnitMode:
+    """The unit mode the last run was in: a cell left in maintenance or manual does not come back taking jobs
+    (a plan running when it ended, shown as changeover, was production)."""
+    name = recovery.mode if recovery is not None else None
+    try:
+        mode = UnitMode[name.upper()] if name else UnitMode.PRODUCTION
+    except KeyError:
+        return UnitMode.PRODUCTION
+    return UnitMode.PRODUCTION if mode is UnitMode.CHANGEOVER else mode
+
+
 def _refusal(saved: RecoveredJob, recipe: Recipe | None) -> str | None:
     """Why a job cannot run again from today's recipes (None: it can, the snapshot is identical)."""
     if recipe is None:
@@ -1320,6 +1361,7 @@ def _rebuilt(saved: RecoveredJob, recipe: Recipe) -> Job:
         parameters=dict(saved.parameters),
         priority=saved.priority,
         due=saved.due,
+        part_parameters=tuple(dict(p) for p in saved.part_parameters),
     )
     return Job(
         id=saved.job_id,
@@ -1336,6 +1378,8 @@ def _rebuilt(saved: RecoveredJob, recipe: Recipe) -> Job:
         bad=saved.bad,
         invalid=saved.invalid,
         started_at=saved.started_at,
+        part_parameters=tuple(dict(p) for p in saved.part_parameters),
+        order_hash=saved.order_hash,
     )
 
 
@@ -1356,4 +1400,5 @@ def _refused_event(saved: RecoveredJob, reason: str, ts: float) -> JobEvent:
         parameters=dict(saved.parameters),
         reason=f"not restored after an unclean stop: {reason}",
         priority=saved.priority,
+        order_released=True,  # the reason says "submit the order again": the same id must make a new job
     )

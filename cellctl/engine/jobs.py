@@ -7,6 +7,8 @@ editing a recipe never changes a job already accepted.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +20,7 @@ import structlog
 from cellctl.core.clock import Clock
 from cellctl.core.devices import Gauge, Press, Profile, Robot
 from cellctl.core.events import JobEvent, JobStatus, Measurement, PartProduced, Verdict
+from cellctl.core.ports import OrderRecord
 from cellctl.core.quality import judge, part_verdict
 from cellctl.core.tags import Reading
 from cellctl.errors import DeviceError, JobError
@@ -36,6 +39,8 @@ class OrderRequest:
 
     Higher ``priority`` runs first; equal priorities run in submit order. ``due`` (epoch seconds) is when the
     order should be finished: the scheduler's proposed order honours it within a priority class.
+    ``part_parameters`` (batch size one): one parameter set per part, ``quantity`` of them; each overrides
+    ``parameters`` for its part.
     """
 
     order_id: str
@@ -44,11 +49,31 @@ class OrderRequest:
     parameters: Mapping[str, float] = field(default_factory=dict)
     priority: int = 0
     due: float | None = None
+    part_parameters: Sequence[Mapping[str, float]] = ()
 
     def content(self) -> tuple[object, ...]:
         """What makes two submissions of one order id the same order."""
-        params = tuple(sorted((k, _as_float(v)) for k, v in self.parameters.items()))
-        return (self.variant, self.quantity, params, self.priority, _as_float(self.due))
+        params = _sorted_params(self.parameters)
+        content: tuple[object, ...] = (
+            self.variant,
+            self.quantity,
+            params,
+            self.priority,
+            _as_float(self.due),
+        )
+        if self.part_parameters:
+            # Only orders that carry per-part sets add them, so older orders keep their content (and hash).
+            content += (tuple(_sorted_params(p) for p in self.part_parameters),)
+        return content
+
+    def content_hash(self) -> str:
+        """A stable digest of ``content()``: the store compares it when an order id comes again."""
+        text = json.dumps(self.content(), separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sorted_params(params: Mapping[str, object]) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted((str(k), _as_float(v)) for k, v in params.items()))
 
 
 def _as_float(value: object) -> object:
@@ -82,13 +107,68 @@ class JobView:
     finished_at: float | None = None
     reason: str = ""
     due: float | None = None
+    part_parameters: tuple[Mapping[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
         data = dataclasses.asdict(self)
         data["status"] = self.status.value
         data["parameters"] = dict(self.parameters)
+        data["part_parameters"] = [dict(p) for p in self.part_parameters]
         return data
+
+    @classmethod
+    def from_record(cls, record: OrderRecord) -> JobView:
+        """The job as the store last recorded it (a job finished before a restart is not in memory)."""
+        data = record.last_data
+
+        def number(key: str) -> int:
+            value = data.get(key)
+            return int(value) if isinstance(value, int | float) else 0
+
+        status = JobStatus(str(data.get("status", JobStatus.QUEUED.value)))
+        due = data.get("due")
+        return cls(
+            job_id=record.job_id,
+            order_id=record.order_id,
+            variant=str(data.get("variant", "")),
+            recipe_version=number("recipe_version"),
+            recipe_hash=str(data.get("recipe_hash", "")),
+            quantity=number("quantity"),
+            priority=number("priority"),
+            parameters={str(k): float(v) for k, v in (data.get("parameters") or {}).items()},
+            status=status,
+            produced=number("produced"),
+            good=number("good"),
+            bad=number("bad"),
+            invalid=number("invalid"),
+            submitted_at=record.submitted_at,
+            submitted_by=record.submitted_by,
+            finished_at=record.last_ts if status in _FINISHED else None,
+            reason=str(data.get("reason") or ""),
+            due=float(due) if isinstance(due, int | float) and not isinstance(due, bool) else None,
+            part_parameters=tuple(
+                {str(k): float(v) for k, v in p.items()} for p in (data.get("part_parameters") or ())
+            ),
+        )
+
+
+_FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.ABORTED, JobStatus.CANCELLED})
+
+
+def existing_job(order: OrderRequest, record: OrderRecord) -> JobView:
+    """The job an order id already made, when ``order`` has its content; JobError (naming it) otherwise."""
+    if not record.content_hash:
+        raise JobError(
+            f"order {order.order_id!r}: already accepted as job {record.job_id} before the store kept order "
+            "content, so a repeat cannot be told from a change: use a new order id"
+        )
+    if record.content_hash != order.content_hash():
+        raise JobError(
+            f"order {order.order_id!r}: already accepted as job {record.job_id} with different content "
+            f"(now {_describe(order)})"
+        )
+    return JobView.from_record(record)
 
 
 @dataclass(slots=True)
@@ -111,6 +191,10 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     reason: str = ""
+    part_parameters: tuple[dict[str, float], ...] = ()
+    """One resolved parameter set per part (batch size one); empty: every part uses ``parameters``."""
+    order_hash: str = ""
+    """``order.content_hash()`` as accepted; the store keeps it to recognise the order id again."""
 
     @property
     def variant(self) -> str:
@@ -137,6 +221,12 @@ class Job:
         else:
             self.invalid += 1
 
+    def parameters_for(self, index: int) -> dict[str, float]:
+        """The parameters of part ``index`` (1-based): its own set for batch size one, else the job's."""
+        if self.part_parameters:
+            return self.part_parameters[index - 1]
+        return self.parameters
+
     def view(self) -> JobView:
         """A frozen snapshot for clients."""
         return JobView(
@@ -159,6 +249,7 @@ class Job:
             finished_at=self.finished_at,
             reason=self.reason,
             due=self.order.due,
+            part_parameters=tuple(dict(p) for p in self.part_parameters),
         )
 
     def event(self, ts: float, *, by: str = "engine") -> JobEvent:
@@ -181,6 +272,8 @@ class Job:
             reason=self.reason,
             due=self.order.due,
             priority=self.order.priority,
+            part_parameters=[dict(p) for p in self.part_parameters],
+            order_hash=self.order_hash,
         )
 
 
@@ -195,28 +288,58 @@ def resolve_parameters(order: OrderRequest, recipe: Recipe) -> dict[str, float]:
 
     Raises JobError naming every unknown parameter and every value that is not a finite number in range.
     """
-    issues: list[str] = []
-    where = f"recipe {recipe.variant} v{recipe.version}"
-    for name, raw in order.parameters.items():
-        spec = recipe.parameters.get(name)
-        if spec is None:
-            known = ", ".join(sorted(recipe.parameters)) or "none"
-            issues.append(f"parameters.{name}: unknown parameter of {where} (known: {known})")
-            continue
-        value = _number(raw)
-        if value is None or not math.isfinite(value):
-            issues.append(f"parameters.{name}: {raw!r} is not a finite number")
-            continue
-        if not spec.min <= value <= spec.max:
-            units = f" {spec.units}" if spec.units else ""
-            issues.append(
-                f"parameters.{name}: {value:g} is outside [{spec.min:g}, {spec.max:g}]{units} of {where}"
-            )
+    issues = _parameter_issues(order.parameters, recipe, "parameters")
     if issues:
         raise JobError(f"order {order.order_id!r}: " + "; ".join(issues))
     resolved = {name: float(spec.default) for name, spec in recipe.parameters.items()}
     resolved.update({name: float(value) for name, value in order.parameters.items()})
     return resolved
+
+
+def resolve_part_parameters(
+    order: OrderRequest, recipe: Recipe, base: Mapping[str, float]
+) -> tuple[dict[str, float], ...]:
+    """One resolved set per part (``base`` with the part's own values), checked like ``parameters``.
+
+    JobError naming every bad part and value, or a count that is not ``quantity``; () when the order has none.
+    """
+    sets = list(order.part_parameters)
+    if not sets:
+        return ()
+    issues: list[str] = []
+    if len(sets) != order.quantity:
+        issues.append(
+            f"part_parameters: {len(sets)} parameter sets for a quantity of {order.quantity} "
+            "(batch size one needs exactly one set per part)"
+        )
+    for k, values in enumerate(sets):
+        issues.extend(_parameter_issues(values, recipe, f"part_parameters[{k}]"))
+    if issues:
+        raise JobError(f"order {order.order_id!r}: " + "; ".join(issues))
+    return tuple({**base, **{name: float(v) for name, v in values.items()}} for values in sets)
+
+
+def _parameter_issues(values: Mapping[str, object], recipe: Recipe, path: str) -> list[str]:
+    issues: list[str] = []
+    where = f"recipe {recipe.variant} v{recipe.version}"
+    if not isinstance(values, Mapping):
+        return [f"{path}: {values!r} is not a mapping of parameter names to numbers"]
+    for name, raw in values.items():
+        spec = recipe.parameters.get(name)
+        if spec is None:
+            known = ", ".join(sorted(recipe.parameters)) or "none"
+            issues.append(f"{path}.{name}: unknown parameter of {where} (known: {known})")
+            continue
+        value = _number(raw)
+        if value is None or not math.isfinite(value):
+            issues.append(f"{path}.{name}: {raw!r} is not a finite number")
+            continue
+        if not spec.min <= value <= spec.max:
+            units = f" {spec.units}" if spec.units else ""
+            issues.append(
+                f"{path}.{name}: {value:g} is outside [{spec.min:g}, {spec.max:g}]{units} of {where}"
+            )
+    return issues
 
 
 def _check_request(order: OrderRequest, recipes: Mapping[str, Recipe]) -> Recipe:
@@ -282,7 +405,13 @@ class JobQueue:
         """
         existing = self._by_order.get(order.order_id)
         if existing is not None:
-            if existing.order.content() == order.content():
+            # A job restored from the journal keeps its accepted hash; its rebuilt order may differ in form.
+            same = (
+                existing.order_hash == order.content_hash()
+                if existing.order_hash
+                else existing.order.content() == order.content()
+            )
+            if same:
                 return existing, False
             raise JobError(
                 f"order {order.order_id!r}: already accepted as job {existing.id} with different content "
@@ -290,16 +419,23 @@ class JobQueue:
             )
         recipe = _check_request(order, self._recipes)
         parameters = resolve_parameters(order, recipe)
+        per_part = resolve_part_parameters(order, recipe, parameters)
         self._seq += 1
         job = Job(
             id=self._new_id(),
-            order=dataclasses.replace(order, parameters=dict(order.parameters)),
+            order=dataclasses.replace(
+                order,
+                parameters=dict(order.parameters),
+                part_parameters=tuple(dict(p) for p in order.part_parameters),
+            ),
             recipe=recipe,
             recipe_hash=recipe.snapshot_hash(),
             parameters=parameters,
             seq=self._seq,
             submitted_at=now,
             submitted_by=by,
+            part_parameters=per_part,
+            order_hash=order.content_hash(),
         )
         self._jobs[job.id] = job
         self._by_order[order.order_id] = job
@@ -326,6 +462,10 @@ class JobQueue:
                 len(self._queued),
             )
             self._queued.insert(at, job)
+
+    def find(self, order_id: str) -> Job | None:
+        """The job this order id made in this run (or restored), None when there is none."""
+        return self._by_order.get(order_id)
 
     @property
     def queued(self) -> list[Job]:
@@ -420,7 +560,24 @@ class PartCycle:
         used = {p.device for p in (*self._robots, *self._stations)}
         used.update(_split(p.target)[0] for p in recipe.parameters.values())
         used.update(_split(c.source)[0] for c in recipe.quality.values())
+        used.update(_split(ref)[0] for ref, _ in self._outputs(Verdict.PASS))
         return frozenset(used)
+
+    def _outputs(self, verdict: Verdict) -> list[tuple[str, bool]]:
+        passed = verdict is Verdict.PASS
+        outputs = [(self._production.reject_output, not passed), (self._production.accept_output, passed)]
+        # The output going false first: accept and reject are never both true, not even between two writes.
+        return sorted(((ref, value) for ref, value in outputs if ref is not None), key=lambda o: o[1])
+
+    async def sort(self, part: PartProduced) -> None:
+        """Set the accept/reject outputs for ``part``'s verdict (held until the next part's).
+
+        Call only once the part's record is durable: a part handed on as good must be in the journal.
+        """
+        for ref, value in self._outputs(part.verdict):
+            device, tag_name = _split(ref)
+            await self._profile(device).tag(tag_name).write(value)
+        log.debug("part sorted", part=part.part, verdict=part.verdict.value)
 
     def _profile(self, device: str) -> Profile:
         try:
@@ -428,10 +585,10 @@ class PartCycle:
         except KeyError:
             raise DeviceError(device, "not a device of this cell") from None
 
-    async def write_parameters(self, job: Job) -> None:
-        """Write each parameter to its target tag and confirm it by read-back."""
+    async def write_parameters(self, job: Job, index: int = 1) -> None:
+        """Write part ``index``'s parameters to their target tags and confirm each by read-back."""
         timeout = self._production.station_timeout_s
-        for name, value in job.parameters.items():
+        for name, value in job.parameters_for(index).items():
             device, tag_name = _split(job.recipe.parameters[name].target)
             tag = self._profile(device).tag(tag_name)
             await tag.write(value)
@@ -469,7 +626,7 @@ class PartCycle:
         """
         started = self._clock.monotonic()
         bound = log.bind(job=job.id, part=index)
-        await self.write_parameters(job)
+        await self.write_parameters(job, index)
         for robot in self._robots:
             await robot.run_cycle(self._production.robot_cycle_timeout_s)
         for station in self._stations:
@@ -485,6 +642,6 @@ class PartCycle:
             index=index,
             verdict=verdict,
             measurements=measurements,
-            parameters=dict(job.parameters),
+            parameters=dict(job.parameters_for(index)),
             cycle_s=self._clock.monotonic() - started,
         )

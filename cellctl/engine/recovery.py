@@ -118,6 +118,8 @@ class RecoveredJob:
     bad: int = 0
     invalid: int = 0
     started_at: float | None = None
+    part_parameters: tuple[Mapping[str, float], ...] = ()
+    order_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ class Recovery:
     changeover: InterruptedChangeover | None
     jobs: tuple[RecoveredJob, ...]
     """Unfinished jobs in submit order."""
+    mode: str | None = None
+    """The unit mode of the newest state change (None in a journal without one)."""
 
     @property
     def empty(self) -> bool:
@@ -236,6 +240,7 @@ def recover(
         last_state=state,
         changeover=changeover,
         jobs=_jobs(job_entries, parts_after),
+        mode=None if last_state is None else str(last_state.data.get("mode") or "") or None,
     )
 
 
@@ -329,6 +334,10 @@ def _jobs(entries: Sequence[Entry], parts_after: Mapping[str, Mapping[str, int]]
                 bad=int(data.get("bad") or 0) + bad,
                 invalid=int(data.get("invalid") or 0) + invalid,
                 started_at=started_at,
+                part_parameters=tuple(
+                    {str(k): float(v) for k, v in p.items()} for p in (data.get("part_parameters") or ())
+                ),
+                order_hash=str(data.get("order_hash") or ""),
             )
         )
     return tuple(jobs)

@@ -112,7 +112,9 @@ class CellApp:
             changeover=recovery.changeover.changeover_id if recovery.changeover else None,
             read_s=round(self._clock.monotonic() - began, 4),
         )
-        engine = Engine(self.config, drivers, recorder, self._clock, durations=durations, recovery=recovery)
+        engine = Engine(
+            self.config, drivers, recorder, self._clock, durations=durations, recovery=recovery, orders=store
+        )
         publisher = None
         if self._publish:
             publisher = OutboxPublisher(store, cell.mqtt, cell.identity)

@@ -555,11 +555,21 @@ class ChangeoverConfig(Strict):
 
 
 class ProductionConfig(Strict):
-    """Timeouts of the per-part cycle, in seconds."""
+    """Timeouts of the per-part cycle, in seconds, and the part's accept/reject outputs."""
 
     robot_cycle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     station_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     gauge_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    accept_output: str | None = Field(
+        default=None,
+        description="device.tag (bool, writable) set true for a part that passed, false otherwise; written "
+        "only once the part's record is durable",
+    )
+    reject_output: str | None = Field(
+        default=None,
+        description="device.tag (bool, writable) set true for a part that failed or is invalid, false "
+        "otherwise; written only once the part's record is durable",
+    )
 
 
 _CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -630,6 +640,24 @@ class CellConfig(Strict):
     changeover: ChangeoverConfig = ChangeoverConfig()
     production: ProductionConfig = ProductionConfig()
     oee: OeeConfig = OeeConfig()
+
+    @model_validator(mode="after")
+    def _sort_outputs_exist(self) -> CellConfig:
+        # An accept/reject output must be a writable bool tag of a device of this cell.
+        for key in ("accept_output", "reject_output"):
+            ref = getattr(self.production, key)
+            if ref is None:
+                continue
+            device_name, _, tag_name = ref.partition(".")
+            device = self.devices.get(device_name)
+            if device is None or tag_name not in device.tags:
+                raise located(f"{ref!r} is not a device.tag of this cell", "production", key)
+            tag = device.tags[tag_name]
+            if tag.access is Access.READ or tag.datatype is not Datatype.BOOL:
+                raise located(
+                    f"{ref!r} must be a writable bool tag (access w or rw, datatype bool)", "production", key
+                )
+        return self
 
     def devices_of(self, profile: ProfileKind) -> list[str]:
         """Names of the devices playing ``profile``, in file order."""

@@ -15,17 +15,19 @@ from typing import Any, TypeVar
 
 import structlog
 
-from cellctl.core.events import Event
+from cellctl.core.events import Event, JobEvent
+from cellctl.core.ports import OrderRecord
 from cellctl.errors import StoreError
-from cellctl.store import journal, outbox, steps
+from cellctl.store import journal, orders, outbox, steps
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxMessage, OutboxRow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The newest schema this code knows; a file written by newer code is refused."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (*journal.SCHEMA_V1, *outbox.SCHEMA_V1),
+    2: orders.SCHEMA_V2,
 }
 """Statements that take the schema from version ``n - 1`` to ``n``; each version runs in one transaction."""
 
@@ -69,13 +71,18 @@ class Store:
         return cls(Path(path), executor, conn)
 
     async def append(self, event: Event, messages: Sequence[OutboxMessage]) -> int:
-        """Journal ``event`` and queue its messages in one transaction; return the journal id."""
+        """Journal ``event`` and queue its messages in one transaction; return the journal id.
+
+        A job's queued entry also takes its order id (OrderConflict, nothing written, if another job has it).
+        """
 
         def work(conn: sqlite3.Connection) -> int:
             data_json = _dumps(event.to_data(), f"{event.kind} event")
             bodies = [_dumps(m.body, f"message to {m.topic}") for m in messages]
             with _transaction(conn):
                 journal_id = journal.insert(conn, event, data_json)
+                if isinstance(event, JobEvent):
+                    orders.claim(conn, event, journal_id)
                 outbox.insert(conn, journal_id, event.ts, messages, bodies)
             return journal_id
 
@@ -95,6 +102,10 @@ class Store:
             "read journal",
             lambda conn: journal.select(conn, after_id=after_id, limit=limit, kinds=kind_set, job_id=job_id),
         )
+
+    async def find_order(self, order_id: str) -> OrderRecord | None:
+        """The order id's job, content digest and newest job event (None if never accepted): an OrderBook."""
+        return await self._call("read orders", lambda conn: orders.find(conn, order_id))
 
     async def step_durations(self, window: int = steps.DEFAULT_WINDOW_ROWS) -> list[steps.StepDuration]:
         """(device, step kind, seconds) of the completed steps among the newest ``window`` step rows."""

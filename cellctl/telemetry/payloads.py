@@ -72,6 +72,12 @@ class JobData(Payload):
     due: float | None = None
     """When the order should be finished (epoch seconds), if it says."""
     priority: int = 0
+    part_parameters: list[dict[str, float]] = []
+    """Batch size one: each part's parameter set, in part order (empty when the order has none)."""
+    order_hash: str = ""
+    """Digest of the order's content: a consumer sees whether a repeated order id is the same order."""
+    order_released: bool = False
+    """The order id may be submitted again (the job was not restored after an unclean stop)."""
 
 
 class ChangeoverData(Payload):

@@ -146,6 +146,7 @@ def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
         "hello",
         "status",
         "command",
+        "mode",
         "submit",
         "cancel",
         "reorder",

@@ -99,7 +99,10 @@ async def test_open_refuses_a_file_written_by_a_newer_schema(tmp_path: Path) -> 
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     conn.close()
 
-    with pytest.raises(StoreError, match=r"newer cellctl \(schema version 2; this one knows up to 1\)"):
+    newer, known = SCHEMA_VERSION + 1, SCHEMA_VERSION
+    with pytest.raises(
+        StoreError, match=rf"newer cellctl \(schema version {newer}; this one knows up to {known}\)"
+    ):
         await Store.open(path)
 
 
