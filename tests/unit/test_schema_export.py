@@ -68,6 +68,8 @@ def test_the_cell_schema_describes_the_top_level_keys_of_a_cell_file() -> None:
         "recipes_dir",
         "changeover",
         "production",
+        "interlocks",
+        "estop",
     }
     assert set(schema["required"]) == {"identity", "devices"}
 
