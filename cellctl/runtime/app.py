@@ -13,8 +13,8 @@ import structlog
 from cellctl.api.server import ControlServer
 from cellctl.api.service import ControlService
 from cellctl.core.clock import Clock, SystemClock
-from cellctl.core.events import DeviceHealthChanged
-from cellctl.core.ports import Driver, Health
+from cellctl.core.events import DeviceHealthChanged, Severity
+from cellctl.core.ports import Driver, Health, LinkState
 from cellctl.drivers import build_driver
 from cellctl.engine import Engine, StepDurations
 from cellctl.engine.recovery import read_recovery
@@ -131,7 +131,9 @@ class CellApp:
         try:
             async with asyncio.TaskGroup() as tg:
                 driver_tasks = [tg.create_task(d.run(), name=f"driver:{n}") for n, d in drivers.items()]
-                health_task = tg.create_task(self._record_health(health_changes, recorder), name="health")
+                health_task = tg.create_task(
+                    self._record_health(health_changes, recorder, engine), name="health"
+                )
                 engine_task = tg.create_task(engine.run(), name="engine")
                 api_task = tg.create_task(server.run(), name="api")
                 publisher_task = (
@@ -168,10 +170,13 @@ class CellApp:
                 unsubscribe()
             self.controller = None
 
-    async def _record_health(self, changes: asyncio.Queue[Health], recorder: Recorder) -> None:
+    async def _record_health(
+        self, changes: asyncio.Queue[Health], recorder: Recorder, engine: Engine
+    ) -> None:
         while True:
             health = await changes.get()
             await recorder.record(_health_event(health, self._clock.wall()))
+            await _health_alarm(engine, health)
 
     async def _drain(self, changes: asyncio.Queue[Health], recorder: Recorder) -> None:
         """Record the health changes the drivers reported while closing, so the journal shows them."""
@@ -193,6 +198,25 @@ class CellApp:
         status = engine.status()
         job = status.current_job
         return f"state={status.state} job={job.job_id if job else '-'} queue={len(status.queue)}"
+
+
+DEVICE_ALARM_PREFIX = "device:"
+"""Alarm id of a device's link: this prefix and the device's name, raised while the link is down."""
+
+
+async def _health_alarm(engine: Engine, health: Health) -> None:
+    """Raise the device's comm alarm when its link is down; clear it once it is up again (connecting, as at
+    start, is neither)."""
+    alarm = DEVICE_ALARM_PREFIX + health.device
+    if health.state is LinkState.UP:
+        await engine.alarms.clear_alarm(alarm, message=f"{health.device}: link up again")
+    elif health.state is LinkState.DOWN:
+        await engine.alarms.raise_alarm(
+            alarm,
+            severity=Severity.WARNING,
+            message=f"{health.device}: link {health.state.value}: {health.error}".rstrip(": "),
+            source=health.device,
+        )
 
 
 def _health_event(health: Health, now: float) -> DeviceHealthChanged:
