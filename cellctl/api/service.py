@@ -2,9 +2,9 @@
 
 Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, ``reorder``,
 ``apply_proposal``, ``sign_off`` and ``ack`` that reaches the engine is recorded as an ``OperatorAction``
-(accepted or refused, with who sent it) through the sink the runtime gives the service, and is passed to the same
-listeners as the engine's own events. The engine records the facts that follow (``StateChanged`` with
-``by``, ``JobEvent``...).
+(accepted or refused, with who sent it) through the sink the runtime gives the service, and is passed to
+the same listeners as the engine's own events. The engine records the facts that follow (``StateChanged``
+with ``by``, ``JobEvent``...).
 """
 
 from __future__ import annotations
