@@ -188,7 +188,7 @@ def _clear_of(cond: Condition) -> TagValue:
 
 
 def healthy_inputs(cell: CellConfig) -> dict[str, dict[str, TagValue]]:
-    """Per device, values of the interlocks' and e-stop's tags that trip nothing (guard closed, e-stop out)."""
+    """Per device, values of the interlocks' and e-stop's tags that trip nothing (guard closed...)."""
     values: dict[str, dict[str, TagValue]] = {}
     for interlock in cell.interlocks.values():
         cond = interlock.condition
