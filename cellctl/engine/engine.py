@@ -777,11 +777,11 @@ class Engine:
             self._track_step(event)
             self._durations.observe(event)
         self._notify(event)
-        if isinstance(event, StateChanged):
-            self._safety.poke()
         return journal_id
 
     def _notify(self, event: Event) -> None:
+        if isinstance(event, StateChanged):
+            self._safety.poke()  # a tripped interlock acts again once the cell runs
         for listener in list(self._listeners):
             try:
                 listener(event)
