@@ -183,7 +183,8 @@ async def _settled_after_abort(r: Rig) -> None:
 def _report(what: str, r: Rig, edge: Edge) -> None:
     print(
         f"\n{what}: at the edge {edge.sim_writes} sim writes, {edge.started} sent, "
-        f"{edge.in_flight} in flight; after Aborted {r.sim_writes()} sim writes, {r.started()} sent, refused {r.engine.inhibit.refused}"
+        f"{edge.in_flight} in flight; after Aborted {r.sim_writes()} sim writes, {r.started()} sent, "
+        f"refused {r.engine.inhibit.refused}"
     )
 
 
