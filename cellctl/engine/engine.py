@@ -923,7 +923,7 @@ class Engine:
 
     async def _fail(self, exc: CellctlError, command: Command) -> None:
         """Record why the cell cannot go on, raise the alarm, and Hold (or Stop) it if still allowed."""
-        if self._inhibit.active or self._interrupt == "abort":
+        if self._inhibit.active or self._cell.state in (State.ABORTING, State.ABORTED):
             # An e-stop or Abort is taking the cell down: its refused writes are not a failure to hold on.
             self._log.info("failure while aborting", error=str(exc))
             return

@@ -765,3 +765,13 @@ def test_port_offset_shifts_every_endpoint() -> None:
     assert cell.devices["robot1"].endpoint == "opc.tcp://127.0.0.1:49401/cellctl/robot1"
     assert cell.devices["fixture"].host_port == ("127.0.0.1", 16020)
     assert cell.devices["gauge"].host_port == ("127.0.0.1", 16021)
+
+
+async def test_console_sets_a_safety_input_until_cleared(sim_cell: SimCell) -> None:
+    console = FaultConsole(sim_cell)
+    assert sim_cell.published("safety.estop_ok") is True
+    assert await console.run("safety safety estop_ok false") == "ok safety_input safety.estop_ok"
+    assert sim_cell.published("safety.estop_ok") is False
+    assert await console.run("clear") == "ok cleared 1"
+    assert sim_cell.published("safety.estop_ok") is True
+    assert (await console.run("safety gauge ready true")).startswith("error safety:")
