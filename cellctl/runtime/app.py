@@ -176,7 +176,7 @@ class CellApp:
         while True:
             health = await changes.get()
             await recorder.record(_health_event(health, self._clock.wall()))
-            await _health_alarm(engine, health)
+            await health_alarm(engine, health)
 
     async def _drain(self, changes: asyncio.Queue[Health], recorder: Recorder) -> None:
         """Record the health changes the drivers reported while closing, so the journal shows them."""
@@ -204,7 +204,7 @@ DEVICE_ALARM_PREFIX = "device:"
 """Alarm id of a device's link: this prefix and the device's name, raised while the link is down."""
 
 
-async def _health_alarm(engine: Engine, health: Health) -> None:
+async def health_alarm(engine: Engine, health: Health) -> None:
     """Raise the device's comm alarm when its link is down; clear it once it is up again (connecting, as at
     start, is neither)."""
     alarm = DEVICE_ALARM_PREFIX + health.device

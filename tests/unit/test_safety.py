@@ -20,11 +20,13 @@ from cellctl.core.events import (
     StepEvent,
     StepStatus,
 )
+from cellctl.core.ports import Health, LinkState
 from cellctl.drivers.soft import SoftDriver
 from cellctl.engine import Engine, OrderRequest, State
 from cellctl.engine.alarms import AlarmManager
 from cellctl.engine.interlocks import ESTOP_ALARM
 from cellctl.errors import AlarmError, InterlockTripped, WriteInhibited
+from cellctl.runtime.app import health_alarm
 from cellctl.schema.cell import InterlockConfig
 from cellctl.schema.load import LoadedConfig
 from tests.softcell import StalledFixture, soft_cell
@@ -324,3 +326,19 @@ async def test_reset_is_refused_while_the_estop_is_pressed_and_accepted_once_rel
         (AlarmAction.ACKNOWLEDGED, False, "anna"),
     ]
     assert shown == ()
+
+
+async def test_a_device_link_down_raises_its_alarm_and_up_again_clears_it(config: LoadedConfig) -> None:
+    sink = FakeSink()
+    engine = Engine(config, soft_cell(config.cell), sink)
+    await health_alarm(engine, Health("robot1", LinkState.CONNECTING, 0.0))
+    await health_alarm(engine, Health("robot1", LinkState.DOWN, 0.0, "connection refused"))
+    shown = engine.status().alarms
+    await health_alarm(engine, Health("robot1", LinkState.UP, 0.0))
+
+    assert [(a.id, a.severity, a.source) for a in shown] == [("device:robot1", Severity.WARNING, "robot1")]
+    assert "connection refused" in shown[0].message
+    assert alarms(sink, "device:robot1") == [
+        (AlarmAction.RAISED, True, "engine"),
+        (AlarmAction.CLEARED, False, "engine"),
+    ]
