@@ -98,6 +98,8 @@ class Edge:
     sim_writes: int = -1
     started: int = -1
     in_flight: int = -1
+    seen_at: float = 0.0
+    """Loop time the engine saw it (for the printed latency)."""
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Rig:
                     self.started(),
                     self.in_flight(),
                 )
+                edge.seen_at = asyncio.get_running_loop().time()
 
         safety.watch(on_reading)
         return edge
@@ -174,17 +177,21 @@ async def _start(r: Rig, quantity: int) -> None:
     await r.engine.command("start", by="op")
 
 
-async def _settled_after_abort(r: Rig) -> None:
-    """Aborted, then a quiet moment longer than a poll and a robot cycle, for any stray command to land."""
+async def _settled_after_abort(r: Rig) -> float:
+    """Aborted, then a quiet moment longer than a poll and a robot cycle, for any stray command to land;
+    returns the loop time it was Aborted."""
     await r.engine.wait_for(State.ABORTED, timeout=TIMEOUT)
+    aborted_at = asyncio.get_running_loop().time()
     await asyncio.sleep(0.2)
+    return aborted_at
 
 
-def _report(what: str, r: Rig, edge: Edge) -> None:
+def _report(what: str, r: Rig, edge: Edge, pressed_at: float, aborted_at: float) -> None:
     print(
-        f"\n{what}: at the edge {edge.sim_writes} sim writes, {edge.started} sent, "
-        f"{edge.in_flight} in flight; after Aborted {r.sim_writes()} sim writes, {r.started()} sent, "
-        f"refused {r.engine.inhibit.refused}"
+        f"\n{what}: seen {1000 * (edge.seen_at - pressed_at):.1f} ms after the input changed, Aborted "
+        f"{1000 * (aborted_at - edge.seen_at):.1f} ms after that; at the edge {edge.sim_writes} sim writes, "
+        f"{edge.started} sent, {edge.in_flight} in flight; after Aborted {r.sim_writes()} sim writes, "
+        f"{r.started()} sent, refused {r.engine.inhibit.refused}"
     )
 
 
@@ -193,9 +200,10 @@ async def test_estop_in_production_aborts_and_no_command_leaves_after_the_edge(s
         await _start(r, 1000)
         await r.journal.wait_for(lambda e: isinstance(e, PartProduced) and e.index >= 2)
         edge = r.watch_estop()
+        pressed_at = asyncio.get_running_loop().time()
         async with sim_cell.faults.safety_input("safety", "estop_ok", False):
-            await _settled_after_abort(r)
-            _report("e-stop in production", r, edge)
+            aborted_at = await _settled_after_abort(r)
+            _report("e-stop in production", r, edge, pressed_at, aborted_at)
 
             assert edge.started >= 0, "the engine never saw the e-stop"
             assert r.started() == edge.started  # nothing sent after the edge, finalizers and finally included
@@ -219,9 +227,10 @@ async def test_estop_in_a_changeover_aborts_it_and_no_command_leaves_after_the_e
             )
         )
         edge = r.watch_estop()
+        pressed_at = asyncio.get_running_loop().time()
         async with sim_cell.faults.safety_input("safety", "estop_ok", False):
-            await _settled_after_abort(r)
-            _report("e-stop in a changeover", r, edge)
+            aborted_at = await _settled_after_abort(r)
+            _report("e-stop in a changeover", r, edge, pressed_at, aborted_at)
 
             assert edge.started >= 0, "the engine never saw the e-stop"
             assert r.started() == edge.started
