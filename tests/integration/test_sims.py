@@ -659,6 +659,7 @@ async def test_fixed_ports_come_from_the_cell_file() -> None:
         "toolchanger": tooling_port,
         "fixture": tooling_port,
         "stapler": tooling_port,
+        "safety": tooling_port,
     }
     ports["gauge"] = gauge_port
     devices = {}
@@ -725,7 +726,7 @@ async def test_command_line_serves_on_free_ports_until_sigterm() -> None:
                 assert line.startswith("listening "), line
                 _, endpoint, devices = line.split()
                 endpoints.update(dict.fromkeys(devices.split(","), endpoint))
-        assert set(endpoints) == {"robot1", "toolchanger", "fixture", "stapler", "gauge"}
+        assert set(endpoints) == {"robot1", "toolchanger", "fixture", "stapler", "gauge", "safety"}
         # when a client changes a tool and asks for the counters
         host, port = endpoints["toolchanger"].removeprefix("tcp://").split(":")
         client = AsyncModbusTcpClient(host, port=int(port), timeout=2, retries=0)
