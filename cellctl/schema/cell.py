@@ -650,6 +650,20 @@ class EstopConfig(Strict):
         return self.tag.partition(".")[2]
 
 
+def _mistyped(condition: Condition, datatype: Datatype) -> str | None:
+    """Why ``condition`` cannot compare a tag of ``datatype`` with its literal (None: it can)."""
+    literal = condition.literal
+    if isinstance(literal, bool):
+        fits = datatype is Datatype.BOOL
+    elif isinstance(literal, str):
+        fits = datatype is Datatype.STRING
+    else:
+        fits = datatype in INT_TYPES or datatype in FLOAT_TYPES
+    if fits:
+        return None
+    return f"{condition.qualified_tag} is {datatype.value}: it cannot be compared with {literal!r}"
+
+
 class CellConfig(Strict):
     """A cell file: everything cellctl needs to run one work cell."""
 
@@ -679,7 +693,9 @@ class CellConfig(Strict):
                 condition = interlock.condition if key == "when" else interlock.resume
                 if condition is None:
                     continue
-                why = missing(condition.device, condition.tag)
+                why = missing(condition.device, condition.tag) or _mistyped(
+                    condition, self.devices[condition.device].tags[condition.tag].datatype
+                )
                 if why is not None:
                     raise located(f"interlock {name!r}: {why}", "interlocks", name, key)
         if self.estop is not None:

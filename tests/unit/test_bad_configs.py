@@ -76,6 +76,17 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
             )
         ],
     ),
+    "interlock comparing a bool with a number": (
+        "cell_interlock_mistyped.yaml",
+        [
+            cell(
+                "cell_interlock_mistyped",
+                11,
+                "interlocks.guard_door.when",
+                "safety.guard_closed is bool: it cannot be compared with 0",
+            )
+        ],
+    ),
     "Modbus tag without address": (
         "cell_modbus_tag_without_address.yaml",
         [
