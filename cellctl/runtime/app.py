@@ -73,6 +73,8 @@ class CellApp:
         self._driver_factory = driver_factory
         self.controller: Controller | None = None
         """Set once the parts are built (before READY); None before and after a run."""
+        # Drivers closing at shutdown report their links down: journaled, but not raised as alarms.
+        self._stopping = False
 
     async def run(
         self, stop: asyncio.Event, on_ready: Callable[[Controller], Awaitable[None]] | None = None
@@ -152,6 +154,7 @@ class CellApp:
                 # Shutdown order (DESIGN.md §5): STOPPING, PackML Stop with a deadline, API and drivers
                 # closed, publisher flushed for a bounded time, then the store (closed by run()).
                 self._notifier.stopping()
+                self._stopping = True
                 log.info("stopping")
                 try:
                     await engine.shutdown(STOP_DEADLINE_S)
@@ -176,7 +179,8 @@ class CellApp:
         while True:
             health = await changes.get()
             await recorder.record(_health_event(health, self._clock.wall()))
-            await health_alarm(engine, health)
+            if not self._stopping:
+                await health_alarm(engine, health)
 
     async def _drain(self, changes: asyncio.Queue[Health], recorder: Recorder) -> None:
         """Record the health changes the drivers reported while closing, so the journal shows them."""
