@@ -128,6 +128,7 @@ class CellApp:
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller
 
+        self._stopping = False
         health_changes: asyncio.Queue[Health] = asyncio.Queue()
         unsubscribes = [driver.on_health(health_changes.put_nowait) for driver in drivers.values()]
         try:
