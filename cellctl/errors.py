@@ -250,3 +250,15 @@ class ConfirmError(CellctlError):
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"step {step!r}: {message}")
         self.step = step
+
+
+class WriteInhibited(DeviceError):
+    """A write or method call was refused because the e-stop is active: no command leaves after its edge."""
+
+
+class AlarmError(CellctlError):
+    """An alarm operation was refused: no such alarm, or nothing left to acknowledge."""
+
+    def __init__(self, alarm: str, message: str) -> None:
+        super().__init__(f"alarm {alarm!r}: {message}")
+        self.alarm = alarm

@@ -712,12 +712,33 @@ class GaugeSim(DeviceSim):
         return values
 
 
+class IoSim(DeviceSim):
+    """Plain inputs wired from a safety PLC (guard door, e-stop, air pressure): the cell only reads them.
+
+    ``set_input`` changes one as the safety PLC would; a client write is refused and counted.
+    """
+
+    profile = ProfileKind.IO
+
+    def on_write(self, tag: str, old: TagValue, new: TagValue) -> None:
+        """Inputs are not written by a client: count the refusal, keep the value."""
+        self.values[tag] = old
+        self._refuse(f"write:{tag}", "safety inputs are read-only")
+
+    def set_input(self, tag: str, value: TagValue) -> None:
+        """Change an input (the door opens, the e-stop is pressed)."""
+        if tag not in self.types:
+            raise KeyError(f"{self.name} has no input {tag!r}")
+        self._set(tag, value)
+
+
 PROFILE_CLASSES: dict[ProfileKind, type[DeviceSim]] = {
     ProfileKind.ROBOT: RobotSim,
     ProfileKind.TOOL_CHANGER: ToolChangerSim,
     ProfileKind.FIXTURE: FixtureSim,
     ProfileKind.PRESS: PressSim,
     ProfileKind.GAUGE: GaugeSim,
+    ProfileKind.IO: IoSim,
 }
 
 

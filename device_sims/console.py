@@ -21,6 +21,7 @@ HELP = """commands (one a line; each answers one line, 'ok ...' or 'error ...'):
   freeze DEVICE                 stop the device publishing changes
   force DEVICE TAG VALUE        publish VALUE for TAG (nan, inf, -inf, true, false, numbers)
   robot-fault DEVICE [CODE] [AT] fault the robot now, or at AT (0..1) of its next cycle
+  safety DEVICE TAG VALUE       set a safety input (e.g. safety estop_ok false) until cleared
   exception DEVICE TAG [CODE]   Modbus exception CODE (default 4) on every request touching TAG (* = any)
   malformed DEVICE KIND [TAG]   spoil Modbus replies to the device (touching TAG): byte_count, short,
                                 function_code, transaction_id, unit_id or truncated
@@ -63,6 +64,7 @@ class FaultConsole:
             "freeze": self._freeze,
             "force": self._force,
             "robot-fault": self._robot_fault,
+            "safety": self._safety,
             "exception": self._exception,
             "malformed": self._malformed,
             "status": self._status,
@@ -122,6 +124,9 @@ class FaultConsole:
         code = int(args[1]) if len(args) > 1 else DEFAULT_ROBOT_FAULT
         at = float(args[2]) if len(args) > 2 else None
         return self._keep(self.sim.faults.robot_fault(args[0], code, at=at))
+
+    async def _safety(self, args: list[str]) -> str:
+        return self._keep(self.sim.faults.safety_input(args[0], args[1], parse_value(args[2])))
 
     async def _exception(self, args: list[str]) -> str:
         code = int(args[2]) if len(args) > 2 else 4

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Protocol
 
 from cellctl.core.tags import TagValue
-from device_sims.behaviour import DeviceSim, GaugeSim, RobotSim
+from device_sims.behaviour import DeviceSim, GaugeSim, IoSim, RobotSim
 from device_sims.gate import MALFORMATIONS, Malformation, Request, RequestGate
 
 DEFAULT_ROBOT_FAULT = 900
@@ -256,6 +256,19 @@ class SimFaults:
         if not isinstance(self._cell.device_sim(device), GaugeSim):
             raise ValueError(f"{device} is not a gauge")
         return self.force_value(device, channel, value)
+
+    def safety_input(self, device: str, tag: str, value: TagValue) -> FaultHandle:
+        """Set a safety input (guard door open, e-stop pressed, air low) until cleared, which restores it."""
+        sim = self._cell.device_sim(device)
+        if not isinstance(sim, IoSim):
+            raise ValueError(f"{device} is not an io device")
+        before = sim.get(tag)
+        sim.set_input(tag, value)
+
+        def undo() -> None:
+            sim.set_input(tag, before)
+
+        return self._handle("safety_input", f"{device}.{tag}", undo)
 
     def robot_fault(
         self, device: str, code: int = DEFAULT_ROBOT_FAULT, *, at: float | None = None

@@ -86,7 +86,13 @@ class GaugeSettings(Strict):
         return self.outlier_sigmas * spec.noise
 
 
-ProfileSettings = RobotSettings | ToolChangerSettings | FixtureSettings | PressSettings | GaugeSettings
+class IoSettings(Strict):
+    """Simulated plain inputs (the safety PLC's outputs to the cell): values only, set by fault injection."""
+
+
+ProfileSettings = (
+    RobotSettings | ToolChangerSettings | FixtureSettings | PressSettings | GaugeSettings | IoSettings
+)
 
 SETTINGS_MODELS: dict[ProfileKind, type[ProfileSettings]] = {
     ProfileKind.ROBOT: RobotSettings,
@@ -94,6 +100,7 @@ SETTINGS_MODELS: dict[ProfileKind, type[ProfileSettings]] = {
     ProfileKind.FIXTURE: FixtureSettings,
     ProfileKind.PRESS: PressSettings,
     ProfileKind.GAUGE: GaugeSettings,
+    ProfileKind.IO: IoSettings,
 }
 
 
@@ -112,6 +119,7 @@ class SimsConfig(Strict):
     fixture: FixtureSettings = FixtureSettings()
     press: PressSettings = PressSettings()
     gauge: GaugeSettings = GaugeSettings()
+    io: IoSettings = IoSettings()
     devices: dict[Name, DeviceOverride] = Field(default_factory=dict)
 
     def settings_for(self, device: str, profile: ProfileKind) -> ProfileSettings:

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from cellctl.core.conditions import Condition
 from cellctl.core.devices import Handshake, ProfileKind, RobotState
 from cellctl.core.tags import TagValue
 from cellctl.drivers.soft import SoftDriver
@@ -174,6 +175,32 @@ def following(devices: Mapping[str, SoftDriver]) -> GaugeFn:
     return measure
 
 
+def _clear_of(cond: Condition) -> TagValue:
+    """A value of the condition's tag that does not meet it (the healthy side)."""
+    literal = cond.literal
+    if isinstance(literal, bool):
+        return not literal if cond.op == "==" else literal
+    if isinstance(literal, str):
+        return literal + "-not" if cond.op == "==" else literal
+    if cond.op in ("<", "<=", "=="):
+        return literal + 1
+    return literal - 1 if cond.op in (">", ">=") else literal
+
+
+def healthy_inputs(cell: CellConfig) -> dict[str, dict[str, TagValue]]:
+    """Per device, values of the interlocks' and e-stop's tags that trip nothing (guard closed...)."""
+    values: dict[str, dict[str, TagValue]] = {}
+    for interlock in cell.interlocks.values():
+        cond = interlock.condition
+        if cell.devices[cond.device].profile is ProfileKind.IO:
+            values.setdefault(cond.device, {})[cond.tag] = _clear_of(cond)
+    if cell.estop is not None:
+        active = cell.estop.active_when
+        healthy: TagValue = not active if isinstance(active, bool) else active + 1
+        values.setdefault(cell.estop.device, {})[cell.estop.tag_name] = healthy
+    return values
+
+
 def soft_cell(
     cell: CellConfig,
     *,
@@ -187,12 +214,14 @@ def soft_cell(
     made on the right setup pass and a first-article gate does not hold the cell; ``follow=False``: 0.0.
     """
     devices: dict[str, SoftDriver] = {}
+    safe = healthy_inputs(cell)
     if measure is None and follow:
         measure = following(devices)  # filled below, read only when a part is measured
     for name, config in cell.devices.items():
         start: dict[str, TagValue] = {}
         for tag_name, tag in config.tags.items():
             start[tag_name] = False if tag.datatype == "bool" else (0.0 if "float" in tag.datatype else 0)
+        start.update(safe.get(name, {}))
         start.update((initial or {}).get(name, {}))
         dev = SoftDriver.from_config(name, config, initial=start)
         if config.profile is ProfileKind.ROBOT:

@@ -55,6 +55,9 @@ class ErrorCode(StrEnum):
     INVALID_TRANSITION = "invalid_transition"
     JOB_ERROR = "job_error"
     CONFIRM_REFUSED = "confirm_refused"
+    INTERLOCK = "interlock"
+    """Refused by an interlock or the e-stop (e.g. Reset while the e-stop is pressed)."""
+    ALARM_REFUSED = "alarm_refused"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     OVERFLOW = "overflow"
@@ -188,6 +191,12 @@ class ConfirmArgs(Args):
     evidence: Annotated[str, Field(max_length=256)] | None = None
 
 
+class AckArgs(Args):
+    """``ack``: acknowledge a shown alarm (``status().alarms``); journaled with who."""
+
+    alarm: Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class SignOffArgs(Args):
     """``sign_off``: end the open first-article qualification; ``note`` is journaled with who signed."""
 
@@ -219,6 +228,7 @@ COMMANDS: dict[str, type[Args]] = {
     "apply_proposal": NoArgs,
     "confirm": ConfirmArgs,
     "sign_off": SignOffArgs,
+    "ack": AckArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
 }

@@ -1,10 +1,10 @@
 """The single entry into the engine for API clients: validates a request, calls the engine, answers one Reply.
 
 Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, ``reorder``,
-``apply_proposal`` and ``sign_off`` that reaches the engine is recorded as an ``OperatorAction`` (accepted or
-refused, with who sent it) through the sink the runtime gives the service, and is passed to the same
-listeners as the engine's own events. The engine records the facts that follow (``StateChanged`` with
-``by``, ``JobEvent``...).
+``apply_proposal``, ``sign_off`` and ``ack`` that reaches the engine is recorded as an ``OperatorAction``
+(accepted or refused, with who sent it) through the sink the runtime gives the service, and is passed to
+the same listeners as the engine's own events. The engine records the facts that follow (``StateChanged``
+with ``by``, ``JobEvent``...).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cellctl import __version__
 from cellctl.api.protocol import (
     COMMANDS,
     PROTOCOL_VERSION,
+    AckArgs,
     Args,
     CancelArgs,
     CommandArgs,
@@ -38,7 +39,14 @@ from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.events import Event, OperatorAction
 from cellctl.core.ports import EventSink
 from cellctl.engine import OrderRequest
-from cellctl.errors import ConfirmError, InvalidTransition, JobError, StoreError
+from cellctl.errors import (
+    AlarmError,
+    ConfirmError,
+    InterlockTripped,
+    InvalidTransition,
+    JobError,
+    StoreError,
+)
 from cellctl.schema.cell import Identity
 
 log = structlog.get_logger("cellctl.api")
@@ -110,6 +118,10 @@ class EnginePort(Protocol):
         """End the open first-article qualification."""
         ...
 
+    async def acknowledge(self, alarm: str, *, by: str) -> View:
+        """Acknowledge a shown alarm."""
+        ...
+
     def status(self) -> View:
         """Snapshot of the cell."""
         ...
@@ -148,6 +160,7 @@ class ControlService:
             "apply_proposal": self._apply_proposal,
             "confirm": self._confirm,
             "sign_off": self._sign_off,
+            "ack": self._ack,
             "journal": self._read_journal,
         }
 
@@ -194,6 +207,10 @@ class ControlService:
             return Reply.failure(request.id, ErrorCode.JOB_ERROR, str(exc))
         except ConfirmError as exc:
             return Reply.failure(request.id, ErrorCode.CONFIRM_REFUSED, str(exc))
+        except InterlockTripped as exc:
+            return Reply.failure(request.id, ErrorCode.INTERLOCK, str(exc))
+        except AlarmError as exc:
+            return Reply.failure(request.id, ErrorCode.ALARM_REFUSED, str(exc))
         except Exception as exc:
             # One request's failure must not take the control socket down; the log keeps the traceback.
             log.exception("request failed", cmd=request.cmd, caller=caller.by)
@@ -292,6 +309,15 @@ class ControlService:
 
         return await self._act("sign_off", args.model_dump(), caller, call)
 
+    async def _ack(self, args: Args, caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, AckArgs)
+        alarm = args.alarm
+
+        async def call() -> View:
+            return await self._engine.acknowledge(alarm, by=caller.by)
+
+        return await self._act("ack", args.model_dump(), caller, call)
+
     async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
         assert isinstance(args, JournalArgs)
         if self._journal is None:
@@ -308,7 +334,7 @@ class ControlService:
         recorded_args = {**args, "caller": caller.to_dict()}
         try:
             view = await call()
-        except (InvalidTransition, JobError, ConfirmError) as exc:
+        except (InvalidTransition, JobError, ConfirmError, InterlockTripped, AlarmError) as exc:
             await self._record_action(action, recorded_args, caller, accepted=False, reason=str(exc))
             raise
         await self._record_action(action, recorded_args, caller, accepted=True, reason="")

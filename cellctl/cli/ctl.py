@@ -106,6 +106,15 @@ def add_parser(sub: Any) -> None:
     sign_off.add_argument("--note", default="", help="why the setup is accepted (journaled)")
     sign_off.add_argument("--json", action="store_true", help="print the resulting status as JSON")
 
+    ack = actions.add_parser("ack", help="acknowledge an alarm (see alarms); journaled with who")
+    ack.add_argument(
+        "alarm_id", metavar="ALARM_ID", help="the alarm's id, e.g. estop or interlock:guard_door"
+    )
+    ack.add_argument("--json", action="store_true", help="print the resulting status as JSON")
+
+    alarms = actions.add_parser("alarms", help="list the alarms active or not yet acknowledged")
+    alarms.add_argument("--json", action="store_true", help="print the alarms as JSON")
+
     watch = actions.add_parser("watch", help="print events as they happen, until Ctrl-C")
     watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
@@ -273,6 +282,26 @@ async def _sign_off(client: ControlClient, args: argparse.Namespace, out: TextIO
         out.write(f"first article signed off: state {status.get('state', '?')}\n")
 
 
+async def _ack(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "ack", alarm=args.alarm_id)
+    if args.json:
+        _print_json(status, out)
+        return
+    out.write(f"alarm {args.alarm_id} acknowledged\n")
+
+
+async def _alarms(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = await _ask(client, args, "status")
+    alarms = [a for a in status.get("alarms") or [] if isinstance(a, dict)]
+    if args.json:
+        _print_json(alarms, out)
+        return
+    if not alarms:
+        out.write("no alarms\n")
+    for alarm in alarms:
+        out.write(format_alarm(alarm) + "\n")
+
+
 async def _watch(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
@@ -305,6 +334,8 @@ _ACTIONS: dict[str, Action] = {
     "apply-proposal": _apply_proposal,
     "confirm": _confirm,
     "sign-off": _sign_off,
+    "ack": _ack,
+    "alarms": _alarms,
     "watch": _watch,
     "journal": _journal,
     **dict.fromkeys(PACKML_COMMANDS, _command),
@@ -416,6 +447,9 @@ def format_status(status: dict[str, Any]) -> str:
     recovery = status.get("recovery")
     if isinstance(recovery, dict):
         rows.extend(_format_recovery(recovery))
+    for alarm in status.get("alarms") or []:
+        if isinstance(alarm, dict):
+            rows.append(("alarm", format_alarm(alarm)))
     counters = status.get("counters")
     if isinstance(counters, dict):
         rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
@@ -424,6 +458,17 @@ def format_status(status: dict[str, Any]) -> str:
         rows.append(("oee", _format_oee(oee)))
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
+def format_alarm(alarm: dict[str, Any]) -> str:
+    """One alarm for a person: id, severity, active or cleared, acknowledged by whom, message."""
+    state = "active" if alarm.get("active") else "cleared"
+    acked = f"acked by {alarm['acked_by']}" if alarm.get("acked_by") else "not acked"
+    raised = f" since {_when(alarm['raised_ts'])}" if isinstance(alarm.get("raised_ts"), int | float) else ""
+    return (
+        f"{alarm.get('id', '?')} [{alarm.get('severity', '?')}] {state}{raised}, {acked}: "
+        f"{alarm.get('message', '')}"
+    )
 
 
 def _format_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:

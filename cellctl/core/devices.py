@@ -20,6 +20,8 @@ class ProfileKind(StrEnum):
     FIXTURE = "fixture"
     PRESS = "press"
     GAUGE = "gauge"
+    IO = "io"
+    """Plain inputs the controller only watches (safety inputs: interlocks, the e-stop); no handshake."""
 
 
 class Handshake(StrEnum):
@@ -90,6 +92,7 @@ PROFILE_SLOTS: dict[ProfileKind, tuple[Slot, ...]] = {
         Slot("trigger", ValueKind.BOOL, True, "measure request, held high until ready"),
         Slot("ready", ValueKind.BOOL, False, "measurements valid; cleared when trigger drops"),
     ),
+    ProfileKind.IO: (),
 }
 """Fixed slots per profile, a robot's for the signal handshake (the default); a robot in the method handshake
 binds ROBOT_METHOD_SLOTS and ROBOT_METHODS instead (see :func:`profile_slots`, :func:`profile_methods`).
@@ -443,6 +446,12 @@ class Press(Profile):
             await done.wait_until(lambda v: not v, timeout)
 
 
+class IoModule(Profile):
+    """Inputs the controller watches (interlocks, e-stop): no slots, no handshake."""
+
+    kind = ProfileKind.IO
+
+
 class Gauge(Profile):
     """A measuring gauge: trigger, wait ready, read the channels, release."""
 
@@ -468,6 +477,7 @@ PROFILE_CLASSES: dict[ProfileKind, type[Profile]] = {
     ProfileKind.FIXTURE: Fixture,
     ProfileKind.PRESS: Press,
     ProfileKind.GAUGE: Gauge,
+    ProfileKind.IO: IoModule,
 }
 
 

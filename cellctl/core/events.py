@@ -324,9 +324,22 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+class AlarmAction(StrEnum):
+    """What happened to an alarm."""
+
+    RAISED = "raised"
+    CLEARED = "cleared"
+    ACKNOWLEDGED = "acknowledged"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlarmEvent(Event):
-    """An alarm was raised or cleared."""
+    """An alarm was raised, cleared or acknowledged.
+
+    ``active`` is whether its condition is still present after this event; ``by`` who raised, cleared or
+    acknowledged it; ``acked_by`` who has acknowledged it (None: not yet); ``raised_ts`` when it was raised.
+    An event built with ``active=False`` and no action is a clear (the form before actions existed).
+    """
 
     stream: ClassVar[Stream] = Stream.ALARM
     kind: ClassVar[str] = "alarm"
@@ -335,6 +348,14 @@ class AlarmEvent(Event):
     active: bool
     message: str
     source: str
+    action: AlarmAction = AlarmAction.RAISED
+    by: str = "engine"
+    acked_by: str | None = None
+    raised_ts: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.action is AlarmAction.RAISED and not self.active:
+            object.__setattr__(self, "action", AlarmAction.CLEARED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

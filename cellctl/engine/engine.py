@@ -28,7 +28,6 @@ import structlog
 from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.devices import Profile, make_profile
 from cellctl.core.events import (
-    AlarmEvent,
     ChangeoverEvent,
     ChangeoverStatus,
     Event,
@@ -37,19 +36,23 @@ from cellctl.core.events import (
     JobStatus,
     PartProduced,
     Severity,
+    StateChanged,
     StepEvent,
     StepStatus,
     Verdict,
 )
+from cellctl.core.inhibit import GuardedBackend, WriteInhibit
 from cellctl.core.oee import OeeFigures
 from cellctl.core.packml import Command, State, UnitMode, completion, is_acting
 from cellctl.core.plans import ChangeoverPlan
 from cellctl.core.ports import EventSink, OrderBook
 from cellctl.core.tags import TagBackend
+from cellctl.engine.alarms import Alarm, AlarmManager
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.confirm import Confirmations, Prompt
 from cellctl.engine.durations import StepDurations
 from cellctl.engine.firstarticle import Qualification, QualificationView, authorise_sign_off
+from cellctl.engine.interlocks import SafetyWatcher
 from cellctl.engine.jobs import Job, JobQueue, JobView, OrderRequest, PartCycle, existing_job
 from cellctl.engine.kpi import EXTERNAL, INTERNAL, PendingKpi, StagedRun, step_kpis
 from cellctl.engine.oee import LiveOee
@@ -62,6 +65,7 @@ from cellctl.errors import (
     CellctlError,
     DeviceError,
     FirstArticleFailed,
+    InterlockTripped,
     InvalidTransition,
     JobError,
     OrderConflict,
@@ -85,6 +89,9 @@ PROPOSAL_TTL_S = 60.0
 
 _ProposalKey = tuple[str | None, frozenset[str], int, int]
 """What a cached proposal was computed for: start variant, queued job ids, durations version, time slot."""
+
+SAFETY = "interlock"
+"""``by`` of the moves interlocks and the e-stop make."""
 
 RECOVERY_ALARM = "unclean_stop"
 """Alarm raised at power-up when the journal shows the last run was killed; cleared by Reset."""
@@ -245,6 +252,8 @@ class CellStatus:
     qualification: QualificationView | None = None
     recovery: RecoveryView | None = None
     oee: OeeFigures | None = None
+    alarms: tuple[Alarm, ...] = ()
+    """Alarms active or not yet acknowledged, the most severe first."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -266,6 +275,7 @@ class CellStatus:
             "qualification": self.qualification.to_dict() if self.qualification else None,
             "recovery": self.recovery.to_dict() if self.recovery else None,
             "oee": self.oee.to_dict() if self.oee else None,
+            "alarms": [a.to_dict() for a in self.alarms],
         }
 
 
@@ -304,8 +314,13 @@ class _Recorder:
         return await self._engine._record(event)
 
 
-def build_profiles(config: LoadedConfig, devices: Mapping[str, TagBackend]) -> dict[str, Profile]:
-    """A profile per configured device over its backend; DeviceError names a device without one."""
+def build_profiles(
+    config: LoadedConfig, devices: Mapping[str, TagBackend], *, inhibit: WriteInhibit | None = None
+) -> dict[str, Profile]:
+    """A profile per configured device over its backend; DeviceError names a device without one.
+
+    With ``inhibit`` every write and method call of the profiles passes it (the e-stop's one choke point).
+    """
     profiles: dict[str, Profile] = {}
     for name, device in config.cell.devices.items():
         backend = devices.get(name)
@@ -314,7 +329,7 @@ def build_profiles(config: LoadedConfig, devices: Mapping[str, TagBackend]) -> d
         profiles[name] = make_profile(
             device.profile,
             name,
-            backend,
+            backend if inhibit is None else GuardedBackend(backend, inhibit),
             device.tags,
             handshake=device.handshake,
             methods=device.method_signatures,
@@ -346,9 +361,22 @@ class Engine:
         self._name = config.cell.identity.cell
         self._log = structlog.get_logger(__name__).bind(cell=self._name)
         self._listeners: list[Listener] = []
-        self._profiles = build_profiles(config, devices)
+        # Shut on an e-stop edge: no write or call reaches a device until Reset (cellctl/core/inhibit.py).
+        self._inhibit = WriteInhibit()
+        self._profiles = build_profiles(config, devices, inhibit=self._inhibit)
         self._cell = PackMLCell(
             sink, self._clock, notify=self._notify, name=self._name, mode=_restored_mode(recovery)
+        )
+        self.alarms = AlarmManager(self._record, self._clock)
+        """The cell's alarms (one home): raise, clear and acknowledge, each journaled."""
+        self._safety = SafetyWatcher(
+            config.cell,
+            devices,
+            self.alarms,
+            self._inhibit,
+            self._clock,
+            issue=self._safety_command,
+            state=lambda: self._cell.state,
         )
         self._jobs = JobQueue(config.recipes)
         # Measured step durations (the runtime loads them from the journal), updated from the steps run.
@@ -381,7 +409,6 @@ class Engine:
         self._counters = Counters()
         self._starved = False
         self._reason = ""
-        self._alarm_active = False
         # First-article gate, changeover KPIs and external steps run ahead (issue 4).
         self._qualification: Qualification | None = None
         self._authorise_sign_off: Callable[[str], None] = authorise_sign_off  # issue 7: role checks
@@ -392,7 +419,6 @@ class Engine:
         self._recovery: RecoveryView | None = None
         self._resume: InterruptedChangeover | None = None
         self._resume_steps: dict[str, RecoveredStep] = {}
-        self._recovery_alarm = False
         self._recovery_text = ""
         self._refused: list[JobEvent] = []
         self._orphan: InterruptedChangeover | None = None
@@ -414,6 +440,8 @@ class Engine:
                     await self._cell.power_up(State.STOPPED, by=ENGINE)
                     await self._report_recovery()
                     group.create_task(self._report_oee(), name="engine:oee")
+                    if self._safety.configured:
+                        group.create_task(self._safety.run(), name="engine:interlocks")
                     self._log.info("engine running", devices=sorted(self._profiles))
                     await asyncio.Event().wait()  # until cancelled; the group's tasks do the work
         finally:
@@ -512,7 +540,18 @@ class Engine:
             qualification=self._qualification.view() if self._qualification else None,
             recovery=self._recovery_view(),
             oee=self._oee.figures(self._clock.wall()),
+            alarms=self.alarms.shown(),
         )
+
+    async def acknowledge(self, alarm: str, *, by: str) -> CellStatus:
+        """A person acknowledges a shown alarm (journaled with who); AlarmError when there is none to ack."""
+        await self.alarms.acknowledge(alarm, by=by)
+        return self.status()
+
+    @property
+    def inhibit(self) -> WriteInhibit:
+        """The write inhibit the e-stop shuts (tests and diagnostics read it)."""
+        return self._inhibit
 
     async def confirm(self, step: str, *, evidence: str | None = None, by: str) -> CellStatus:
         """Answer the step waiting for a person (``status().prompts``); ConfirmError, nothing changed, when
@@ -691,16 +730,8 @@ class Engine:
             )
         if self._recovery_text:
             self._reason = self._recovery_text
-            self._recovery_alarm = True
-            await self._record(
-                AlarmEvent(
-                    ts=self._clock.wall(),
-                    alarm=RECOVERY_ALARM,
-                    severity=Severity.WARNING,
-                    active=True,
-                    message=self._recovery_text,
-                    source=ENGINE,
-                )
+            await self.alarms.raise_alarm(
+                RECOVERY_ALARM, severity=Severity.WARNING, message=self._recovery_text, source=ENGINE
             )
             self._log.warning("powered up after an unclean stop", reason=self._recovery_text)
 
@@ -747,7 +778,7 @@ class Engine:
         if resume is None:
             return
         self._resume, self._resume_steps = None, {}
-        if not self._recovery_alarm:
+        if not self.alarms.is_active(RECOVERY_ALARM):
             self._recovery = None  # settled and acknowledged; else the report stays until Reset
         await self._record(self._closing_event(resume, status, reason))
         self._log.info("interrupted changeover closed", changeover=resume.changeover_id, status=status.value)
@@ -794,6 +825,8 @@ class Engine:
 
     def _notify(self, event: Event) -> None:
         self._oee.observe(event)
+        if isinstance(event, StateChanged):
+            self._safety.poke()  # a tripped interlock acts again once the cell runs
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -836,8 +869,14 @@ class Engine:
         if self._group is None:
             raise CellctlError("the engine is not running: start Engine.run() first")
         current = asyncio.current_task()
+        if command is Command.RESET:
+            refusal = self._safety.estop_refusal()
+            if refusal is not None and self._cell.state in (State.STOPPED, State.COMPLETE):
+                raise InterlockTripped(f"reset refused: {refusal}")
         await self._cell.command(command, by=by)  # raises InvalidTransition before anything else
         target = self._cell.state
+        if command is Command.RESET:
+            self._inhibit.lift()  # the e-stop is released (checked above) and a person reset the cell
         if command in (Command.RESET, Command.UNHOLD, Command.CLEAR):
             await self._clear_alarm(by)
         self._starved = False  # only _starve() marks a suspension as starved, right after its own command
@@ -929,52 +968,36 @@ class Engine:
 
     async def _fail(self, exc: CellctlError, command: Command) -> None:
         """Record why the cell cannot go on, raise the alarm, and Hold (or Stop) it if still allowed."""
+        if self._inhibit.active or self._cell.state in (State.ABORTING, State.ABORTED):
+            # An e-stop or Abort is taking the cell down: its refused writes are not a failure to hold on.
+            self._log.info("failure while aborting", error=str(exc))
+            return
         self._reason = str(exc)
         self._log.error("cell failure", error=self._reason, then=command.label)
-        if not self._alarm_active:
-            self._alarm_active = True
-            await self._record(
-                AlarmEvent(
-                    ts=self._clock.wall(),
-                    alarm=HOLD_ALARM,
-                    severity=Severity.CRITICAL,
-                    active=True,
-                    message=self._reason,
-                    source=getattr(exc, "device", None) or getattr(exc, "step", None) or ENGINE,
-                )
-            )
+        await self.alarms.raise_alarm(
+            HOLD_ALARM,
+            severity=Severity.CRITICAL,
+            message=self._reason,
+            source=getattr(exc, "device", None) or getattr(exc, "step", None) or ENGINE,
+        )
         # Refused when already on the way to a stop (Holding, Stopping, Aborting): the reason is kept.
         with contextlib.suppress(InvalidTransition):
             await self._transition(command, by=ENGINE)
 
     async def _clear_alarm(self, by: str) -> None:
         self._reason = ""
-        if self._recovery_alarm:
-            self._recovery_alarm = False
+        if self.alarms.is_active(RECOVERY_ALARM):
             if self._resume is None:
                 self._recovery = None  # nothing left to settle: the report goes with the alarm
-            await self._record(
-                AlarmEvent(
-                    ts=self._clock.wall(),
-                    alarm=RECOVERY_ALARM,
-                    severity=Severity.INFO,
-                    active=False,
-                    message=f"acknowledged by {by}",
-                    source=ENGINE,
-                )
-            )
-        if self._alarm_active:
-            self._alarm_active = False
-            await self._record(
-                AlarmEvent(
-                    ts=self._clock.wall(),
-                    alarm=HOLD_ALARM,
-                    severity=Severity.INFO,
-                    active=False,
-                    message=f"acknowledged by {by}",
-                    source=ENGINE,
-                )
-            )
+            await self.alarms.clear_alarm(RECOVERY_ALARM, by=by, message=f"acknowledged by {by}", ack=True)
+        await self.alarms.clear_alarm(HOLD_ALARM, by=by, message=f"acknowledged by {by}", ack=True)
+
+    async def _safety_command(self, command: Command, reason: str) -> None:
+        """An interlock or the e-stop commands the cell; a refused transition changes nothing."""
+        with contextlib.suppress(InvalidTransition):
+            async with self._lock:
+                await self._apply(command, by=SAFETY)
+                self._reason = "" if command is Command.UNSUSPEND else reason
 
     # --------------------------------------------------------------------------------------------------------
     # Production (the Execute state)

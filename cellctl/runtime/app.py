@@ -13,8 +13,8 @@ import structlog
 from cellctl.api.server import ControlServer
 from cellctl.api.service import ControlService
 from cellctl.core.clock import Clock, SystemClock
-from cellctl.core.events import DeviceHealthChanged
-from cellctl.core.ports import Driver, Health
+from cellctl.core.events import DeviceHealthChanged, Severity
+from cellctl.core.ports import Driver, Health, LinkState
 from cellctl.drivers import build_driver
 from cellctl.engine import Engine, StepDurations
 from cellctl.engine.recovery import read_recovery
@@ -73,6 +73,8 @@ class CellApp:
         self._driver_factory = driver_factory
         self.controller: Controller | None = None
         """Set once the parts are built (before READY); None before and after a run."""
+        # Drivers closing at shutdown report their links down: journaled, but not raised as alarms.
+        self._stopping = False
 
     async def run(
         self, stop: asyncio.Event, on_ready: Callable[[Controller], Awaitable[None]] | None = None
@@ -128,12 +130,15 @@ class CellApp:
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller
 
+        self._stopping = False
         health_changes: asyncio.Queue[Health] = asyncio.Queue()
         unsubscribes = [driver.on_health(health_changes.put_nowait) for driver in drivers.values()]
         try:
             async with asyncio.TaskGroup() as tg:
                 driver_tasks = [tg.create_task(d.run(), name=f"driver:{n}") for n, d in drivers.items()]
-                health_task = tg.create_task(self._record_health(health_changes, recorder), name="health")
+                health_task = tg.create_task(
+                    self._record_health(health_changes, recorder, engine), name="health"
+                )
                 engine_task = tg.create_task(engine.run(), name="engine")
                 api_task = tg.create_task(server.run(), name="api")
                 publisher_task = (
@@ -152,6 +157,7 @@ class CellApp:
                 # Shutdown order (DESIGN.md §5): STOPPING, PackML Stop with a deadline, API and drivers
                 # closed, publisher flushed for a bounded time, then the store (closed by run()).
                 self._notifier.stopping()
+                self._stopping = True
                 log.info("stopping")
                 try:
                     await engine.shutdown(STOP_DEADLINE_S)
@@ -170,10 +176,14 @@ class CellApp:
                 unsubscribe()
             self.controller = None
 
-    async def _record_health(self, changes: asyncio.Queue[Health], recorder: Recorder) -> None:
+    async def _record_health(
+        self, changes: asyncio.Queue[Health], recorder: Recorder, engine: Engine
+    ) -> None:
         while True:
             health = await changes.get()
             await recorder.record(_health_event(health, self._clock.wall()))
+            if not self._stopping:
+                await health_alarm(engine, health)
 
     async def _drain(self, changes: asyncio.Queue[Health], recorder: Recorder) -> None:
         """Record the health changes the drivers reported while closing, so the journal shows them."""
@@ -195,6 +205,25 @@ class CellApp:
         status = engine.status()
         job = status.current_job
         return f"state={status.state} job={job.job_id if job else '-'} queue={len(status.queue)}"
+
+
+DEVICE_ALARM_PREFIX = "device:"
+"""Alarm id of a device's link: this prefix and the device's name, raised while the link is down."""
+
+
+async def health_alarm(engine: Engine, health: Health) -> None:
+    """Raise the device's comm alarm when its link is down; clear it once it is up again (connecting, as at
+    start, is neither)."""
+    alarm = DEVICE_ALARM_PREFIX + health.device
+    if health.state is LinkState.UP:
+        await engine.alarms.clear_alarm(alarm, message=f"{health.device}: link up again")
+    elif health.state is LinkState.DOWN:
+        await engine.alarms.raise_alarm(
+            alarm,
+            severity=Severity.WARNING,
+            message=f"{health.device}: link {health.state.value}: {health.error}".rstrip(": "),
+            source=health.device,
+        )
 
 
 def _health_event(health: Health, now: float) -> DeviceHealthChanged:

@@ -11,7 +11,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from cellctl.core.conditions import Condition
 from cellctl.core.devices import Handshake, MethodSignature, ProfileKind, ValueKind
+from cellctl.core.events import Severity
 from cellctl.core.oee import ChangeoverPolicy, ShiftSpec
 from cellctl.schema.noderef import NodeRefError, parse_node_ref
 
@@ -627,6 +629,110 @@ class OeeConfig(Strict):
         return local
 
 
+class InterlockAction(StrEnum):
+    """The PackML command an interlock issues when its condition holds."""
+
+    SUSPEND = "suspend"
+    HOLD = "hold"
+    STOP = "stop"
+    ABORT = "abort"
+
+
+def _condition(text: str) -> str:
+    Condition.parse(text)  # ValueError naming what is wrong
+    return text
+
+
+ConditionText = Annotated[
+    str,
+    Field(
+        description="'device.tag <op> literal', <op> one of == != < <= > >=; literal true/false, a number "
+        "or a quoted string"
+    ),
+]
+
+
+class InterlockConfig(Strict):
+    """A condition on a tag that suspends, holds, stops or aborts the cell once it held for ``settle_s``.
+
+    A tag whose reading is not GOOD counts as meeting ``when`` (the unsafe side). Only a suspend may resume by
+    itself, when ``resume_when`` has held for ``settle_s``; after a hold, stop or abort a person decides.
+    """
+
+    when: ConditionText
+    action: InterlockAction
+    settle_s: Annotated[float, Field(ge=0, le=60)] = 0.0
+    resume_when: ConditionText | None = None
+    severity: Severity = Severity.WARNING
+    message: str = ""
+
+    @field_validator("when", "resume_when")
+    @classmethod
+    def _parsed(cls, text: str | None) -> str | None:
+        return None if text is None else _condition(text)
+
+    @model_validator(mode="after")
+    def _resume_only_after_suspend(self) -> InterlockConfig:
+        if self.resume_when is not None and self.action is not InterlockAction.SUSPEND:
+            raise located(
+                f"'resume_when' is only for action 'suspend': after {self.action.value!r} a person decides",
+                "resume_when",
+            )
+        return self
+
+    @property
+    def condition(self) -> Condition:
+        """``when``, parsed."""
+        return Condition.parse(self.when)
+
+    @property
+    def resume(self) -> Condition | None:
+        """``resume_when``, parsed."""
+        return None if self.resume_when is None else Condition.parse(self.resume_when)
+
+
+class EstopConfig(Strict):
+    """The e-stop input the cell watches: on its edge, Aborting then Aborted and no command leaves."""
+
+    tag: str = Field(description="'device.tag' of the e-stop input (from the safety PLC)")
+    active_when: bool | int = Field(
+        default=False,
+        description="the value that means the e-stop is pressed (false for a healthy-high input)",
+    )
+
+    @field_validator("tag")
+    @classmethod
+    def _qualified(cls, tag: str) -> str:
+        device, dot, name = tag.partition(".")
+        if not dot or not device or not name:
+            raise ValueError(f"{tag!r} is not 'device.tag'")
+        return tag
+
+    @property
+    def device(self) -> str:
+        """The device the input is on."""
+        return self.tag.partition(".")[0]
+
+    @property
+    def tag_name(self) -> str:
+        """The tag's name on its device."""
+        return self.tag.partition(".")[2]
+
+
+def _mistyped(condition: Condition, datatype: Datatype) -> str | None:
+    """Why ``condition`` cannot compare a tag of ``datatype`` with its literal (None: it can)."""
+    literal = condition.literal
+    if isinstance(literal, bool):
+        fits = datatype is Datatype.BOOL
+    elif isinstance(literal, str):
+        fits = datatype is Datatype.STRING
+    else:
+        fits = datatype in INT_TYPES or datatype in FLOAT_TYPES
+    if fits:
+        return None
+    return f"{condition.qualified_tag} is {datatype.value}: it cannot be compared with {literal!r}"
+
+
 class CellConfig(Strict):
     """A cell file: everything cellctl needs to run one work cell."""
 
@@ -640,6 +746,8 @@ class CellConfig(Strict):
     changeover: ChangeoverConfig = ChangeoverConfig()
     production: ProductionConfig = ProductionConfig()
     oee: OeeConfig = OeeConfig()
+    interlocks: dict[Name, InterlockConfig] = Field(default_factory=dict)
+    estop: EstopConfig | None = None
 
     @model_validator(mode="after")
     def _sort_outputs_exist(self) -> CellConfig:
@@ -657,6 +765,31 @@ class CellConfig(Strict):
                 raise located(
                     f"{ref!r} must be a writable bool tag (access w or rw, datatype bool)", "production", key
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _safety_tags_exist(self) -> CellConfig:
+        def missing(device: str, tag: str) -> str | None:
+            if device not in self.devices:
+                return f"unknown device {device!r} (devices: {', '.join(self.devices)})"
+            if tag not in self.devices[device].tags:
+                return f"device {device!r} has no tag {tag!r} (tags: {', '.join(self.devices[device].tags)})"
+            return None
+
+        for name, interlock in self.interlocks.items():
+            for key in ("when", "resume_when"):
+                condition = interlock.condition if key == "when" else interlock.resume
+                if condition is None:
+                    continue
+                why = missing(condition.device, condition.tag) or _mistyped(
+                    condition, self.devices[condition.device].tags[condition.tag].datatype
+                )
+                if why is not None:
+                    raise located(f"interlock {name!r}: {why}", "interlocks", name, key)
+        if self.estop is not None:
+            why = missing(self.estop.device, self.estop.tag_name)
+            if why is not None:
+                raise located(f"e-stop: {why}", "estop", "tag")
         return self
 
     def devices_of(self, profile: ProfileKind) -> list[str]:

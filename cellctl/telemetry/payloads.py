@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cellctl.core.events import (
+    AlarmAction,
     ChangeoverStatus,
     FirstArticleStatus,
     JobStatus,
@@ -199,7 +200,7 @@ class HealthData(Payload):
 
 
 class AlarmData(Payload):
-    """An alarm was raised (``active`` true) or cleared."""
+    """An alarm was raised, cleared or acknowledged (``action``); ``active`` says whether it still is."""
 
     kind: Literal["alarm"] = "alarm"
     alarm: str
@@ -207,6 +208,10 @@ class AlarmData(Payload):
     active: bool
     message: str
     source: str
+    action: AlarmAction = AlarmAction.RAISED
+    by: str = "engine"
+    acked_by: str | None = None
+    raised_ts: float | None = None
 
 
 class OeeData(Payload):

@@ -174,7 +174,7 @@ async def test_an_unknown_device_is_a_usage_error_naming_the_devices(
 
     err = capsys.readouterr().err
     assert code == EXIT_USAGE
-    assert "unknown device 'press9' (devices: robot1, toolchanger, fixture, stapler, gauge)" in err
+    assert "unknown device 'press9' (devices: robot1, toolchanger, fixture, stapler, gauge, safety)" in err
 
 
 async def test_an_invalid_config_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

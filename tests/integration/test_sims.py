@@ -659,6 +659,7 @@ async def test_fixed_ports_come_from_the_cell_file() -> None:
         "toolchanger": tooling_port,
         "fixture": tooling_port,
         "stapler": tooling_port,
+        "safety": tooling_port,
     }
     ports["gauge"] = gauge_port
     devices = {}
@@ -725,7 +726,7 @@ async def test_command_line_serves_on_free_ports_until_sigterm() -> None:
                 assert line.startswith("listening "), line
                 _, endpoint, devices = line.split()
                 endpoints.update(dict.fromkeys(devices.split(","), endpoint))
-        assert set(endpoints) == {"robot1", "toolchanger", "fixture", "stapler", "gauge"}
+        assert set(endpoints) == {"robot1", "toolchanger", "fixture", "stapler", "gauge", "safety"}
         # when a client changes a tool and asks for the counters
         host, port = endpoints["toolchanger"].removeprefix("tcp://").split(":")
         client = AsyncModbusTcpClient(host, port=int(port), timeout=2, retries=0)
@@ -765,3 +766,13 @@ def test_port_offset_shifts_every_endpoint() -> None:
     assert cell.devices["robot1"].endpoint == "opc.tcp://127.0.0.1:49401/cellctl/robot1"
     assert cell.devices["fixture"].host_port == ("127.0.0.1", 16020)
     assert cell.devices["gauge"].host_port == ("127.0.0.1", 16021)
+
+
+async def test_console_sets_a_safety_input_until_cleared(sim_cell: SimCell) -> None:
+    console = FaultConsole(sim_cell)
+    assert sim_cell.published("safety.estop_ok") is True
+    assert await console.run("safety safety estop_ok false") == "ok safety_input safety.estop_ok"
+    assert sim_cell.published("safety.estop_ok") is False
+    assert await console.run("clear") == "ok cleared 1"
+    assert sim_cell.published("safety.estop_ok") is True
+    assert (await console.run("safety gauge ready true")).startswith("error safety:")

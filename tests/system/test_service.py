@@ -144,7 +144,7 @@ async def test_service_runs_two_orders_end_to_end(
     if not mosquitto.running:
         mosquitto.start()
     _sim_proc, endpoints = sims
-    assert set(endpoints) == {"robot1", "toolchanger", "fixture", "stapler", "gauge"}
+    assert set(endpoints) == {"robot1", "toolchanger", "fixture", "stapler", "gauge", "safety"}
     config = _write_cell(tmp_path, endpoints, mosquitto)
 
     async with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/#") as collector:

@@ -58,6 +58,35 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         "cell_endpoint_without_port.yaml",
         [cell("cell_endpoint_without_port", 6, "devices.gauge.endpoint", "host:port")],
     ),
+    "malformed interlock condition and resume after a hold": (
+        "cell_interlock_faults.yaml",
+        [
+            cell("cell_interlock_faults", 12, "interlocks.guard_door.when", "is not a condition"),
+            cell("cell_interlock_faults", 13, "interlocks.air_low.resume_when", "only for action 'suspend'"),
+        ],
+    ),
+    "interlock on an unknown tag": (
+        "cell_interlock_unknown_tag.yaml",
+        [
+            cell(
+                "cell_interlock_unknown_tag",
+                11,
+                "interlocks.guard_door.when",
+                "device 'safety' has no tag 'door_closed'",
+            )
+        ],
+    ),
+    "interlock comparing a bool with a number": (
+        "cell_interlock_mistyped.yaml",
+        [
+            cell(
+                "cell_interlock_mistyped",
+                11,
+                "interlocks.guard_door.when",
+                "safety.guard_closed is bool: it cannot be compared with 0",
+            )
+        ],
+    ),
     "Modbus tag without address": (
         "cell_modbus_tag_without_address.yaml",
         [

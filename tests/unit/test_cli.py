@@ -18,7 +18,7 @@ def test_check_accepts_the_shipped_cells(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["check", str(CONFIG)]) == 0
     assert main(["check", str(CONFIG / "plant")]) == 0
     out = capsys.readouterr().out
-    assert "cell cell3 with 5 devices" in out
+    assert "cell cell3 with 6 devices" in out
     assert "3 recipes (bergen, oslo, tromso)" in out
 
 

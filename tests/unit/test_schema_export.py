@@ -69,6 +69,8 @@ def test_the_cell_schema_describes_the_top_level_keys_of_a_cell_file() -> None:
         "changeover",
         "production",
         "oee",
+        "interlocks",
+        "estop",
     }
     assert set(schema["required"]) == {"identity", "devices"}
 
