@@ -44,6 +44,7 @@ from cellctl.core.events import (
 from cellctl.core.packml import Command, State, completion, is_acting
 from cellctl.core.plans import ChangeoverPlan
 from cellctl.core.ports import EventSink
+from cellctl.core.spc import ChartData
 from cellctl.core.tags import TagBackend
 from cellctl.engine.cell import PackMLCell
 from cellctl.engine.confirm import Confirmations, Prompt
@@ -55,6 +56,7 @@ from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, t
 from cellctl.engine.recovery import InterruptedChangeover, RecoveredJob, RecoveredStep, Recovery, StepState
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
 from cellctl.engine.sequencer import VERIFIED, RunControl, Sequencer
+from cellctl.engine.spc_monitor import SpcMonitor, SpcSummary
 from cellctl.engine.staging import Stager, lead_parts, runnable_ahead
 from cellctl.errors import (
     CellctlError,
@@ -65,6 +67,7 @@ from cellctl.errors import (
     PlanError,
     PlanHeld,
     SequenceError,
+    SpcHold,
 )
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.recipe import Recipe
@@ -241,6 +244,7 @@ class CellStatus:
     prompts: tuple[Prompt, ...] = ()
     qualification: QualificationView | None = None
     recovery: RecoveryView | None = None
+    spc: tuple[SpcSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -261,6 +265,7 @@ class CellStatus:
             "prompts": [p.to_dict() for p in self.prompts],
             "qualification": self.qualification.to_dict() if self.qualification else None,
             "recovery": self.recovery.to_dict() if self.recovery else None,
+            "spc": [s.to_dict() for s in self.spc],
         }
 
 
@@ -346,6 +351,7 @@ class Engine:
         self._costs = changeover_costs(config.recipes, config.cell, durations=self._durations)
         self._proposal: tuple[_ProposalKey, tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
+        self._spc = SpcMonitor(config.recipes)
         self._confirmations = Confirmations(self._clock)
         self._sequencer = Sequencer(
             self._profiles,
@@ -478,7 +484,12 @@ class Engine:
             prompts=self._confirmations.pending(),
             qualification=self._qualification.view() if self._qualification else None,
             recovery=self._recovery_view(),
+            spc=self._spc.summary(self._current.variant if self._current else self._variant),
         )
+
+    def spc_chart(self, variant: str, characteristic: str) -> ChartData:
+        """The control chart of one characteristic of ``variant``; JobError when it has none."""
+        return self._spc.chart(variant, characteristic)
 
     async def confirm(self, step: str, *, evidence: str | None = None, by: str) -> CellStatus:
         """Answer the step waiting for a person (``status().prompts``); ConfirmError, nothing changed, when
@@ -954,7 +965,7 @@ class Engine:
                 with structlog.contextvars.bound_contextvars(job=job.id):
                     try:
                         await self._run_job(job)
-                    except (DeviceError, SequenceError, FirstArticleFailed) as exc:
+                    except (DeviceError, SequenceError, FirstArticleFailed, SpcHold) as exc:
                         self._phase = Phase.IDLE
                         await self._fail(exc, Command.HOLD)
                         return
@@ -1006,6 +1017,7 @@ class Engine:
         if part.verdict is Verdict.PASS:
             self._last_good = part.ts
             await self._finish_kpi(part.ts, ended_by="part")
+        await self._observe_spc(job, part)
         if gate is None or gate is not self._qualification:
             return  # no gate, or signed off while the part was being recorded
         failure = gate.judge(part)
@@ -1016,6 +1028,17 @@ class Engine:
             self._qualification = None
             await self._record(gate.event(self._clock.wall(), FirstArticleStatus.PASSED, part=part.part))
             self._log.info("first article passed", variant=gate.variant, passes=gate.passes)
+
+    async def _observe_spc(self, job: Job, part: PartProduced) -> None:
+        """Chart the part; record the alarms; SpcHold when a rule configured to hold fired."""
+        outcome = self._spc.observe(part, job.recipe)
+        for alarm in outcome.alarms:
+            await self._record(alarm)
+            if alarm.active:
+                self._log.warning("spc rule violated", alarm=alarm.alarm, message=alarm.message)
+        if outcome.hold is not None:
+            # Raised before the first-article gate judges this part: the hold wins; the gate stays open.
+            raise outcome.hold
 
     async def _finish_kpi(self, first_good_ts: float, *, ended_by: str) -> None:
         kpi = self._kpi
