@@ -1,0 +1,159 @@
+"""SPC in the engine on a soft cell: a drifting process trips a rule while every part still passes; the rule
+raises an alarm, and holds the cell where the recipe says so; the status and the chart data show it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cellctl.core.events import AlarmEvent, JobStatus, Measurement, PartProduced, Severity, Verdict
+from cellctl.core.spc import Rule
+from cellctl.engine import Engine, OrderRequest, State
+from cellctl.engine.spc_monitor import SpcMonitor
+from cellctl.errors import JobError
+from cellctl.schema.load import LoadedConfig, load_config
+from cellctl.schema.recipe import SpcConfig
+from tests.softcell import soft_cell
+from tests.unit.test_engine import OSLO_GOOD, FakeSink, GaugeScript, is_job, reset_and_start, running
+
+BASELINE = 10
+# Baseline alternating 419.9 / 420.1: centre 420.0, MRbar 0.2, sigma 0.2 / 1.128 = 0.177 mm, so the control
+# limits are 419.47 .. 420.53 while the spec is 418.8 .. 421.2.
+STEADY = [419.9, 420.1] * (BASELINE // 2)
+# Then a slow upward drift, every point inside 1..2 sigma: the fourth completes rule 3 (4 of 5 beyond 1 sigma),
+# far inside the spec.
+DRIFT = [420.2, 420.25, 420.3, 420.35]
+AFTER = [420.0] * 10
+
+
+def widths(values: list[float]) -> GaugeScript:
+    return GaugeScript([{**OSLO_GOOD, "width_mm": v} for v in values])
+
+
+def with_spc(config: LoadedConfig, spc: SpcConfig) -> LoadedConfig:
+    oslo = config.recipes["oslo"]
+    width = oslo.quality["seat_width"].model_copy(update={"spc": spc})
+    recipe = oslo.model_copy(update={"quality": {**oslo.quality, "seat_width": width}})
+    return dataclasses.replace(config, recipes={**config.recipes, "oslo": recipe})
+
+
+@pytest.fixture
+def config(config_dir: Path) -> LoadedConfig:
+    return load_config(config_dir)
+
+
+def spc_alarms(sink: FakeSink) -> list[tuple[str, Severity, bool]]:
+    return [(a.alarm, a.severity, a.active) for a in sink.of(AlarmEvent) if a.source == "spc"]
+
+
+async def test_a_drift_holds_the_cell_on_rule_3_before_any_part_is_out_of_spec(config: LoadedConfig) -> None:
+    # Given oslo x30 whose seat width is charted and holds on rules 3 and 4
+    config = with_spc(config, SpcConfig(baseline=BASELINE, hold_on=(3, 4)))
+    sink = FakeSink()
+    engine = Engine(config, soft_cell(config.cell, measure=widths(STEADY + DRIFT + AFTER)), sink)
+    async with running(engine):
+        await engine.submit(OrderRequest("PO-1", "oslo", 30), by="mes")
+        # When the process drifts after the baseline
+        await reset_and_start(engine)
+        await engine.wait_for(State.HELD, timeout=5)
+        status = engine.status()
+        chart = engine.spc_chart("oslo", "seat_width")
+
+    # Then the cell held at the part that completed the pattern, every part made so far passed
+    parts = sink.of(PartProduced)
+    assert len(parts) == BASELINE + len(DRIFT)
+    assert all(p.verdict is Verdict.PASS for p in parts)
+    assert "rule 3" in status.reason and "oslo/seat_width" in status.reason
+    assert spc_alarms(sink) == [("spc:oslo:seat_width:rule3", Severity.CRITICAL, True)]
+    [raised] = [a for a in sink.of(AlarmEvent) if a.source == "spc"]
+    assert parts[-1].part in raised.message and "control limits [419.468, 420.532], spec [418.8, 421.2]" in raised.message
+    # and the status and the chart show the frozen limits beside the spec, and the violation
+    [summary] = status.spc
+    assert summary.characteristic == "seat_width" and summary.limits is not None
+    assert summary.limits.centre == pytest.approx(420.0)
+    assert (summary.lsl, summary.usl) == (418.8, 421.2)
+    assert summary.last_violation is not None and summary.last_violation.label == parts[-1].part
+    assert summary.cp is not None and summary.cpk is not None and summary.cpk <= summary.cp
+    assert [p.value for p in chart.points] == pytest.approx(STEADY + DRIFT)
+    assert [list(p.violations) for p in chart.points][-1] == [Rule.FOUR_OF_FIVE_BEYOND_1_SIGMA]
+
+
+async def test_without_hold_on_a_violation_only_raises_a_warning_and_production_goes_on(
+    config: LoadedConfig,
+) -> None:
+    # Given the same drift, with rules checked but none configured to hold
+    config = with_spc(config, SpcConfig(baseline=BASELINE))
+    sink = FakeSink()
+    values = STEADY + DRIFT + AFTER
+    engine = Engine(config, soft_cell(config.cell, measure=widths(values)), sink)
+    async with running(engine):
+        job = await engine.submit(OrderRequest("PO-1", "oslo", len(values)), by="mes")
+        await reset_and_start(engine)
+        await sink.wait_for(is_job(JobStatus.COMPLETED, job.job_id))
+
+    # Then the rule raised a warning, cleared when the process came back, and the cell never held
+    alarms = spc_alarms(sink)
+    assert alarms[0] == ("spc:oslo:seat_width:rule3", Severity.WARNING, True)
+    assert ("spc:oslo:seat_width:rule3", Severity.INFO, False) in alarms
+    assert "Held" not in sink.states()
+
+
+async def test_a_recipe_without_spc_charts_nothing(config: LoadedConfig) -> None:
+    sink = FakeSink()
+    engine = Engine(config, soft_cell(config.cell, measure=widths(STEADY + DRIFT)), sink)
+    async with running(engine):
+        job = await engine.submit(OrderRequest("PO-1", "oslo", len(STEADY + DRIFT)), by="mes")
+        await reset_and_start(engine)
+        await sink.wait_for(is_job(JobStatus.COMPLETED, job.job_id))
+        status = engine.status()
+        with pytest.raises(JobError, match="no SPC chart for 'seat_width'"):
+            engine.spc_chart("oslo", "seat_width")
+
+    assert spc_alarms(sink) == []
+    assert status.spc == ()
+
+
+def part(index: int, width: float | None, verdict: Verdict = Verdict.PASS) -> PartProduced:
+    measurement = Measurement(
+        characteristic="seat_width",
+        value=width,
+        quality="good" if width is not None else "bad",
+        units="mm",
+        nominal=420.0,
+        lsl=418.8,
+        usl=421.2,
+        verdict=verdict,
+    )
+    return PartProduced(
+        ts=float(index),
+        part=f"J-{index:04d}",
+        job="J",
+        variant="oslo",
+        index=index,
+        verdict=verdict,
+        measurements=(measurement,),
+    )
+
+
+def test_invalid_measurements_never_enter_a_chart(config: LoadedConfig) -> None:
+    config = with_spc(config, SpcConfig(baseline=4))
+    monitor = SpcMonitor(config.recipes)
+    recipe = config.recipes["oslo"]
+    monitor.observe(part(1, 420.0), recipe)
+    monitor.observe(part(2, None, Verdict.INVALID), recipe)
+    monitor.observe(part(3, 425.0, Verdict.INVALID), recipe)  # e.g. stale: judged invalid, value kept
+    monitor.observe(part(4, 420.1), recipe)
+    data: dict[str, Any] = monitor.chart("oslo", "seat_width").to_dict()
+    assert [p["label"] for p in data["points"]] == ["J-0001", "J-0004"]
+
+
+def test_a_characteristic_configured_but_not_yet_measured_has_an_empty_chart(config: LoadedConfig) -> None:
+    config = with_spc(config, SpcConfig())
+    monitor = SpcMonitor(config.recipes)
+    data = monitor.chart("oslo", "seat_width")
+    assert data.points == () and data.limits is None and data.spec.usl == 421.2
+    with pytest.raises(JobError, match="no recipe for variant 'nope'"):
+        monitor.chart("nope", "seat_width")
