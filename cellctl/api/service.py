@@ -30,6 +30,7 @@ from cellctl.api.protocol import (
     Reply,
     Request,
     SignOffArgs,
+    SpcArgs,
     SubmitArgs,
     parse_args,
 )
@@ -109,6 +110,10 @@ class EnginePort(Protocol):
         """Snapshot of the cell."""
         ...
 
+    def spc_chart(self, variant: str, characteristic: str) -> View:
+        """The control chart of one characteristic."""
+        ...
+
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call back on every recorded event."""
         ...
@@ -143,6 +148,7 @@ class ControlService:
             "confirm": self._confirm,
             "sign_off": self._sign_off,
             "journal": self._read_journal,
+            "spc": self._spc,
         }
 
     @property
@@ -275,6 +281,11 @@ class ControlService:
             return await self._engine.sign_off(by=caller.by, note=note)
 
         return await self._act("sign_off", args.model_dump(), caller, call)
+
+    async def _spc(self, args: Args, _caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, SpcArgs)
+        # A read: answered from memory, not journaled as an operator action.
+        return self._engine.spc_chart(args.variant, args.characteristic).to_dict()
 
     async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
         assert isinstance(args, JournalArgs)

@@ -307,7 +307,11 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
     ),
     "recipe: spc subgroup too large": (
         "recipe_spc_bad_subgroup",
-        [recipe("recipe_spc_bad_subgroup", 13, "quality.seat_width.spc.subgroup", "less than or equal to 10")],
+        [
+            recipe(
+                "recipe_spc_bad_subgroup", 13, "quality.seat_width.spc.subgroup", "less than or equal to 10"
+            )
+        ],
     ),
     "recipe: duplicate variant": (
         "recipe_duplicate_variant",

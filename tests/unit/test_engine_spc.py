@@ -23,8 +23,8 @@ BASELINE = 10
 # Baseline alternating 419.9 / 420.1: centre 420.0, MRbar 0.2, sigma 0.2 / 1.128 = 0.177 mm, so the control
 # limits are 419.47 .. 420.53 while the spec is 418.8 .. 421.2.
 STEADY = [419.9, 420.1] * (BASELINE // 2)
-# Then a slow upward drift, every point inside 1..2 sigma: the fourth completes rule 3 (4 of 5 beyond 1 sigma),
-# far inside the spec.
+# Then a slow upward drift, every point inside 1..2 sigma: the fourth completes rule 3 (4 of 5 beyond
+# 1 sigma), far inside the spec.
 DRIFT = [420.2, 420.25, 420.3, 420.35]
 AFTER = [420.0] * 10
 
@@ -69,7 +69,8 @@ async def test_a_drift_holds_the_cell_on_rule_3_before_any_part_is_out_of_spec(c
     assert "rule 3" in status.reason and "oslo/seat_width" in status.reason
     assert spc_alarms(sink) == [("spc:oslo:seat_width:rule3", Severity.CRITICAL, True)]
     [raised] = [a for a in sink.of(AlarmEvent) if a.source == "spc"]
-    assert parts[-1].part in raised.message and "control limits [419.468, 420.532], spec [418.8, 421.2]" in raised.message
+    assert parts[-1].part in raised.message
+    assert "control limits [419.468, 420.532], spec [418.8, 421.2]" in raised.message
     # and the status and the chart show the frozen limits beside the spec, and the violation
     [summary] = status.spc
     assert summary.characteristic == "seat_width" and summary.limits is not None

@@ -1,4 +1,4 @@
-"""SPC: each Western Electric rule fires exactly on its pattern, limits come from the baseline, Cp/Cpk by hand.
+"""SPC: each Western Electric rule fires exactly on its pattern; limits from the baseline; Cp/Cpk by hand.
 
 Sequences are built in sigmas from the centre, in zones kept clear of the 1/2/3 sigma boundaries so rounding
 never decides a test: quiet (0.1..0.9), beyond 1 (1.1..1.9), beyond 2 (2.1..2.9), beyond 3 (3.1..6).
@@ -7,6 +7,7 @@ The background is quiet with alternating sides, which completes no rule.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -211,7 +212,7 @@ def test_imr_limits_from_a_hand_computed_baseline() -> None:
 @given(st.lists(st.floats(min_value=-1e3, max_value=1e3), min_size=2, max_size=50))
 def test_imr_limits_are_mean_plus_minus_three_mrbar_over_d2(values: list[float]) -> None:
     limits = imr_limits(values)
-    mrbar = sum(abs(b - a) for a, b in zip(values, values[1:], strict=False)) / (len(values) - 1)
+    mrbar = sum(abs(b - a) for a, b in itertools.pairwise(values)) / (len(values) - 1)
     mean = sum(values) / len(values)
     assert limits.centre == pytest.approx(mean, abs=1e-9)
     assert limits.ucl - limits.centre == pytest.approx(3 * mrbar / D2_MR, abs=1e-9)
