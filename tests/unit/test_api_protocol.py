@@ -152,6 +152,7 @@ def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
         "apply_proposal",
         "confirm",
         "sign_off",
+        "spc",
         "watch",
         "journal",
     }
