@@ -12,7 +12,7 @@ import pytest
 from cellctl.core.events import AlarmEvent, JobStatus, Measurement, PartProduced, Severity, Verdict
 from cellctl.core.spc import Rule
 from cellctl.engine import Engine, OrderRequest, State
-from cellctl.engine.spc_monitor import SpcMonitor
+from cellctl.engine.spc_monitor import SpcMonitor, SpcOutcome
 from cellctl.errors import JobError
 from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.schema.recipe import SpcConfig
@@ -158,3 +158,44 @@ def test_a_characteristic_configured_but_not_yet_measured_has_an_empty_chart(con
     assert data.points == () and data.limits is None and data.spec.usl == 421.2
     with pytest.raises(JobError, match="no recipe for variant 'nope'"):
         monitor.chart("nope", "seat_width")
+
+
+def test_subgroups_chart_as_xbar_r_one_point_per_full_subgroup(config: LoadedConfig) -> None:
+    config = with_spc(config, SpcConfig(baseline=2, subgroup=3))
+    monitor = SpcMonitor(config.recipes)
+    recipe = config.recipes["oslo"]
+    for i, width in enumerate([420.0, 420.1, 420.2, 419.9, 420.0, 420.1, 420.0], start=1):
+        monitor.observe(part(i, width), recipe)
+    data = monitor.chart("oslo", "seat_width")
+    # Two full subgroups (means 420.1 and 420.0, ranges 0.2 and 0.2); the seventh part waits for two more.
+    assert data.kind == "Xbar-R"
+    assert [p.value for p in data.points] == pytest.approx([420.1, 420.0])
+    assert [p.range for p in data.points] == pytest.approx([0.2, 0.2])
+    assert data.limits is not None and data.limits.ucl == pytest.approx(420.05 + 1.023 * 0.2)
+
+
+def test_a_hold_rule_holds_once_and_unhold_goes_on_against_the_same_limits(config: LoadedConfig) -> None:
+    config = with_spc(config, SpcConfig(baseline=4, hold_on=(1,)))
+    monitor = SpcMonitor(config.recipes)
+    recipe = config.recipes["oslo"]
+    for i, width in enumerate([419.9, 420.1, 419.9, 420.1], start=1):
+        assert monitor.observe(part(i, width), recipe) == SpcOutcome()
+    limits = monitor.chart("oslo", "seat_width").limits
+    tripped = monitor.observe(part(5, 421.0), recipe)
+    back = monitor.observe(part(6, 420.0), recipe)
+
+    assert tripped.hold is not None and tripped.hold.rule == 1 and "J-0005" in str(tripped.hold)
+    assert [(a.alarm, a.severity, a.active) for a in tripped.alarms] == [
+        ("spc:oslo:seat_width:rule1", Severity.CRITICAL, True)
+    ]
+    assert back.hold is None
+    assert [(a.alarm, a.active) for a in back.alarms] == [("spc:oslo:seat_width:rule1", False)]
+    assert monitor.chart("oslo", "seat_width").limits == limits
+
+
+def test_spc_off_keeps_the_recipe_snapshot_hash_and_spc_on_changes_it(config: LoadedConfig) -> None:
+    # The hashes these recipes had before SPC existed: jobs journaled then still match their recipe.
+    assert config.recipes["oslo"].snapshot_hash() == "0c25082cf179adc8"
+    assert config.recipes["tromso"].snapshot_hash() == "e5c99c7ac86c969e"
+    charted = with_spc(config, SpcConfig()).recipes["oslo"]
+    assert charted.snapshot_hash() != config.recipes["oslo"].snapshot_hash()
