@@ -56,7 +56,7 @@ from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, t
 from cellctl.engine.recovery import InterruptedChangeover, RecoveredJob, RecoveredStep, Recovery, StepState
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
 from cellctl.engine.sequencer import VERIFIED, RunControl, Sequencer
-from cellctl.engine.spc_monitor import SpcMonitor, SpcSummary
+from cellctl.engine.spc_monitor import HistoricValue, SpcMonitor, SpcSummary
 from cellctl.engine.staging import Stager, lead_parts, runnable_ahead
 from cellctl.errors import (
     CellctlError,
@@ -334,9 +334,11 @@ class Engine:
         *,
         durations: StepDurations | None = None,
         recovery: Recovery | None = None,
+        spc_history: Sequence[HistoricValue] = (),
     ) -> None:
         """``recovery`` (``read_recovery`` of the journal) restores unfinished jobs and, after an unclean
-        stop, powers up with an alarm and resumes the interrupted changeover only after Reset and Start."""
+        stop, powers up with an alarm and resumes the interrupted changeover only after Reset and Start.
+        ``spc_history`` (``read_spc_history``) rebuilds the control charts."""
         self._config = config
         self._clock: Clock = clock or SystemClock()
         self._sink = sink
@@ -352,6 +354,7 @@ class Engine:
         self._proposal: tuple[_ProposalKey, tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
         self._spc = SpcMonitor(config.recipes)
+        self._spc.replay(spc_history)
         self._confirmations = Confirmations(self._clock)
         self._sequencer = Sequencer(
             self._profiles,

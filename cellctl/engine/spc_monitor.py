@@ -5,16 +5,20 @@ characteristic whose recipe configures ``spc`` into that characteristic's chart 
 record (a rule starting to fire raises ``spc:<variant>:<characteristic>:rule<n>``, its first point without
 it clears it) and, when a rule in ``hold_on`` fired, the error the engine holds the cell with.
 
-Charts start empty when the engine starts: the limits are learnt again from the first ``baseline`` points
-(rebuilding them from the journal would cost a scan at power-up; left for later). A chart whose recipe
-changed its spec or SPC settings starts again, since limits from another definition do not apply.
+At start the charts are rebuilt from the newest ``SPC_HISTORY_PARTS`` parts of the journal
+(``read_spc_history``, one bounded query on the kind index), replayed without alarms or holds: the limits
+are learnt again from the first ``baseline`` points of that window, which is the original baseline unless
+more than the window was made since. A chart whose recipe changed its spec or SPC settings starts again,
+since limits from another definition do not apply; history measured against other spec limits is not
+replayed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cellctl.core.events import AlarmEvent, PartProduced, Severity, Verdict
 from cellctl.core.spc import ChartData, ChartPoint, ControlChart, Limits, Rule, Spec
@@ -26,6 +30,67 @@ SPC_SOURCE = "spc"
 
 KEEP_POINTS = 200
 """Points each chart keeps for display and capability (bounded memory)."""
+
+SPC_HISTORY_PARTS = 2000
+"""Newest journaled parts replayed into the charts at start."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoricValue:
+    """One valid measurement of a journaled part, as replayed into a chart at start."""
+
+    variant: str
+    characteristic: str
+    value: float
+    nominal: float
+    lsl: float
+    usl: float
+    ts: float
+    label: str
+
+
+class _Entry(Protocol):
+    @property
+    def ts(self) -> float: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+class PartHistory(Protocol):
+    """The journal read the rebuild needs (``cellctl.store.Store`` has it)."""
+
+    async def newest_entries(self, kind: str, limit: int) -> Sequence[_Entry]: ...
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def history_values(ts: float, data: Mapping[str, Any]) -> list[HistoricValue]:
+    """The valid measurements of one journaled part (``PartProduced`` data); malformed ones are left out."""
+    variant, label = data.get("variant"), data.get("part")
+    measurements = data.get("measurements")
+    if not isinstance(variant, str) or not isinstance(label, str) or not isinstance(measurements, list):
+        return []
+    out: list[HistoricValue] = []
+    for m in measurements:
+        if not isinstance(m, dict) or m.get("verdict") == Verdict.INVALID.value:
+            continue
+        name = m.get("characteristic")
+        numbers = [_number(m.get(k)) for k in ("value", "nominal", "lsl", "usl")]
+        if not isinstance(name, str) or any(n is None for n in numbers):
+            continue
+        value, nominal, lsl, usl = (float(n) for n in numbers if n is not None)
+        out.append(HistoricValue(variant, name, value, nominal, lsl, usl, ts, label))
+    return out
+
+
+async def read_spc_history(reader: PartHistory, limit: int = SPC_HISTORY_PARTS) -> tuple[HistoricValue, ...]:
+    """The valid measurements of the newest ``limit`` journaled parts, oldest first."""
+    entries = await reader.newest_entries(PartProduced.kind, limit)
+    return tuple(v for e in entries for v in history_values(e.ts, e.data))
 
 
 def alarm_name(variant: str, characteristic: str, rule: Rule) -> str:
@@ -154,6 +219,27 @@ class SpcMonitor:
                     ),
                 )
         return SpcOutcome(alarms=tuple(alarms), hold=hold)
+
+    def replay(self, history: Iterable[HistoricValue]) -> int:
+        """Feed journaled values into the charts their recipe configures, without alarms; returns how many.
+
+        A value measured against other spec limits than today's recipe is skipped. A rule still firing at the
+        last replayed point is not raised again (its alarm was raised before the restart).
+        """
+        fed = 0
+        for item in history:
+            recipe = self._recipes.get(item.variant)
+            definition = recipe.quality.get(item.characteristic) if recipe is not None else None
+            if definition is None or definition.spc is None:
+                continue
+            if (definition.nominal, definition.lsl, definition.usl) != (item.nominal, item.lsl, item.usl):
+                continue
+            tracked = self._tracked(item.variant, item.characteristic, definition, definition.spc)
+            point = tracked.chart.add(item.value, ts=item.ts, label=item.label)
+            fed += 1
+            if point is not None:
+                tracked.firing = frozenset(point.violations)
+        return fed
 
     def _tracked(self, variant: str, name: str, definition: Characteristic, spc: SpcConfig) -> _Tracked:
         key = (variant, name)
