@@ -244,7 +244,8 @@ class SpcMonitor:
     def _tracked(self, variant: str, name: str, definition: Characteristic, spc: SpcConfig) -> _Tracked:
         key = (variant, name)
         tracked = self._charts.get(key)
-        if tracked is None or tracked.definition != definition:
+        # Identity first: the same recipe object is the common case, and pydantic equality is not cheap.
+        if tracked is None or (tracked.definition is not definition and tracked.definition != definition):
             tracked = _Tracked(chart=_chart(definition, spc), definition=definition)
             self._charts[key] = tracked
         return tracked
