@@ -174,7 +174,7 @@ def test_subgroups_chart_as_xbar_r_one_point_per_full_subgroup(config: LoadedCon
     assert data.limits is not None and data.limits.ucl == pytest.approx(420.05 + 1.023 * 0.2)
 
 
-def test_a_hold_rule_holds_once_and_unhold_goes_on_against_the_same_limits(config: LoadedConfig) -> None:
+def test_a_hold_rule_holds_and_a_point_in_control_clears_its_alarm(config: LoadedConfig) -> None:
     config = with_spc(config, SpcConfig(baseline=4, hold_on=(1,)))
     monitor = SpcMonitor(config.recipes)
     recipe = config.recipes["oslo"]
@@ -191,6 +191,20 @@ def test_a_hold_rule_holds_once_and_unhold_goes_on_against_the_same_limits(confi
     assert back.hold is None
     assert [(a.alarm, a.active) for a in back.alarms] == [("spc:oslo:seat_width:rule1", False)]
     assert monitor.chart("oslo", "seat_width").limits == limits
+
+
+def test_every_point_completing_a_hold_rule_holds_but_its_alarm_is_raised_once(config: LoadedConfig) -> None:
+    config = with_spc(config, SpcConfig(baseline=4, hold_on=(1,)))
+    monitor = SpcMonitor(config.recipes)
+    recipe = config.recipes["oslo"]
+    for i, width in enumerate([419.9, 420.1, 419.9, 420.1], start=1):
+        monitor.observe(part(i, width), recipe)
+    # Two parts in a row beyond 3 sigma, one on each side (after an Unhold the second one holds again)
+    first, second = monitor.observe(part(5, 421.0), recipe), monitor.observe(part(6, 419.0), recipe)
+
+    assert first.hold is not None and second.hold is not None and "J-0006" in str(second.hold)
+    assert [a.active for a in first.alarms] == [True]
+    assert second.alarms == ()
 
 
 def test_spc_off_keeps_the_recipe_snapshot_hash_and_spc_on_changes_it(config: LoadedConfig) -> None:
