@@ -421,7 +421,7 @@ def format_status(status: dict[str, Any]) -> str:
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
 
 
-def _num(value: Any, spec: str = ".4g") -> str:
+def _num(value: Any, spec: str = ".6g") -> str:
     return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
 
 
