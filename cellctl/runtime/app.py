@@ -114,7 +114,8 @@ class CellApp:
             read_s=round(self._clock.monotonic() - began, 4),
         )
         began = self._clock.monotonic()
-        spc_history = await read_spc_history(store)
+        charted = any(c.spc is not None for r in self.config.recipes.values() for c in r.quality.values())
+        spc_history = await read_spc_history(store) if charted else ()
         log.info(
             "journal read for spc charts",
             values=len(spc_history),
