@@ -232,6 +232,16 @@ class FirstArticleFailed(CellctlError):
         self.part = part
 
 
+class SpcHold(CellctlError):
+    """A control-chart rule configured to hold fired: the cell holds with this as the reason."""
+
+    def __init__(self, variant: str, characteristic: str, rule: int, message: str) -> None:
+        super().__init__(message)
+        self.variant = variant
+        self.characteristic = characteristic
+        self.rule = rule
+
+
 class StoreError(CellctlError):
     """The store could not keep a record."""
 

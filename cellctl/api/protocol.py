@@ -203,6 +203,13 @@ class SignOffArgs(Args):
     note: Annotated[str, Field(max_length=500)] = ""
 
 
+class SpcArgs(Args):
+    """``spc``: the control chart of one characteristic of one variant (points, limits, spec limits)."""
+
+    variant: Annotated[str, Field(min_length=1, max_length=64)]
+    characteristic: Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class WatchArgs(Args):
     """``watch``: push events to this connection; resume after ``since_seq`` of ``epoch`` when possible."""
 
@@ -229,6 +236,7 @@ COMMANDS: dict[str, type[Args]] = {
     "confirm": ConfirmArgs,
     "sign_off": SignOffArgs,
     "ack": AckArgs,
+    "spc": SpcArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
 }

@@ -32,6 +32,7 @@ from cellctl.api.protocol import (
     Reply,
     Request,
     SignOffArgs,
+    SpcArgs,
     SubmitArgs,
     parse_args,
 )
@@ -126,6 +127,10 @@ class EnginePort(Protocol):
         """Snapshot of the cell."""
         ...
 
+    def spc_chart(self, variant: str, characteristic: str) -> View:
+        """The control chart of one characteristic."""
+        ...
+
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call back on every recorded event."""
         ...
@@ -162,6 +167,7 @@ class ControlService:
             "sign_off": self._sign_off,
             "ack": self._ack,
             "journal": self._read_journal,
+            "spc": self._spc,
         }
 
     @property
@@ -317,6 +323,11 @@ class ControlService:
             return await self._engine.acknowledge(alarm, by=caller.by)
 
         return await self._act("ack", args.model_dump(), caller, call)
+
+    async def _spc(self, args: Args, _caller: Caller) -> dict[str, Any]:
+        assert isinstance(args, SpcArgs)
+        # A read: answered from memory, not journaled as an operator action.
+        return self._engine.spc_chart(args.variant, args.characteristic).to_dict()
 
     async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
         assert isinstance(args, JournalArgs)

@@ -115,6 +115,12 @@ def add_parser(sub: Any) -> None:
     alarms = actions.add_parser("alarms", help="list the alarms active or not yet acknowledged")
     alarms.add_argument("--json", action="store_true", help="print the alarms as JSON")
 
+    spc = actions.add_parser("spc", help="the control chart of one characteristic of a variant")
+    spc.add_argument("variant")
+    spc.add_argument("characteristic", metavar="CHAR")
+    spc.add_argument("--last", type=int, default=25, metavar="N", help="print the last N points (default 25)")
+    spc.add_argument("--json", action="store_true", help="print the chart data as JSON")
+
     watch = actions.add_parser("watch", help="print events as they happen, until Ctrl-C")
     watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
@@ -302,6 +308,16 @@ async def _alarms(client: ControlClient, args: argparse.Namespace, out: TextIO) 
         out.write(format_alarm(alarm) + "\n")
 
 
+async def _spc(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    if args.last < 1:
+        raise UsageError("--last must be at least 1")
+    chart = await _ask(client, args, "spc", variant=args.variant, characteristic=args.characteristic)
+    if args.json:
+        _print_json(chart, out)
+    else:
+        out.write(format_chart(chart, title=f"{args.variant}/{args.characteristic}", last=args.last))
+
+
 async def _watch(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
@@ -336,6 +352,7 @@ _ACTIONS: dict[str, Action] = {
     "sign-off": _sign_off,
     "ack": _ack,
     "alarms": _alarms,
+    "spc": _spc,
     "watch": _watch,
     "journal": _journal,
     **dict.fromkeys(PACKML_COMMANDS, _command),
@@ -450,6 +467,9 @@ def format_status(status: dict[str, Any]) -> str:
     for alarm in status.get("alarms") or []:
         if isinstance(alarm, dict):
             rows.append(("alarm", format_alarm(alarm)))
+    for summary in status.get("spc") or []:
+        if isinstance(summary, dict):
+            rows.append(("spc", _format_spc_summary(summary)))
     counters = status.get("counters")
     if isinstance(counters, dict):
         rows.append(("counters", ", ".join(f"{k} {v}" for k, v in counters.items())))
@@ -469,6 +489,55 @@ def format_alarm(alarm: dict[str, Any]) -> str:
         f"{alarm.get('id', '?')} [{alarm.get('severity', '?')}] {state}{raised}, {acked}: "
         f"{alarm.get('message', '')}"
     )
+
+
+def _num(value: Any, spec: str = ".6g") -> str:
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def _format_spc_summary(summary: dict[str, Any]) -> str:
+    text = (
+        f"{summary.get('characteristic', '?')} ({summary.get('kind', '?')}, {summary.get('points', 0)} pts): "
+        f"Cp {_num(summary.get('cp'), '.2f')} Cpk {_num(summary.get('cpk'), '.2f')}, "
+        f"control [{_num(summary.get('lcl'))}, {_num(summary.get('ucl'))}], "
+        f"spec [{_num(summary.get('lsl'))}, {_num(summary.get('usl'))}]"
+    )
+    last = summary.get("last_violation")
+    if isinstance(last, dict):
+        rules = ", ".join(str(r) for r in last.get("rules") or [])
+        text += f"; last violation: rule {rules} at {last.get('label') or last.get('index', '?')}"
+    return text
+
+
+def format_chart(chart: dict[str, Any], *, title: str, last: int = 25) -> str:
+    """A control chart's data (ChartData.to_dict()) as text: limits, spec, capability and the last points."""
+    limits = chart.get("limits")
+    given = chart.get("spec")
+    spec: dict[str, Any] = given if isinstance(given, dict) else {}
+    lines = [f"{title}: {chart.get('kind', '?')} chart, baseline {chart.get('baseline', '?')} points"]
+    if isinstance(limits, dict):
+        lines.append(
+            f"  centre {_num(limits.get('centre'))}, control limits [{_num(limits.get('lcl'))}, "
+            f"{_num(limits.get('ucl'))}], sigma {_num(limits.get('sigma'))}; range centre "
+            f"{_num(limits.get('r_centre'))}, UCL {_num(limits.get('r_ucl'))}"
+        )
+    else:
+        lines.append("  control limits: not yet (baseline filling)")
+    lines.append(
+        f"  spec [{_num(spec.get('lsl'))}, {_num(spec.get('usl'))}] nominal {_num(spec.get('nominal'))}; "
+        f"Cp {_num(chart.get('cp'), '.2f')} Cpk {_num(chart.get('cpk'), '.2f')}"
+    )
+    points = [p for p in chart.get("points") or [] if isinstance(p, dict)]
+    shown = points[-last:]
+    lines.append(f"  points: {len(points)} kept, last {len(shown)}:")
+    for p in shown:
+        rules = ",".join(str(r) for r in p.get("violations") or [])
+        flag = f"  rule {rules}" if rules else ""
+        lines.append(
+            f"  {p.get('index', '?'):>5}  {p.get('label', '')!s:<20} {_num(p.get('value'), '.6g'):>12}"
+            f"  R {_num(p.get('range'), '.4g'):>8}{flag}"
+        )
+    return "".join(line + "\n" for line in lines)
 
 
 def _format_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:

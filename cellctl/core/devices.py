@@ -269,7 +269,14 @@ class Robot(Profile):
         await self._check_fault()
         async with _deadline(self.device, f"loading program {program}", timeout):
             await self._style.request_program(program)
-            await self.tag("active_program").wait_for_value(program, timeout)
+            active = self.tag("active_program")
+            # The cached value may still show a load that ended just before this request (a robot clears
+            # active_program when it takes a new one): only a fresh read confirms. A read refreshes the
+            # cache, so a stale value is waited out, not spun on; the deadline bounds the loop.
+            while True:
+                await active.wait_for_value(program, timeout)
+                if await active.read_value() == program:
+                    return
 
     async def active_program(self) -> int:
         """The program number the robot has loaded (read from the device)."""

@@ -46,6 +46,7 @@ from cellctl.core.oee import OeeFigures
 from cellctl.core.packml import Command, State, UnitMode, completion, is_acting
 from cellctl.core.plans import ChangeoverPlan
 from cellctl.core.ports import EventSink, OrderBook
+from cellctl.core.spc import ChartData
 from cellctl.core.tags import TagBackend
 from cellctl.engine.alarms import Alarm, AlarmManager
 from cellctl.engine.cell import PackMLCell
@@ -60,6 +61,7 @@ from cellctl.engine.planner import OPERATOR_KIND, plan_changeover, read_setup, t
 from cellctl.engine.recovery import InterruptedChangeover, RecoveredJob, RecoveredStep, Recovery, StepState
 from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propose
 from cellctl.engine.sequencer import VERIFIED, RunControl, Sequencer
+from cellctl.engine.spc_monitor import HistoricValue, SpcMonitor, SpcSummary
 from cellctl.engine.staging import Stager, lead_parts, runnable_ahead
 from cellctl.errors import (
     CellctlError,
@@ -72,6 +74,7 @@ from cellctl.errors import (
     PlanError,
     PlanHeld,
     SequenceError,
+    SpcHold,
 )
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.recipe import Recipe
@@ -254,6 +257,7 @@ class CellStatus:
     oee: OeeFigures | None = None
     alarms: tuple[Alarm, ...] = ()
     """Alarms active or not yet acknowledged, the most severe first."""
+    spc: tuple[SpcSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -276,6 +280,7 @@ class CellStatus:
             "recovery": self.recovery.to_dict() if self.recovery else None,
             "oee": self.oee.to_dict() if self.oee else None,
             "alarms": [a.to_dict() for a in self.alarms],
+            "spc": [s.to_dict() for s in self.spc],
         }
 
 
@@ -350,10 +355,12 @@ class Engine:
         durations: StepDurations | None = None,
         recovery: Recovery | None = None,
         orders: OrderBook | None = None,
+        spc_history: Sequence[HistoricValue] = (),
     ) -> None:
         """``recovery`` (``read_recovery`` of the journal) restores unfinished jobs and, after an unclean
         stop, powers up with an alarm and resumes the interrupted changeover only after Reset and Start.
-        ``orders`` (the store) answers for order ids accepted before this run: one job per order id."""
+        ``orders`` (the store) answers for order ids accepted before this run: one job per order id.
+        ``spc_history`` (``read_spc_history``) rebuilds the control charts."""
         self._orders = orders
         self._config = config
         self._clock: Clock = clock or SystemClock()
@@ -384,6 +391,8 @@ class Engine:
         self._costs = changeover_costs(config.recipes, config.cell, durations=self._durations)
         self._proposal: tuple[_ProposalKey, tuple[str, ...], float] | None = None
         self._parts = PartCycle(self._profiles, config.cell, self._clock)
+        self._spc = SpcMonitor(config.recipes)
+        self._spc.replay(spc_history)
         self._confirmations = Confirmations(self._clock)
         self._sequencer = Sequencer(
             self._profiles,
@@ -541,6 +550,7 @@ class Engine:
             recovery=self._recovery_view(),
             oee=self._oee.figures(self._clock.wall()),
             alarms=self.alarms.shown(),
+            spc=self._spc.summary(self._current.variant if self._current else self._variant),
         )
 
     async def acknowledge(self, alarm: str, *, by: str) -> CellStatus:
@@ -552,6 +562,10 @@ class Engine:
     def inhibit(self) -> WriteInhibit:
         """The write inhibit the e-stop shuts (tests and diagnostics read it)."""
         return self._inhibit
+
+    def spc_chart(self, variant: str, characteristic: str) -> ChartData:
+        """The control chart of one characteristic of ``variant``; JobError when it has none."""
+        return self._spc.chart(variant, characteristic)
 
     async def confirm(self, step: str, *, evidence: str | None = None, by: str) -> CellStatus:
         """Answer the step waiting for a person (``status().prompts``); ConfirmError, nothing changed, when
@@ -1022,7 +1036,7 @@ class Engine:
                 with structlog.contextvars.bound_contextvars(job=job.id):
                     try:
                         await self._run_job(job)
-                    except (DeviceError, SequenceError, FirstArticleFailed) as exc:
+                    except (DeviceError, SequenceError, FirstArticleFailed, SpcHold) as exc:
                         self._phase = Phase.IDLE
                         await self._fail(exc, Command.HOLD)
                         return
@@ -1075,6 +1089,7 @@ class Engine:
         if part.verdict is Verdict.PASS:
             self._last_good = part.ts
             await self._finish_kpi(part.ts, ended_by="part")
+        await self._observe_spc(job, part)
         if gate is None or gate is not self._qualification:
             return  # no gate, or signed off while the part was being recorded
         failure = gate.judge(part)
@@ -1085,6 +1100,22 @@ class Engine:
             self._qualification = None
             await self._record(gate.event(self._clock.wall(), FirstArticleStatus.PASSED, part=part.part))
             self._log.info("first article passed", variant=gate.variant, passes=gate.passes)
+
+    async def _observe_spc(self, job: Job, part: PartProduced) -> None:
+        """Chart the part; record the alarms; SpcHold when a rule configured to hold fired."""
+        outcome = self._spc.observe(part, job.recipe)
+        # Through the alarm manager (one home): shown in the status and acknowledged like every alarm.
+        for alarm in outcome.alarms:
+            if alarm.active:
+                self._log.warning("spc rule violated", alarm=alarm.alarm, message=alarm.message)
+                await self.alarms.raise_alarm(
+                    alarm.alarm, severity=alarm.severity, message=alarm.message, source=alarm.source
+                )
+            else:
+                await self.alarms.clear_alarm(alarm.alarm, message=alarm.message)
+        if outcome.hold is not None:
+            # Raised before the first-article gate judges this part: the hold wins; the gate stays open.
+            raise outcome.hold
 
     async def _finish_kpi(self, first_good_ts: float, *, ended_by: str) -> None:
         kpi = self._kpi

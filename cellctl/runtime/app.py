@@ -18,6 +18,7 @@ from cellctl.core.ports import Driver, Health, LinkState
 from cellctl.drivers import build_driver
 from cellctl.engine import Engine, StepDurations
 from cellctl.engine.recovery import read_recovery
+from cellctl.engine.spc_monitor import read_spc_history
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
@@ -114,8 +115,23 @@ class CellApp:
             changeover=recovery.changeover.changeover_id if recovery.changeover else None,
             read_s=round(self._clock.monotonic() - began, 4),
         )
+        began = self._clock.monotonic()
+        charted = any(c.spc is not None for r in self.config.recipes.values() for c in r.quality.values())
+        spc_history = await read_spc_history(store) if charted else ()
+        log.info(
+            "journal read for spc charts",
+            values=len(spc_history),
+            read_s=round(self._clock.monotonic() - began, 4),
+        )
         engine = Engine(
-            self.config, drivers, recorder, self._clock, durations=durations, recovery=recovery, orders=store
+            self.config,
+            drivers,
+            recorder,
+            self._clock,
+            durations=durations,
+            recovery=recovery,
+            spc_history=spc_history,
+            orders=store,
         )
         publisher = None
         if self._publish:

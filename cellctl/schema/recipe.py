@@ -43,6 +43,24 @@ class Parameter(Strict):
         return self
 
 
+class SpcConfig(Strict):
+    """SPC of one characteristic: control limits frozen from the first ``baseline`` points (subgroups when
+    ``subgroup`` > 1: X-bar/R, else I-MR), the Western Electric rules checked (each raises an alarm) and the
+    rules that also hold the cell."""
+
+    baseline: Annotated[int, Field(ge=2, le=1000)] = 25
+    subgroup: Annotated[int, Field(ge=1, le=10)] = 1
+    rules: tuple[Annotated[int, Field(ge=1, le=4)], ...] = (1, 2, 3, 4)
+    hold_on: tuple[Annotated[int, Field(ge=1, le=4)], ...] = ()
+
+    @model_validator(mode="after")
+    def _hold_rules_checked(self) -> SpcConfig:
+        unchecked = sorted(set(self.hold_on) - set(self.rules))
+        if unchecked:
+            raise located(f"hold_on names rules {unchecked} that 'rules' does not check", "hold_on")
+        return self
+
+
 class Characteristic(Strict):
     """A measured quality characteristic: nominal, spec limits, units and the gauge tag it comes from."""
 
@@ -51,6 +69,8 @@ class Characteristic(Strict):
     usl: float
     units: str = ""
     source: TagRef
+    # No chart unless the recipe asks: a recipe written before SPC existed never agreed to its alarms.
+    spc: SpcConfig | None = None
 
     @model_validator(mode="after")
     def _limits(self) -> Characteristic:
@@ -145,5 +165,8 @@ class Recipe(Strict):
             del data["operator_steps"]
         if self.first_article == FirstArticle():
             del data["first_article"]
+        for name, characteristic in self.quality.items():
+            if characteristic.spc is None:
+                del data["quality"][name]["spc"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -115,6 +115,10 @@ class Store:
         """The newest journal entry of ``kind`` (None when there is none)."""
         return await self._call("read journal", lambda conn: journal.last_of_kind(conn, kind))
 
+    async def newest_entries(self, kind: str, limit: int) -> list[JournalEntry]:
+        """The newest ``limit`` journal entries of ``kind``, oldest first (bounded: the kind index)."""
+        return await self._call("read journal", lambda conn: journal.newest_of_kind(conn, kind, limit))
+
     async def open_job_entries(self) -> list[JournalEntry]:
         """Every job event of the jobs not finished (newest status queued or started), in id order."""
         return await self._call("read journal", journal.open_job_entries)

@@ -110,6 +110,14 @@ def last_of_kind(conn: sqlite3.Connection, kind: str) -> JournalEntry | None:
     return None if row is None else _entry(row)
 
 
+def newest_of_kind(conn: sqlite3.Connection, kind: str, limit: int) -> list[JournalEntry]:
+    """The newest ``limit`` entries of ``kind`` (by the kind index, newest first), returned oldest first."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM journal WHERE kind = ? ORDER BY id DESC LIMIT ?", (kind, max(0, limit))
+    ).fetchall()
+    return [_entry(r) for r in reversed(rows)]
+
+
 def open_job_entries(conn: sqlite3.Connection) -> list[JournalEntry]:
     """Every job event of the jobs whose newest job event says queued or started, in id order."""
     return [_entry(r) for r in conn.execute(_OPEN_JOBS)]

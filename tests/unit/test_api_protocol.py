@@ -154,6 +154,7 @@ def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
         "confirm",
         "sign_off",
         "ack",
+        "spc",
         "watch",
         "journal",
     }

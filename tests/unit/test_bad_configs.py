@@ -323,6 +323,25 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         "recipe_quality_source_not_gauge",
         [recipe("recipe_quality_source_not_gauge", 7, "quality.press_force.source", "'stapler' is a press")],
     ),
+    "recipe: spc holds on a rule it does not check": (
+        "recipe_spc_hold_unchecked_rule",
+        [
+            recipe(
+                "recipe_spc_hold_unchecked_rule",
+                11,
+                "quality.seat_width.spc.hold_on",
+                "hold_on names rules [1] that 'rules' does not check",
+            )
+        ],
+    ),
+    "recipe: spc subgroup too large": (
+        "recipe_spc_bad_subgroup",
+        [
+            recipe(
+                "recipe_spc_bad_subgroup", 13, "quality.seat_width.spc.subgroup", "less than or equal to 10"
+            )
+        ],
+    ),
     "recipe: duplicate variant": (
         "recipe_duplicate_variant",
         [
