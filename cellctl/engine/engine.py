@@ -820,9 +820,9 @@ class Engine:
     async def _record(self, event: Event) -> int:
         try:
             journal_id = await self._sink.record(event)
-        except StoreError:
+        except StoreError as exc:
             if not isinstance(event, AlarmEvent):  # an alarm event the store refuses is deferred, not alarmed
-                await self._alarm_store()
+                await self._alarm_store(str(exc))
             raise
         if not isinstance(event, AlarmEvent) and self.alarms.is_active(STORE_ALARM):
             await self.alarms.clear_alarm(STORE_ALARM, message="the store journals facts again")
@@ -832,15 +832,15 @@ class Engine:
         self._notify(event)
         return journal_id
 
-    async def _alarm_store(self) -> None:
-        """Raise the store alarm while the store fails (once: an active alarm is not raised again)."""
+    async def _alarm_store(self, message: str | None = None) -> None:
+        """Raise the store alarm with ``message``, by default while the watch says the store fails (once: an
+        active alarm is not raised again)."""
         failure = self._store.failure
-        if failure is not None and not self.alarms.is_active(STORE_ALARM):
+        if message is None and failure is not None:
+            message = f"the store could not journal {failure.fact}: {failure.error}"
+        if message is not None and not self.alarms.is_active(STORE_ALARM):
             await self.alarms.raise_alarm(
-                STORE_ALARM,
-                severity=Severity.CRITICAL,
-                message=f"the store could not journal {failure.fact}: {failure.error}",
-                source="store",
+                STORE_ALARM, severity=Severity.CRITICAL, message=message, source="store"
             )
 
     def _defer_alarm(self, event: AlarmEvent, error: StoreError) -> None:
