@@ -980,8 +980,12 @@ class Engine:
         if job is not None and not job.finished:
             job.status, job.reason, job.finished_at = JobStatus.ABORTED, "aborted", self._clock.wall()
             self._current = None
-            await self._drop_resume(job, "job aborted")
-            await self._record(job.event(self._clock.wall()))
+            try:
+                await self._drop_resume(job, "job aborted")
+                await self._record(job.event(self._clock.wall()))
+            except StoreError as exc:
+                # An abort (the e-stop's too) must complete: the store alarm reports what was not journaled.
+                self._log.error("job abort not journaled", job=job.id, error=str(exc))
             self._log.warning("job aborted", job=job.id, produced=job.produced)
 
     async def _reset(self) -> bool:

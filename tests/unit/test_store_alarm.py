@@ -208,3 +208,18 @@ async def test_the_watch_keeps_no_newer_fact_ahead_of_its_backlog() -> None:
     await watch.record(later)
     assert store.events == [first, later]
     assert watch.failure is None
+
+
+async def test_an_abort_completes_while_the_store_fails(config: LoadedConfig) -> None:
+    devices = soft_cell(config.cell)
+    store = FailingStore()
+    store.fail_from(lambda e: isinstance(e, PartProduced) and e.index == 2)
+    engine = Engine(config, devices, store)
+    async with running(engine):
+        job = await engine.submit(OrderRequest("PO-1", "oslo", 3), by="mes")
+        await reset_and_start(engine)
+        await engine.wait_for(State.HELD, timeout=T)
+        await engine.command("abort", by="op")  # the aborted job's record fails too
+        await engine.wait_for(State.ABORTED, timeout=T)
+        assert engine.job(job.job_id).status is JobStatus.ABORTED
+        assert engine.alarms.is_active(STORE_ALARM)
