@@ -6,15 +6,17 @@ robot's responder, so a test can make its next cycle fault part way.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cellctl.core.conditions import Condition
 from cellctl.core.devices import Handshake, ProfileKind, RobotState
+from cellctl.core.events import Event
 from cellctl.core.tags import TagValue
 from cellctl.drivers.soft import SoftDriver
-from cellctl.errors import DeviceFault
+from cellctl.errors import DeviceFault, StoreError
 from cellctl.schema.cell import CellConfig
 
 GaugeFn = Callable[[str], float]
@@ -265,3 +267,36 @@ class StalledFixture:
             else:
                 dev.set(act, value)
                 dev.set("in_position", True)
+
+
+class FailingStore:
+    """An in-memory journal (an EventSink) that starts failing on demand with StoreError, as a full disk does.
+
+    ``fail_from(trip)``: from the first fact ``trip`` matches on, every record fails (that one included) until
+    ``heal()``. ``tripped`` is set at the first failure.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.refused: list[Event] = []
+        self.failing = False
+        self.tripped = asyncio.Event()
+        self._trip: Callable[[Event], bool] | None = None
+
+    def fail_from(self, trip: Callable[[Event], bool]) -> None:
+        """Start failing at the first fact ``trip`` matches."""
+        self._trip = trip
+
+    def heal(self) -> None:
+        """Record again (disk space is back)."""
+        self.failing, self._trip = False, None
+
+    async def record(self, event: Event) -> int:
+        if not self.failing and self._trip is not None and self._trip(event):
+            self.failing = True
+            self.tripped.set()
+        if self.failing:
+            self.refused.append(event)
+            raise StoreError("journal.db: append failed: database or disk is full")
+        self.events.append(event)
+        return len(self.events)

@@ -3,6 +3,10 @@
 An alarm is shown (``AlarmManager.shown``) while it is active or not yet acknowledged: a person sees an alarm
 that came and went until they acknowledge it. Raising an alarm that is active records nothing again (its
 first message stands); raising one that cleared but was never acknowledged raises it again.
+
+With a ``defer`` hook, a raise, clear or acknowledgement the store cannot journal (StoreError) still takes
+effect in memory and is handed to ``defer`` to be journaled once the store works again: an alarm is shown
+whether or not the store can keep it (the store's own alarm could never be shown otherwise).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import structlog
 
 from cellctl.core.clock import Clock
 from cellctl.core.events import AlarmAction, AlarmEvent, Event, Severity
-from cellctl.errors import AlarmError
+from cellctl.errors import AlarmError, StoreError
 
 Record = Callable[[Event], Awaitable[int]]
 """Journals an event (and publishes it); returns its journal id."""
+
+Defer = Callable[[AlarmEvent, StoreError], None]
+"""Keeps an alarm event the store refused, to journal it later (and tells the listeners now)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +61,9 @@ class Alarm:
 class AlarmManager:
     """Active and unacknowledged alarms by id; every raise, clear and acknowledgement is recorded."""
 
-    def __init__(self, record: Record, clock: Clock) -> None:
+    def __init__(self, record: Record, clock: Clock, *, defer: Defer | None = None) -> None:
         self._record = record
+        self._defer = defer
         self._clock = clock
         self._alarms: dict[str, Alarm] = {}
         # Raise, clear and ack of one alarm are recorded in the order they happened.
@@ -86,7 +94,7 @@ class AlarmManager:
                 return False
             now = self._clock.wall()
             shown = Alarm(id=alarm, severity=severity, source=source, message=message, raised_ts=now)
-            await self._record(self._event(shown, AlarmAction.RAISED, by=by, ts=now))
+            await self._journal(self._event(shown, AlarmAction.RAISED, by=by, ts=now))
             self._alarms[alarm] = shown
             self._log.warning(
                 "alarm raised", alarm=alarm, severity=severity.value, source=source, msg=message
@@ -106,7 +114,7 @@ class AlarmManager:
             cleared = replace(found, active=False, cleared_ts=now, message=message or found.message)
             if ack and cleared.acked_by is None:
                 cleared = replace(cleared, acked_by=by, acked_ts=now)
-            await self._record(self._event(cleared, AlarmAction.CLEARED, by=by, ts=now))
+            await self._journal(self._event(cleared, AlarmAction.CLEARED, by=by, ts=now))
             self._settle(cleared)
             self._log.info("alarm cleared", alarm=alarm, by=by)
             return True
@@ -122,10 +130,18 @@ class AlarmManager:
                 raise AlarmError(alarm, f"acknowledged already by {found.acked_by}")
             now = self._clock.wall()
             acked = replace(found, acked_by=by, acked_ts=now)
-            await self._record(self._event(acked, AlarmAction.ACKNOWLEDGED, by=by, ts=now))
+            await self._journal(self._event(acked, AlarmAction.ACKNOWLEDGED, by=by, ts=now))
             self._settle(acked)
             self._log.info("alarm acknowledged", alarm=alarm, by=by)
             return acked
+
+    async def _journal(self, event: AlarmEvent) -> None:
+        try:
+            await self._record(event)
+        except StoreError as exc:
+            if self._defer is None:
+                raise
+            self._defer(event, exc)
 
     def _settle(self, alarm: Alarm) -> None:
         if alarm.active or alarm.acked_by is None:

@@ -1,8 +1,11 @@
 """PackMLCell: the only owner of the cell's PackML state and unit mode; every move follows the table and is
 recorded.
 
-A move is recorded through the sink first and takes effect only once recorded, so the journal never misses a
-state the cell was in; listeners hear of it after it took effect.
+A move is recorded through the sink first and takes effect once recorded, so the journal never misses a
+state the cell was in; listeners hear of it after it took effect. A state move the store cannot journal
+(StoreError) takes effect all the same: the cell must stop even when the journal cannot say so. It is logged
+and handed to ``unjournaled`` (the engine journals it once the store works again). A unit-mode change the
+store refuses does not take effect.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from cellctl.core.packml import (
     next_state,
 )
 from cellctl.core.ports import EventSink
-from cellctl.errors import InvalidTransition
+from cellctl.errors import InvalidTransition, StoreError
 
 log = structlog.get_logger(__name__)
 
 StateCallback = Callable[[State, State], None]
 """Called with (previous, new) after every move."""
+
+Unjournaled = Callable[[StateChanged, StoreError], None]
+"""Called with a state move that took effect although the store refused it."""
 
 
 class PackMLCell:
@@ -45,8 +51,10 @@ class PackMLCell:
         notify: Callable[[Event], None] | None = None,
         mode: UnitMode = UnitMode.PRODUCTION,
         name: str = "",
+        unjournaled: Unjournaled | None = None,
     ) -> None:
         self._sink = sink
+        self._unjournaled = unjournaled
         self._clock = clock
         self._notify = notify
         self._mode = mode
@@ -100,7 +108,7 @@ class PackMLCell:
             previous = self._mode
             self._mode = mode
             try:
-                await self._move(self._state, None, by, command="mode")
+                await self._move(self._state, None, by, command="mode", journal_first=True)
             except BaseException:
                 self._mode = previous  # not recorded, so not in effect
                 raise
@@ -137,7 +145,13 @@ class PackMLCell:
             return target
 
     async def _move(
-        self, target: State, trigger: Trigger | None, by: str, *, command: str | None = None
+        self,
+        target: State,
+        trigger: Trigger | None,
+        by: str,
+        *,
+        command: str | None = None,
+        journal_first: bool = False,
     ) -> None:
         previous = self._state
         event = StateChanged(
@@ -149,7 +163,21 @@ class PackMLCell:
             by=by,
             mode=self.mode,
         )
-        await self._sink.record(event)
+        try:
+            await self._sink.record(event)
+        except StoreError as exc:
+            if journal_first:
+                raise
+            self._log.error(
+                "state change not journaled: in effect all the same",
+                state=target.label,
+                previous=previous.label,
+                command=event.command,
+                by=by,
+                error=str(exc),
+            )
+            if self._unjournaled is not None:
+                self._unjournaled(event, exc)
         if target is not previous:  # a mode change leaves the state, and its since, as they were
             self._since = event.ts
         self._state = target

@@ -28,6 +28,7 @@ import structlog
 from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.devices import Profile, make_profile
 from cellctl.core.events import (
+    AlarmEvent,
     ChangeoverEvent,
     ChangeoverStatus,
     Event,
@@ -63,6 +64,7 @@ from cellctl.engine.scheduler import SchedJob, changeover_costs, evaluate, propo
 from cellctl.engine.sequencer import VERIFIED, RunControl, Sequencer
 from cellctl.engine.spc_monitor import HistoricValue, SpcMonitor, SpcSummary
 from cellctl.engine.staging import Stager, lead_parts, runnable_ahead
+from cellctl.engine.storewatch import StoreWatch
 from cellctl.errors import (
     CellctlError,
     DeviceError,
@@ -75,6 +77,7 @@ from cellctl.errors import (
     PlanHeld,
     SequenceError,
     SpcHold,
+    StoreError,
 )
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.recipe import Recipe
@@ -98,6 +101,9 @@ SAFETY = "interlock"
 
 RECOVERY_ALARM = "unclean_stop"
 """Alarm raised at power-up when the journal shows the last run was killed; cleared by Reset."""
+
+STORE_ALARM = "store"
+"""Alarm raised while the store cannot journal facts; cleared once a record succeeds again."""
 
 IN_DOUBT_REASON = "its outcome before the unclean stop is unknown"
 DONE_DIFFERS_REASON = "it was journaled done before the unclean stop, yet its result does not read back"
@@ -364,7 +370,8 @@ class Engine:
         self._orders = orders
         self._config = config
         self._clock: Clock = clock or SystemClock()
-        self._sink = sink
+        # Every fact goes through the watch: it notes a failing store and keeps what must be journaled later.
+        self._sink = self._store = StoreWatch(sink)
         self._name = config.cell.identity.cell
         self._log = structlog.get_logger(__name__).bind(cell=self._name)
         self._listeners: list[Listener] = []
@@ -372,9 +379,14 @@ class Engine:
         self._inhibit = WriteInhibit()
         self._profiles = build_profiles(config, devices, inhibit=self._inhibit)
         self._cell = PackMLCell(
-            sink, self._clock, notify=self._notify, name=self._name, mode=_restored_mode(recovery)
+            self._store,
+            self._clock,
+            notify=self._notify,
+            name=self._name,
+            mode=_restored_mode(recovery),
+            unjournaled=self._store.defer,
         )
-        self.alarms = AlarmManager(self._record, self._clock)
+        self.alarms = AlarmManager(self._record, self._clock, defer=self._defer_alarm)
         """The cell's alarms (one home): raise, clear and acknowledge, each journaled."""
         self._safety = SafetyWatcher(
             config.cell,
@@ -820,12 +832,35 @@ class Engine:
     # Recording
 
     async def _record(self, event: Event) -> int:
-        journal_id = await self._sink.record(event)
+        try:
+            journal_id = await self._sink.record(event)
+        except StoreError as exc:
+            if not isinstance(event, AlarmEvent):  # an alarm event the store refuses is deferred, not alarmed
+                await self._alarm_store(str(exc))
+            raise
+        if not isinstance(event, AlarmEvent) and self.alarms.is_active(STORE_ALARM):
+            await self.alarms.clear_alarm(STORE_ALARM, message="the store journals facts again")
         if isinstance(event, StepEvent):
             self._track_step(event)
             self._durations.observe(event)
         self._notify(event)
         return journal_id
+
+    async def _alarm_store(self, message: str | None = None) -> None:
+        """Raise the store alarm with ``message``, by default while the watch says the store fails (once: an
+        active alarm is not raised again)."""
+        failure = self._store.failure
+        if message is None and failure is not None:
+            message = f"the store could not journal {failure.fact}: {failure.error}"
+        if message is not None and not self.alarms.is_active(STORE_ALARM):
+            await self.alarms.raise_alarm(
+                STORE_ALARM, severity=Severity.CRITICAL, message=message, source="store"
+            )
+
+    def _defer_alarm(self, event: AlarmEvent, error: StoreError) -> None:
+        """An alarm took effect but the store refused it: journal it later, show it to the listeners now."""
+        self._store.defer(event, error)
+        self._notify(event)
 
     async def _report_oee(self) -> None:
         """Record each ended shift's OEE (OeeReport); wakes at least each minute, so a clock step is seen."""
@@ -888,6 +923,7 @@ class Engine:
             if refusal is not None and self._cell.state in (State.STOPPED, State.COMPLETE):
                 raise InterlockTripped(f"reset refused: {refusal}")
         await self._cell.command(command, by=by)  # raises InvalidTransition before anything else
+        await self._alarm_store()  # the move took effect, journaled or not
         target = self._cell.state
         if command is Command.RESET:
             self._inhibit.lift()  # the e-stop is released (checked above) and a person reset the cell
@@ -931,6 +967,7 @@ class Engine:
                 self._actor = None
                 target = completion(state)
                 await self._cell.complete(state, by=ENGINE)
+                await self._alarm_store()
                 if target is State.EXECUTE:
                     self._interrupt = None
                     assert self._group is not None
@@ -957,8 +994,12 @@ class Engine:
         if job is not None and not job.finished:
             job.status, job.reason, job.finished_at = JobStatus.ABORTED, "aborted", self._clock.wall()
             self._current = None
-            await self._drop_resume(job, "job aborted")
-            await self._record(job.event(self._clock.wall()))
+            try:
+                await self._drop_resume(job, "job aborted")
+                await self._record(job.event(self._clock.wall()))
+            except StoreError as exc:
+                # An abort (the e-stop's too) must complete: the store alarm reports what was not journaled.
+                self._log.error("job abort not journaled", job=job.id, error=str(exc))
             self._log.warning("job aborted", job=job.id, produced=job.produced)
 
     async def _reset(self) -> bool:
@@ -1004,6 +1045,10 @@ class Engine:
             if self._resume is None:
                 self._recovery = None  # nothing left to settle: the report goes with the alarm
             await self.alarms.clear_alarm(RECOVERY_ALARM, by=by, message=f"acknowledged by {by}", ack=True)
+        if self._store.failure is None:  # the command's own move was journaled: the store works again
+            await self.alarms.clear_alarm(
+                STORE_ALARM, by=by, message=f"the store journals again; acknowledged by {by}", ack=True
+            )
         await self.alarms.clear_alarm(HOLD_ALARM, by=by, message=f"acknowledged by {by}", ack=True)
 
     async def _safety_command(self, command: Command, reason: str) -> None:
@@ -1040,6 +1085,12 @@ class Engine:
                         self._phase = Phase.IDLE
                         await self._fail(exc, Command.HOLD)
                         return
+                    except StoreError as exc:
+                        # What the cell does cannot be journaled: no more parts until it can (Unhold).
+                        # A changeover cut here is planned again from read-back, as after any hold.
+                        self._phase, self._changeover = Phase.IDLE, None
+                        await self._fail(exc, Command.HOLD)
+                        return
                     finally:
                         self._phase = Phase.IDLE
 
@@ -1059,7 +1110,11 @@ class Engine:
             return
         if job.status is JobStatus.QUEUED:
             job.status, job.started_at = JobStatus.STARTED, self._clock.wall()
-            await self._record(job.event(self._clock.wall()))
+            try:
+                await self._record(job.event(self._clock.wall()))
+            except StoreError:
+                job.status, job.started_at = JobStatus.QUEUED, None  # not journaled: started again later
+                raise
             self._log.info("job started", variant=job.variant, quantity=job.order.quantity)
         while job.remaining > 0:
             await self._run_ahead(job)
@@ -1073,7 +1128,12 @@ class Engine:
             await self._count(job, part)
         job.status, job.finished_at = JobStatus.COMPLETED, self._clock.wall()
         self._current = None
-        await self._record(job.event(self._clock.wall()))
+        try:
+            await self._record(job.event(self._clock.wall()))
+        except StoreError:
+            # Not journaled: still the current job, completed again (recorded) on the next Unhold.
+            job.status, job.finished_at, self._current = JobStatus.STARTED, None, job
+            raise
         self._log.info(
             "job completed", produced=job.produced, good=job.good, bad=job.bad, invalid=job.invalid
         )
@@ -1082,9 +1142,16 @@ class Engine:
         gate = self._qualification
         if gate is not None:
             part = dataclasses.replace(part, first_article=True)
+        counts, counters = (job.produced, job.good, job.bad, job.invalid), self._counters
         job.count(part.verdict)
         self._counters = self._counters.counted(part.verdict)
-        await self._record(part)
+        try:
+            await self._record(part)
+        except StoreError:
+            # Not journaled, so not counted and not handed on: after Unhold this index is made again.
+            job.produced, job.good, job.bad, job.invalid = counts
+            self._counters = counters
+            raise
         await self._parts.sort(part)  # only now: the output hands the part on, its record must exist first
         if part.verdict is Verdict.PASS:
             self._last_good = part.ts

@@ -19,6 +19,7 @@ from cellctl.drivers import build_driver
 from cellctl.engine import Engine, StepDurations
 from cellctl.engine.recovery import read_recovery
 from cellctl.engine.spc_monitor import read_spc_history
+from cellctl.errors import StoreError
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
@@ -197,7 +198,12 @@ class CellApp:
     ) -> None:
         while True:
             health = await changes.get()
-            await recorder.record(_health_event(health, self._clock.wall()))
+            try:
+                await recorder.record(_health_event(health, self._clock.wall()))
+            except StoreError as exc:
+                # A store that cannot record must not end this task (and the controller): the engine's
+                # `store` alarm reports it; the link's own alarm below still shows what the device does.
+                log.error("device health not journaled", device=health.device, error=str(exc))
             if not self._stopping:
                 await health_alarm(engine, health)
 

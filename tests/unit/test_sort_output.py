@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -76,17 +75,12 @@ class FailingPartSink(FakeSink):
 async def test_a_part_whose_record_fails_is_not_sorted(config: LoadedConfig) -> None:
     devices = soft_cell(config.cell, measure=GaugeScript([OSLO_GOOD]))
     engine = Engine(config, devices, FailingPartSink())
-
-    async def scenario() -> None:
-        await engine.wait_for(State.STOPPED, timeout=T)
+    async with running(engine):
         await engine.submit(OrderRequest("PO-1", "oslo", 1), by="mes")
         await reset_and_start(engine)
+        # The store's failure holds the cell (tests/unit/test_store_alarm.py), it does not crash it.
+        await engine.wait_for(State.HELD, timeout=T)
+        assert "disk full" in engine.status().reason
 
-    with pytest.raises(ExceptionGroup) as info:
-        async with asyncio.timeout(T), asyncio.TaskGroup() as group:
-            group.create_task(engine.run(), name="engine:run")
-            group.create_task(scenario(), name="test:scenario")
-
-    assert info.group_contains(StoreError, match="disk full")
     assert sorted_writes(devices["gauge"].writes) == []
     assert [w for w in devices["gauge"].writes if w[0] == "trigger"]  # the part was measured
