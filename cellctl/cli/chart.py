@@ -1,9 +1,8 @@
 """Control charts of one characteristic for ``cellctl report chart``: the data, its limits, text and PNG.
 
-The limits are the individuals and moving-range (I-MR) chart's, from a baseline of the first points:
-centre = mean, control limits = mean +/- 2.66 * mean moving range, moving-range limit = 3.267 * mean moving
-range (n = 2). They are computed by ``imr_limits`` alone, so it can be pointed at the SPC module's limits
-once that module exists. Spec limits come from the parts' measurements and are drawn apart from them.
+The limits are the individuals and moving-range (I-MR) chart's from a baseline of the first points, as the
+SPC module computes them (``cellctl.core.spc.imr_limits``, the one home of control limits). Spec limits come
+from the parts' measurements and are drawn apart from them.
 """
 
 from __future__ import annotations
@@ -16,11 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cellctl.core.events import PartProduced, Verdict
-
-E2 = 2.66
-"""3 / d2 with d2 = 1.128 for moving ranges of two points."""
-D4 = 3.267
-"""Upper limit factor of the moving-range chart for n = 2."""
+from cellctl.core.spc import MIN_BASELINE, Limits, imr_limits
 
 MATPLOTLIB_HINT = "the PNG needs matplotlib: pip install 'cellctl[report]' (or pip install matplotlib)"
 
@@ -36,18 +31,6 @@ class ChartPoint:
 
 
 @dataclass(frozen=True, slots=True)
-class ControlLimits:
-    """I-MR limits from a baseline of ``n`` points."""
-
-    centre: float
-    lcl: float
-    ucl: float
-    mr_bar: float
-    mr_ucl: float
-    n: int
-
-
-@dataclass(frozen=True, slots=True)
 class ChartData:
     """Points of one variant's characteristic in time order, its spec limits and its control limits."""
 
@@ -58,30 +41,13 @@ class ChartData:
     lsl: float
     usl: float
     nominal: float
-    limits: ControlLimits
+    limits: Limits
     skipped: int
     """Parts whose value could not be used (invalid: no reading, NaN)."""
 
     def out_of_control(self, point: ChartPoint) -> bool:
         """True beyond the control limits."""
         return not self.limits.lcl <= point.value <= self.limits.ucl
-
-
-def imr_limits(baseline: Sequence[float]) -> ControlLimits:
-    """I-MR limits of ``baseline`` (at least two values); ValueError otherwise."""
-    if len(baseline) < 2:
-        raise ValueError(f"control limits need at least 2 baseline values, got {len(baseline)}")
-    centre = math.fsum(baseline) / len(baseline)
-    ranges = [abs(b - a) for a, b in itertools.pairwise(baseline)]
-    mr_bar = math.fsum(ranges) / len(ranges)
-    return ControlLimits(
-        centre=centre,
-        lcl=centre - E2 * mr_bar,
-        ucl=centre + E2 * mr_bar,
-        mr_bar=mr_bar,
-        mr_ucl=D4 * mr_bar,
-        n=len(baseline),
-    )
 
 
 def chart_data(parts: Sequence[PartProduced], variant: str, characteristic: str, baseline: int) -> ChartData:
@@ -105,7 +71,7 @@ def chart_data(parts: Sequence[PartProduced], variant: str, characteristic: str,
             f"no part of variant {variant!r} in the window has characteristic {characteristic!r}"
         )
     values = [p.value for p in points]
-    limits = imr_limits(values[: max(2, baseline)])
+    limits = imr_limits(values[: max(MIN_BASELINE, baseline)])
     lsl, usl, nominal, units = spec
     return ChartData(variant, characteristic, units, tuple(points), lsl, usl, nominal, limits, skipped)
 
@@ -143,8 +109,8 @@ def render_text(data: ChartData, *, width: int = 72, height: int = 15) -> str:
     head = [
         f"{data.variant} / {data.characteristic}{units}: I chart, {shown} {len(data.points)} points"
         + (f" ({data.skipped} invalid left out)" if data.skipped else ""),
-        f"limits from the first {lim.n} points: CL {lim.centre:.4g}, UCL {lim.ucl:.4g}, LCL {lim.lcl:.4g}, "
-        f"MR-bar {lim.mr_bar:.4g}; spec {data.lsl:.4g}..{data.usl:.4g}",
+        f"limits from the first {lim.baseline} points: CL {lim.centre:.4g}, UCL {lim.ucl:.4g}, "
+        f"LCL {lim.lcl:.4g}, MR-bar {lim.r_centre:.4g}; spec {data.lsl:.4g}..{data.usl:.4g}",
     ]
     body = [f"|{''.join(cells)}| {' / '.join(lab)}".rstrip() for cells, lab in zip(grid, labels, strict=True)]
     if points:
@@ -182,7 +148,9 @@ def render_png(data: ChartData, path: Path) -> None:
         ax_i.axhline(lim.lcl, color="#c00000", linestyle="--", linewidth=1, label=f"LCL {lim.lcl:.4g}")
         ax_i.axhline(data.usl, color="black", linestyle=":", linewidth=1.3, label=f"USL {data.usl:.4g}")
         ax_i.axhline(data.lsl, color="black", linestyle=":", linewidth=1.3, label=f"LSL {data.lsl:.4g}")
-        ax_i.axvspan(0.5, lim.n + 0.5, color="#999999", alpha=0.12, label=f"baseline ({lim.n} parts)")
+        ax_i.axvspan(
+            0.5, lim.baseline + 0.5, color="#999999", alpha=0.12, label=f"baseline ({lim.baseline} parts)"
+        )
         units = f" [{data.units}]" if data.units else ""
         ax_i.set_ylabel(f"{data.characteristic}{units}")
         ax_i.set_title(f"{data.variant} / {data.characteristic}: individuals and moving range (I-MR)")
@@ -190,8 +158,8 @@ def render_png(data: ChartData, path: Path) -> None:
         ax_i.grid(alpha=0.25)
         mrs = [abs(b - a) for a, b in itertools.pairwise(ys)]
         ax_mr.plot(xs[1:], mrs, color="#1f4e79", linewidth=1, marker="o", markersize=3)
-        ax_mr.axhline(lim.mr_bar, color="#2e7d32", linewidth=1.2, label=f"MR-bar {lim.mr_bar:.3g}")
-        ax_mr.axhline(lim.mr_ucl, color="#c00000", linestyle="--", linewidth=1, label=f"UCL {lim.mr_ucl:.3g}")
+        ax_mr.axhline(lim.r_centre, color="#2e7d32", linewidth=1.2, label=f"MR-bar {lim.r_centre:.3g}")
+        ax_mr.axhline(lim.r_ucl, color="#c00000", linestyle="--", linewidth=1, label=f"UCL {lim.r_ucl:.3g}")
         ax_mr.set_ylabel("moving range")
         ax_mr.set_xlabel("part (in time order)")
         ax_mr.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)

@@ -17,7 +17,6 @@ import structlog
 from ruamel.yaml import YAML
 
 from cellctl.cli import main
-from cellctl.cli.chart import imr_limits
 from cellctl.cli.report import _around
 from cellctl.core.events import (
     AlarmEvent,
@@ -34,6 +33,7 @@ from cellctl.core.events import (
     Verdict,
 )
 from cellctl.core.oee import Window, compute_oee
+from cellctl.core.spc import imr_limits
 from cellctl.store import Store
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -254,8 +254,10 @@ def test_bad_requests_are_refused_with_the_reason(
 def test_imr_limits_by_hand() -> None:
     limits = imr_limits([10.0, 12.0, 11.0, 13.0])
     # mean 11.5; moving ranges 2, 1, 2 -> MR-bar 5/3
-    assert limits.centre == 11.5 and limits.mr_bar == pytest.approx(5 / 3)
-    assert limits.ucl == pytest.approx(11.5 + 2.66 * 5 / 3) and limits.mr_ucl == pytest.approx(3.267 * 5 / 3)
+    assert limits.centre == 11.5 and limits.r_centre == pytest.approx(5 / 3)
+    # sigma = MR-bar / 1.128, limits at 3 sigma (3 / 1.128 = 2.66)
+    assert limits.ucl == pytest.approx(11.5 + 3 / 1.128 * 5 / 3)
+    assert limits.r_ucl == pytest.approx(3.267 * 5 / 3)
     with pytest.raises(ValueError, match="at least 2"):
         imr_limits([1.0])
 
