@@ -4,18 +4,19 @@ finish, the fixture move is stopped where it is, and Unhold sends no command a s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from cellctl.core.clock import SystemClock
-from cellctl.core.events import ChangeoverEvent, ChangeoverStatus, Event, JobEvent, JobStatus, StepEvent
+from cellctl.core.events import ChangeoverEvent, ChangeoverStatus, JobEvent, JobStatus, StepEvent
 from cellctl.core.ports import Driver, LinkState
 from cellctl.drivers import build_driver
 from cellctl.engine import Engine, OrderRequest, State
 from cellctl.schema.load import load_config
 from device_sims.harness import SimCell
+from tests.fixtures.journal import Journal
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0
@@ -29,30 +30,11 @@ def sim_time_scale() -> float:
     return 0.1
 
 
-class Journal:
-    """An in-memory EventSink a test can wait on."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    async def record(self, event: Event) -> int:
-        self.events.append(event)
-        self._changed.set()
-        self._changed = asyncio.Event()
-        return len(self.events)
-
-    async def wait_for(self, predicate: Callable[[Event], bool]) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while not any(predicate(e) for e in self.events):
-                await self._changed.wait()
-
-
 async def test_hold_mid_tool_change_lets_it_finish_and_stops_the_fixture_move(sim_cell: SimCell) -> None:
     config = load_config(REPO / "config").with_cell(sim_cell.cell_config())
     clock = SystemClock()
     drivers = {name: build_driver(name, dev, clock) for name, dev in config.cell.devices.items()}
-    journal = Journal()
+    journal = Journal(TIMEOUT)
     engine = Engine(config, drivers, journal, clock)
     counters = sim_cell.counters
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from cellctl.core.clock import SystemClock
-from cellctl.core.events import AlarmEvent, Event, PartProduced, StateChanged, StepEvent, StepStatus
+from cellctl.core.events import AlarmEvent, PartProduced, StateChanged, StepEvent, StepStatus
 from cellctl.core.ports import Driver, LinkState
 from cellctl.core.tags import Reading, TagValue
 from cellctl.drivers import build_driver
@@ -21,6 +21,7 @@ from cellctl.errors import InterlockTripped
 from cellctl.schema.load import LoadedConfig, load_config
 from device_sims.harness import SimCell
 from tests.conftest import CONFIG_DIR
+from tests.fixtures.journal import Journal
 
 TIMEOUT = 10.0
 """Bound of every wait here (s); a green run takes well under a second per test."""
@@ -31,28 +32,6 @@ def sim_time_scale() -> float:
     """A fixture move of the example changeover (about 0.14 s here) is still under way when the test
     presses the e-stop right after seeing it start."""
     return 0.02
-
-
-class Journal:
-    """An in-memory EventSink a test can wait on."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self._changed = asyncio.Event()
-
-    async def record(self, event: Event) -> int:
-        self.events.append(event)
-        self._changed.set()
-        self._changed = asyncio.Event()
-        return len(self.events)
-
-    async def wait_for(self, predicate: Callable[[Event], bool]) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while not any(predicate(e) for e in self.events):
-                await self._changed.wait()
-
-    def states(self) -> list[str]:
-        return [e.state for e in self.events if isinstance(e, StateChanged)]
 
 
 class CountingBackend:
@@ -142,7 +121,7 @@ async def rig(sim_cell: SimCell) -> AsyncIterator[Rig]:
     clock = SystemClock()
     drivers = {name: build_driver(name, dev, clock) for name, dev in config.cell.devices.items()}
     backends = {name: CountingBackend(d) for name, d in drivers.items()}
-    journal = Journal()
+    journal = Journal(TIMEOUT)
     engine = Engine(config, backends, journal, clock)
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(d.run(), name=f"driver:{name}") for name, d in drivers.items()]
