@@ -16,6 +16,7 @@ from cellctl.drivers import build_driver
 from cellctl.engine import Engine, OrderRequest, State
 from cellctl.schema.load import load_config
 from device_sims.harness import SimCell
+from tests.fixtures.drivers import wait_health
 from tests.fixtures.journal import Journal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,13 +97,5 @@ async def test_hold_mid_tool_change_lets_it_finish_and_stops_the_fixture_move(si
 async def _all_up(drivers: Mapping[str, Driver], engine: Engine) -> None:
     """Wait until the engine is Stopped and every driver's link is UP (event-driven, bounded)."""
     await engine.wait_for(State.STOPPED, timeout=TIMEOUT)
-    changed = asyncio.Event()
-    unsubscribes = [d.on_health(lambda _h: changed.set()) for d in drivers.values()]
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while not all(d.health.state is LinkState.UP for d in drivers.values()):
-                changed.clear()
-                await changed.wait()
-    finally:
-        for unsubscribe in unsubscribes:
-            unsubscribe()
+    for driver in drivers.values():
+        await wait_health(driver, LinkState.UP, TIMEOUT)

@@ -21,6 +21,7 @@ from cellctl.errors import InterlockTripped
 from cellctl.schema.load import LoadedConfig, load_config
 from device_sims.harness import SimCell
 from tests.conftest import CONFIG_DIR
+from tests.fixtures.drivers import wait_health
 from tests.fixtures.journal import Journal
 
 TIMEOUT = 10.0
@@ -137,16 +138,8 @@ async def rig(sim_cell: SimCell) -> AsyncIterator[Rig]:
 async def _all_up(drivers: Mapping[str, Driver], engine: Engine) -> None:
     """Wait until the engine is Stopped and every driver's link is UP (event-driven, bounded)."""
     await engine.wait_for(State.STOPPED, timeout=TIMEOUT)
-    changed = asyncio.Event()
-    unsubscribes = [d.on_health(lambda _h: changed.set()) for d in drivers.values()]
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while not all(d.health.state is LinkState.UP for d in drivers.values()):
-                changed.clear()
-                await changed.wait()
-    finally:
-        for unsubscribe in unsubscribes:
-            unsubscribe()
+    for driver in drivers.values():
+        await wait_health(driver, LinkState.UP, TIMEOUT)
 
 
 async def _start(r: Rig, quantity: int) -> None:
