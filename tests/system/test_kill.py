@@ -26,7 +26,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from cellctl.api.client import ControlClient
-from cellctl.errors import CellctlError
+from cellctl.errors import ApiError, CellctlError
 from cellctl.schema.load import load_config
 from device_sims.harness import SimCell
 
@@ -176,10 +176,17 @@ async def _wait_state(client: ControlClient, *states: str) -> dict[str, Any]:
 
 
 async def _reset(client: ControlClient) -> None:
-    """Reset until Idle: right after a start the device links may still be connecting (bounded)."""
+    """Reset until Idle: right after a start the device links may still be connecting (bounded). Until the
+    e-stop input reads, Reset is refused (code ``interlock``): that refusal is retried too, nothing else."""
     async with asyncio.timeout(T):
         while True:
-            await client.request("command", name="reset")
+            try:
+                await client.request("command", name="reset")
+            except ApiError as exc:
+                if exc.code != "interlock" or "cannot be read" not in str(exc):
+                    raise
+                await asyncio.sleep(0.1)
+                continue
             status = await _wait_state(client, "Idle", "Stopped")
             if status["state"] == "Idle":
                 return
