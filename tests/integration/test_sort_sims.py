@@ -14,7 +14,8 @@ from cellctl.drivers import build_driver
 from cellctl.engine import Engine, OrderRequest, State
 from cellctl.schema.load import load_config
 from device_sims.harness import SimCell
-from tests.integration.test_hold_changeover import TIMEOUT, Journal, _all_up
+from tests.fixtures.journal import Journal
+from tests.integration.test_hold_changeover import TIMEOUT, _all_up
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = 4
