@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import structlog
-from ruamel.yaml import YAML
 
 from cellctl.cli import main
 from cellctl.core.clock import Clock
@@ -21,31 +17,14 @@ from cellctl.drivers.soft import SoftDriver
 from cellctl.runtime.app import CellApp, Controller
 from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.store import Store
-
-CONFIG = Path(__file__).resolve().parents[2] / "config"
+from tests.fixtures.cellfolder import cell_folder, quiet_logging
 
 
 @pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """Store log lines off stdout (which holds the plan); ``main`` reconfigures structlog: restore it."""
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    try:
+def _quiet() -> Iterator[None]:
+    """Every test here runs ``main``, which reconfigures logging."""
+    with quiet_logging():
         yield
-    finally:
-        structlog.configure(**saved)
-
-
-def cell_folder(folder: Path) -> Path:
-    """The shipped cell with its recipes, its store and socket in ``folder``; returns the store's path."""
-    yaml = YAML()
-    data: Any = yaml.load((CONFIG / "cell.yaml").read_text())
-    data["store"] = {"path": str(folder / "var" / "cellctl.db")}
-    data["api"] = {"socket": str(folder / "c.sock")}
-    data["recipes_dir"] = str(CONFIG / "recipes")
-    with (folder / "cell.yaml").open("w") as fh:
-        yaml.dump(data, fh)
-    return folder / "var" / "cellctl.db"
 
 
 async def journal_tool_changes(path: Path, seconds: list[float]) -> None:

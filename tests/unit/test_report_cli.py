@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import logging
 import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-import structlog
-from ruamel.yaml import YAML
 
 from cellctl.cli import main
 from cellctl.cli.report import _around
@@ -35,31 +31,17 @@ from cellctl.core.events import (
 from cellctl.core.oee import Window, compute_oee
 from cellctl.core.spc import imr_limits
 from cellctl.store import Store
+from tests.fixtures.cellfolder import cell_folder, quiet_logging
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
 T = datetime(2026, 3, 2, 8, 0).timestamp()  # local time, as the CLI reads naive ISO times
 DEPTHS = [400.0, 400.2, 399.9, 400.1, 400.0, 399.8, 400.1, 400.3, 399.9, 402.0]
 
 
 @pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    try:
+def _quiet() -> Iterator[None]:
+    """Every test here runs ``main``, which reconfigures logging."""
+    with quiet_logging():
         yield
-    finally:
-        structlog.configure(**saved)
-
-
-def cell_folder(folder: Path) -> Path:
-    """The shipped cell (OEE shifts included) with its store in ``folder``; returns the store's path."""
-    yaml = YAML()
-    data: Any = yaml.load((CONFIG / "cell.yaml").read_text())
-    data["store"] = {"path": str(folder / "var" / "cellctl.db")}
-    data["recipes_dir"] = str(CONFIG / "recipes")
-    with (folder / "cell.yaml").open("w") as fh:
-        yaml.dump(data, fh)
-    return folder / "var" / "cellctl.db"
 
 
 def state(dt: float, name: str, previous: str, by: str = "engine") -> StateChanged:
