@@ -30,6 +30,7 @@ from cellctl.core.events import (
     Verdict,
 )
 from cellctl.errors import StoreError
+from cellctl.store import readonly
 from cellctl.store.journal import JournalEntry
 
 REPORT_KINDS: tuple[str, ...] = (
@@ -76,18 +77,7 @@ def read_window(
 
     Blocking. StoreError when the file is missing or not a store.
     """
-    if not path.is_file():
-        raise StoreError(f"{path}: no store file here")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open read-only: {exc}") from exc
-    try:
-        return select_window(conn, since, until, kinds)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot read the journal: {exc}") from exc
-    finally:
-        conn.close()
+    return readonly.read_only(path, "the journal", lambda conn: select_window(conn, since, until, kinds))
 
 
 def _fields(cls: type[Event], data: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from cellctl.core.events import StepEvent, StepStatus
-from cellctl.errors import StoreError
+from cellctl.store import readonly
 
 DEFAULT_WINDOW_ROWS = 10_000
 """Newest step rows read (started, done and failed: about 5,000 completed steps)."""
@@ -47,18 +47,7 @@ def read_only(path: Path, *, window: int = DEFAULT_WINDOW_ROWS) -> list[StepDura
 
     Blocking (run it in a thread from async code). StoreError when the file is missing or not a store.
     """
-    if not path.is_file():
-        raise StoreError(f"{path}: no store file here")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open read-only: {exc}") from exc
-    try:
-        return select(conn, window=window)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot read step durations: {exc}") from exc
-    finally:
-        conn.close()
+    return readonly.read_only(path, "step durations", lambda conn: select(conn, window=window))
 
 
 __all__ = ["DEFAULT_WINDOW_ROWS", "StepDuration", "read_only", "select"]
