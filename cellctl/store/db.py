@@ -149,6 +149,10 @@ class Store:
 
         await self._call("ack outbox", work)
 
+    async def last_outbox_id(self) -> int:
+        """The newest queued message's id (0 when the outbox is empty)."""
+        return await self._call("read outbox", outbox.last_id)
+
     async def outbox_count(self) -> int:
         """Messages waiting for the broker."""
         return await self._call("count outbox", outbox.count)

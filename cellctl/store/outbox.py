@@ -131,6 +131,12 @@ def delete(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
     conn.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids))
 
 
+def last_id(conn: sqlite3.Connection) -> int:
+    """The newest queued row's id, 0 when none is queued."""
+    row = conn.execute("SELECT MAX(id) FROM outbox").fetchone()
+    return int(row[0] or 0)
+
+
 def count(conn: sqlite3.Connection) -> int:
     """Rows waiting for the broker."""
     row = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()

@@ -259,6 +259,8 @@ class Envelope(Payload):
     stream: str
     event_ts: float
     publish_ts: float
+    historical: bool = False
+    """Replayed backlog: queued while no broker session was up, so not a live value."""
     data: dict[str, Any]
 
 

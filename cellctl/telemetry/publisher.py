@@ -1,10 +1,11 @@
 """Delivers the outbox to the MQTT broker at QoS 1 in id order, deleting rows only after the broker's PUBACK.
 
-The only module that imports an MQTT library. One supervisor loop owns the connection: connect (last will =
-retained ``offline`` status) -> retained ``online`` birth -> publish the outbox with a window of messages in
-flight -> on any link failure log once, back off (capped, jittered), reconnect and resend what was not
-acknowledged. Consumers see each message at least once; duplicates happen only within the window after a
-reconnect and carry the same ``msg_id``.
+The only module that imports an MQTT library. One supervisor loop owns the connection: connect (with the
+encoding's last will) -> subscribe to what the encoding and the inbound handlers listen to -> births once the
+encoding is ready -> publish the outbox with a window of messages in flight -> on any link failure log once,
+back off (capped, jittered), reconnect and resend what was not acknowledged. Consumers see each message at
+least once; duplicates happen only within the window after a reconnect and carry the same ``msg_id``.
+What goes on the wire is the encoding's business (``encoding.py``): UNS JSON by default.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
 
 import aiomqtt
 import structlog
 
-from cellctl import __version__
 from cellctl.core.clock import Clock, SystemClock
 from cellctl.schema.cell import Identity, MqttConfig
 from cellctl.store import OutboxRow, Store
-from cellctl.telemetry.payloads import StatusMessage
-from cellctl.telemetry.topics import envelope_json, status_topic
+from cellctl.telemetry.encoding import Encoding, Inbound, Outgoing, Reaction
+from cellctl.telemetry.uns import UnsJsonEncoding
 
 WakeSource = asyncio.Event | Callable[[Callable[[], None]], object]
 """An event the recorder sets, or a registration function such as ``Recorder.add_listener``."""
@@ -32,6 +31,7 @@ WakeSource = asyncio.Event | Callable[[Callable[[], None]], object]
 _LINK_ERRORS = (aiomqtt.MqttError, OSError, TimeoutError)
 _STATUS_TIMEOUT_S = 1.0
 _IDLE_POLL_S = 5.0
+_INBOX_SIZE = 100
 
 
 def default_client_id(identity: Identity) -> str:
@@ -53,12 +53,19 @@ class OutboxPublisher:
         clock: Clock | None = None,
         backoff_base_s: float = 0.1,
         backoff_cap_s: float = 5.0,
+        encoding: Encoding | None = None,
+        inbound: Sequence[Inbound] = (),
     ) -> None:
-        """Publish ``store``'s outbox to the broker of ``mqtt``; ``wake`` tells it new rows are queued."""
+        """Publish ``store``'s outbox to the broker of ``mqtt``; ``wake`` tells it new rows are queued.
+
+        ``encoding`` puts rows on the wire (default: UNS JSON); ``inbound`` handlers answer commands.
+        """
         self._store = store
         self._mqtt = mqtt
         self._client_id = mqtt.client_id or default_client_id(identity)
-        self._status_topic = status_topic(identity)
+        self._encoding: Encoding = encoding or UnsJsonEncoding(identity, self._client_id)
+        self._inbound = tuple(inbound)
+        self._ready = asyncio.Event()
         self._clock: Clock = clock or SystemClock()
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
@@ -163,19 +170,7 @@ class OutboxPublisher:
         else:
             self._log.debug("telemetry reconnect failed", error=self._last_error)
 
-    def _status(
-        self, status: Literal["online", "offline"], *, reason: str = "", ts: float | None = None
-    ) -> bytes:
-        payload = StatusMessage(
-            status=status,
-            client_id=self._client_id,
-            version=__version__,
-            ts=ts,
-            reason=reason,
-        )
-        return payload.model_dump_json(by_alias=True).encode()
-
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, will: Outgoing) -> aiomqtt.Client:
         window = self._mqtt.window
         client = aiomqtt.Client(
             self._mqtt.host,
@@ -183,9 +178,7 @@ class OutboxPublisher:
             username=self._mqtt.username,
             password=self._mqtt.password,
             identifier=self._client_id,
-            will=aiomqtt.Will(
-                self._status_topic, self._status("offline", reason="connection lost"), qos=1, retain=True
-            ),
+            will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             clean_session=True,
             keepalive=self._mqtt.keepalive_s,
             # A publish or the CONNACK taking longer than this means the link is dead even if TCP is quiet.
@@ -199,17 +192,20 @@ class OutboxPublisher:
         return client
 
     async def _session(self) -> None:
-        """One connection: birth, then pump the outbox until the link fails or the task is cancelled."""
-        client = self._client()
+        """One connection: subscribe, births once ready, then pump until the link fails or is cancelled."""
+        client = self._client(await self._encoding.will())
         async with client:
             self._connected = True
             self._was_up = True
             self._log.info("telemetry link up", error_before=self._last_error)
             try:
                 _raise_if_cancelling()
-                await client.publish(
-                    self._status_topic, self._status("online", ts=self._clock.wall()), qos=1, retain=True
-                )
+                for topic in (*self._encoding.subscriptions(), *self._inbound_topics()):
+                    await client.subscribe(topic, qos=1)
+                if self._encoding.ready_on_connect():
+                    self._ready.set()
+                else:
+                    self._ready.clear()
                 _raise_if_cancelling()
                 await self._pump(client)
             except asyncio.CancelledError:
@@ -217,28 +213,40 @@ class OutboxPublisher:
                 raise
             finally:
                 self._connected = False
+                self._ready.clear()
                 await self._commit_acks()
 
+    def _inbound_topics(self) -> list[str]:
+        return [topic for handler in self._inbound for topic in handler.subscriptions()]
+
+    async def _births(self, client: aiomqtt.Client) -> None:
+        for message in self._encoding.births(self._clock.wall()):
+            await _send(client, message)
+
     async def _goodbye(self, client: aiomqtt.Client) -> None:
-        """Clean stop: a graceful disconnect suppresses the will, so say ``offline`` ourselves."""
+        """Clean stop: a graceful disconnect suppresses the will, so the encoding says goodbye itself."""
+        message = self._encoding.goodbye(self._clock.wall())
+        if message is None:
+            return
         try:
             async with asyncio.timeout(_STATUS_TIMEOUT_S):
-                await client.publish(
-                    self._status_topic,
-                    self._status("offline", reason="shutdown", ts=self._clock.wall()),
-                    qos=1,
-                    retain=True,
-                )
+                await _send(client, message)
         except _LINK_ERRORS as exc:
-            self._log.warning("could not publish offline status", error=f"{type(exc).__name__}: {exc}")
+            self._log.warning("could not publish goodbye", error=f"{type(exc).__name__}: {exc}")
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         """Publish rows in id order with a window in flight; returns only by an exception."""
         window = asyncio.Semaphore(self._mqtt.window)
         after_id = 0  # a new session resends every row not yet acknowledged
+        # Rows queued before this session came up are replayed backlog, marked historical on the wire.
+        backlog_mark = await self._store.last_outbox_id()
+        inbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=_INBOX_SIZE)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch(client), name="telemetry:watch")
+            tg.create_task(self._watch(client, inbox), name="telemetry:watch")
+            tg.create_task(self._dispatch(client, inbox), name="telemetry:inbound")
             tg.create_task(self._acker(), name="telemetry:ack")
+            await self._ready.wait()
+            await self._births(client)
             while True:
                 self._wake.clear()
                 rows = await self._store.outbox_batch(self._mqtt.window, after_id=after_id)
@@ -250,17 +258,49 @@ class OutboxPublisher:
                     continue
                 for row in rows:
                     await window.acquire()
+                    await self._ready.wait()
                     # Tasks start in creation order and hand their message to paho in their first step,
                     # so the wire order is the id order.
-                    tg.create_task(self._publish(client, row, window), name=f"telemetry:publish:{row.id}")
+                    tg.create_task(
+                        self._publish(client, row, window, historical=row.id <= backlog_mark),
+                        name=f"telemetry:publish:{row.id}",
+                    )
                     after_id = row.id
 
-    async def _publish(self, client: aiomqtt.Client, row: OutboxRow, window: asyncio.Semaphore) -> None:
-        payload = envelope_json(row, self._clock.wall())
-        await client.publish(row.topic, payload, qos=row.qos, retain=row.retain)
+    async def _publish(
+        self, client: aiomqtt.Client, row: OutboxRow, window: asyncio.Semaphore, *, historical: bool
+    ) -> None:
+        for message in self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical):
+            await _send(client, message)
         window.release()
         self._pending_acks.append(row.id)
         self._acks_ready.set()
+
+    async def _dispatch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
+        """Hand subscribed messages to the encoding or an inbound handler, one at a time, in arrival order."""
+        encoding_filters = tuple(self._encoding.subscriptions())
+        while True:
+            topic, payload, retained = await inbox.get()
+            if any(aiomqtt.Topic(topic).matches(f) for f in encoding_filters):
+                await self._react(client, self._encoding.on_message(topic, payload))
+                continue
+            for handler in self._inbound:
+                if any(aiomqtt.Topic(topic).matches(f) for f in handler.subscriptions()):
+                    for reply in await handler.handle(topic, payload, retained=retained):
+                        await _send(client, reply)
+                    break
+
+    async def _react(self, client: aiomqtt.Client, reaction: Reaction) -> None:
+        if reaction is Reaction.READY and not self._ready.is_set():
+            self._log.info("telemetry host ready")
+            self._ready.set()
+        elif reaction is Reaction.REBIRTH and self._ready.is_set():
+            self._log.info("rebirth requested")
+            await self._births(client)
+        elif reaction is Reaction.NOT_READY:
+            self._ready.clear()
+            await self._goodbye(client)
+            raise aiomqtt.MqttError("host went offline")
 
     async def _acker(self) -> None:
         """Delete acknowledged rows in groups: whatever arrived while the last commit ran goes in the next."""
@@ -277,11 +317,23 @@ class OutboxPublisher:
         self._delivered += len(ids)
         self._progress.set()
 
-    async def _watch(self, client: aiomqtt.Client) -> None:
-        """Raise as soon as the link drops: aiomqtt leaves pending publishes waiting otherwise."""
-        async for _message in client.messages:
-            pass  # nothing is subscribed; the iterator only ends (raising MqttError) on disconnect
+    async def _watch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
+        """Queue subscribed messages; raise as soon as the link drops (aiomqtt leaves publishes waiting)."""
+        async for message in client.messages:
+            payload = message.payload
+            data = payload if isinstance(payload, bytes) else str(payload).encode()
+            if inbox.full():
+                # A flood of commands must not grow memory: the sender gets no reply and retries.
+                self._log.warning("inbound message dropped: too many waiting", topic=str(message.topic))
+                continue
+            inbox.put_nowait((str(message.topic), data, bool(message.retain)))
         raise aiomqtt.MqttError("message stream ended")
+
+
+async def _send(client: aiomqtt.Client, message: Outgoing) -> None:
+    await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+    # aiomqtt can swallow a cancellation that lands with the PUBACK (see _raise_if_cancelling).
+    _raise_if_cancelling()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -220,7 +220,7 @@ def messages_for_root(event: Event, root: str) -> list[OutboxMessage]:
     return mapper(event, root)
 
 
-def envelope_json(row: OutboxRow, publish_ts: float) -> bytes:
+def envelope_json(row: OutboxRow, publish_ts: float, *, historical: bool = False) -> bytes:
     """The wire payload of an outbox row: the envelope with the stored body spliced in as ``data``."""
     head = json.dumps(
         {
@@ -230,6 +230,7 @@ def envelope_json(row: OutboxRow, publish_ts: float) -> bytes:
             "stream": row.stream,
             "event_ts": row.event_ts,
             "publish_ts": publish_ts,
+            "historical": historical,
         },
         separators=(",", ":"),
     )

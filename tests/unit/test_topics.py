@@ -360,8 +360,11 @@ def test_the_envelope_carries_ids_sequence_and_both_timestamps_around_the_stored
         "stream": "alarm",
         "event_ts": 100.25,
         "publish_ts": 101.5,
+        "historical": False,
         "data": {"a": 1},
     }
+    replayed = json.loads(envelope_json(row, publish_ts=101.5, historical=True))
+    assert replayed["historical"] is True
 
 
 def test_an_unknown_schema_is_refused_by_the_parser() -> None:
