@@ -18,16 +18,17 @@ import structlog
 from cellctl.core.events import Event, JobEvent
 from cellctl.core.ports import OrderRecord
 from cellctl.errors import StoreError
-from cellctl.store import journal, orders, outbox, steps
+from cellctl.store import journal, meta, orders, outbox, steps
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxMessage, OutboxRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The newest schema this code knows; a file written by newer code is refused."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (*journal.SCHEMA_V1, *outbox.SCHEMA_V1),
     2: orders.SCHEMA_V2,
+    3: meta.SCHEMA_V3,
 }
 """Statements that take the schema from version ``n - 1`` to ``n``; each version runs in one transaction."""
 
@@ -160,6 +161,19 @@ class Store:
     async def sequences(self) -> dict[str, int]:
         """The last sequence number handed out per telemetry stream."""
         return await self._call("read sequences", outbox.sequences)
+
+    async def get_meta(self, key: str) -> str | None:
+        """The value kept under ``key`` in the meta table (None when there is none)."""
+        return await self._call(f"read meta {key!r}", lambda conn: meta.get(conn, key))
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` in the meta table, replacing what was there (committed on return)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                meta.put(conn, key, value)
+
+        await self._call(f"write meta {key!r}", work)
 
     async def settings(self) -> dict[str, str | int]:
         """The connection's effective PRAGMAs and schema version, for diagnostics."""
