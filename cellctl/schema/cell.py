@@ -416,6 +416,32 @@ class DeviceConfig(Strict):
         return host, int(port)
 
 
+SPARKPLUG_ID_PATTERN = r"^[^/+#\x00]+$"
+SparkplugId = Annotated[str, Field(pattern=SPARKPLUG_ID_PATTERN, max_length=128)]
+"""A Sparkplug group, edge node or host id: one MQTT topic level, so never '/', '+', '#' (spec 3.0, 4.1)."""
+
+
+class SparkplugConfig(Strict):
+    """Sparkplug B ids; a missing group or edge node id is derived from the cell's identity."""
+
+    group_id: SparkplugId | None = Field(
+        default=None, description="left out: enterprise:site:area:line of the identity"
+    )
+    edge_node_id: SparkplugId | None = Field(default=None, description="left out: the identity's cell")
+    primary_host_id: SparkplugId | None = Field(
+        default=None,
+        description="a host application whose STATE must say online before births go out (left out: none)",
+    )
+
+    def group_for(self, identity: Identity) -> str:
+        """The group id in use: configured, or ``enterprise:site:area:line``."""
+        return self.group_id or ":".join((identity.enterprise, identity.site, identity.area, identity.line))
+
+    def edge_node_for(self, identity: Identity) -> str:
+        """The edge node id in use: configured, or the cell's name."""
+        return self.edge_node_id or identity.cell
+
+
 class MqttConfig(Strict):
     """The MQTT broker telemetry goes to."""
 
@@ -427,6 +453,11 @@ class MqttConfig(Strict):
     username: str | None = None
     password: str | None = None
     window: Annotated[int, Field(ge=1, le=1000)] = 50
+    encoding: Literal["uns-json", "sparkplug-b"] = Field(
+        default="uns-json",
+        description="uns-json: JSON envelopes on a Unified Namespace; sparkplug-b: Sparkplug B 3.0",
+    )
+    sparkplug: SparkplugConfig = SparkplugConfig()
 
 
 class StoreConfig(Strict):
