@@ -24,8 +24,10 @@ from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
 from cellctl.store import Store
+from cellctl.telemetry.encoding import Encoding
 from cellctl.telemetry.publisher import OutboxPublisher
 from cellctl.telemetry.recorder import Recorder
+from cellctl.telemetry.sparkplug import SparkplugEncoding
 
 log = structlog.get_logger("cellctl.runtime")
 
@@ -136,7 +138,7 @@ class CellApp:
         )
         publisher = None
         if self._publish:
-            publisher = OutboxPublisher(store, cell.mqtt, cell.identity)
+            publisher = OutboxPublisher(store, cell.mqtt, cell.identity, encoding=self._encoding(store))
             recorder.add_listener(publisher.notify)
 
         async def journal(after_id: int, limit: int) -> list[dict[str, Any]]:
@@ -192,6 +194,20 @@ class CellApp:
             for unsubscribe in unsubscribes:
                 unsubscribe()
             self.controller = None
+
+    def _encoding(self, store: Store) -> Encoding | None:
+        """The wire encoding the cell file asks for (None: the publisher's default, UNS JSON)."""
+        cell = self.config.cell
+        if cell.mqtt.encoding != "sparkplug-b":
+            return None
+        characteristics = sorted({c for r in self.config.recipes.values() for c in r.quality})
+        return SparkplugEncoding(
+            cell.identity,
+            cell.mqtt.sparkplug,
+            store,
+            devices=cell.devices,
+            characteristics=characteristics,
+        )
 
     async def _record_health(
         self, changes: asyncio.Queue[Health], recorder: Recorder, engine: Engine

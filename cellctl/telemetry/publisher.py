@@ -66,6 +66,7 @@ class OutboxPublisher:
         self._encoding: Encoding = encoding or UnsJsonEncoding(identity, self._client_id)
         self._inbound = tuple(inbound)
         self._ready = asyncio.Event()
+        self._wire_order = asyncio.Lock()
         self._clock: Clock = clock or SystemClock()
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
@@ -220,8 +221,23 @@ class OutboxPublisher:
         return [topic for handler in self._inbound for topic in handler.subscriptions()]
 
     async def _births(self, client: aiomqtt.Client) -> None:
-        for message in self._encoding.births(self._clock.wall()):
-            await _send(client, message)
+        await self._send_in_order(client, lambda: self._encoding.births(self._clock.wall()))
+
+    async def _send_in_order(self, client: aiomqtt.Client, encode: Callable[[], list[Outgoing]]) -> None:
+        """Encode, then hand the messages to paho with no other encoding or hand-off in between.
+
+        An encoding may number its messages as it builds them (Sparkplug ``seq``), and one call may build
+        several (births, or births before a row's data): another row encoded and handed over between them
+        would put the numbers on the wire out of order. Only the messages before the last are awaited under
+        the lock; the last is handed over right after the release, in the same step (a woken waiter runs only
+        once this task suspends), so single-message rows keep the window full.
+        """
+        async with self._wire_order:
+            messages = encode()
+            for message in messages[:-1]:
+                await _send(client, message)
+        if messages:
+            await _send(client, messages[-1])
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """Clean stop: a graceful disconnect suppresses the will, so the encoding says goodbye itself."""
@@ -270,8 +286,10 @@ class OutboxPublisher:
     async def _publish(
         self, client: aiomqtt.Client, row: OutboxRow, window: asyncio.Semaphore, *, historical: bool
     ) -> None:
-        for message in self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical):
-            await _send(client, message)
+        await self._send_in_order(
+            client,
+            lambda: self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical),
+        )
         window.release()
         self._pending_acks.append(row.id)
         self._acks_ready.set()
