@@ -15,12 +15,19 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
+from ruamel.yaml import YAML
 
+from cellctl.core.clock import Clock
 from cellctl.core.events import DeviceHealthChanged, Measurement, PartProduced, StateChanged, Verdict
+from cellctl.core.ports import Driver
+from cellctl.drivers import SoftDriver
+from cellctl.runtime.app import CellApp, Controller
 from cellctl.schema.cell import Identity, MqttConfig
+from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.store import Store
 from cellctl.telemetry._sparkplug_b_pb2 import Payload
 from cellctl.telemetry.publisher import OutboxPublisher
@@ -34,6 +41,7 @@ from cellctl.telemetry.sparkplug import (
     metric_value,
 )
 from tests.fixtures.broker import Mosquitto, Received, collect
+from tests.fixtures.cellfolder import cell_folder
 from tests.fixtures.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker
@@ -364,3 +372,51 @@ async def test_with_a_primary_host_births_and_data_wait_for_its_state_online(
     [death] = of_kind(seen, "NDEATH")
     assert bdseq(first) == bdseq(death) == 0
     assert bdseq(second) == 1
+
+
+# --- the runtime -------------------------------------------------------------------------------------------
+
+
+async def test_a_cell_file_asking_for_sparkplug_b_runs_the_publisher_with_it(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # Given the shipped cell with sparkplug-b in its mqtt section
+    cell_folder(tmp_path)
+    yaml = YAML()
+    data: Any = yaml.load((tmp_path / "cell.yaml").read_text())
+    group = f"g{uuid.uuid4().hex[:10]}"
+    data["mqtt"] = {
+        "host": broker.host,
+        "port": broker.port,
+        "keepalive_s": 5,
+        "encoding": "sparkplug-b",
+        "sparkplug": {"group_id": group},
+    }
+    with (tmp_path / "cell.yaml").open("w") as fh:
+        yaml.dump(data, fh)
+    loaded = load_config(tmp_path)
+    devices = list(loaded.cell.devices)
+    characteristics = {c for recipe in loaded.recipes.values() for c in recipe.quality}
+
+    def soft(name: str, config: LoadedConfig, clock: Clock) -> Driver:
+        return SoftDriver(name, config.cell.devices[name].tags, clock=clock)
+
+    stop = asyncio.Event()
+    async with collect(broker.host, broker.port, f"spBv1.0/{group}/#") as c:
+
+        async def births_then_stop(_controller: Controller) -> None:
+            await c.wait_until(count("DBIRTH", len(devices)), timeout=WAIT_S)
+            stop.set()
+
+        # When it runs
+        async with asyncio.timeout(WAIT_S):
+            await CellApp(loaded, driver_factory=soft).run(stop, on_ready=births_then_stop)
+        await c.wait_until(count("NDEATH", 1), timeout=WAIT_S)
+
+    # Then it was born as an edge node named after the cell, with its recipes' characteristics and its devices
+    edge = loaded.cell.identity.cell
+    [nbirth] = [m for m in c.messages if m.topic == f"spBv1.0/{group}/NBIRTH/{edge}"]
+    names = {m.name for m in decode(nbirth.payload).metrics}
+    assert characteristics and {f"quality/{c}/value" for c in characteristics} <= names
+    dbirths = [m.topic.rsplit("/", 1)[1] for m in c.messages if kind(m) == "DBIRTH"]
+    assert dbirths[: len(devices)] == devices
