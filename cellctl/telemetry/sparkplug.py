@@ -31,6 +31,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from pydantic import BaseModel
 
+from cellctl.errors import StoreError
 from cellctl.schema.cell import Identity, SparkplugConfig
 from cellctl.store import OutboxRow
 from cellctl.telemetry._sparkplug_b_pb2 import Payload
@@ -215,6 +216,7 @@ class SparkplugEncoding:
         self._node = _Target.of(node_catalogue(characteristics))
         self._devices = {device: _Target.of(device_catalogue()) for device in devices}
         self._bdseq = 0
+        self._last_bdseq: int | None = None
         self._seq = 0
         self._host_online = False
         self._host_ts = -1
@@ -244,9 +246,20 @@ class SparkplugEncoding:
 
     async def will(self) -> Outgoing:
         """The NDEATH will of the next connection with the next bdSeq, kept in the store before connecting."""
-        stored = await self._meta.get_meta(BDSEQ_KEY)
+        try:
+            stored = await self._meta.get_meta(BDSEQ_KEY)
+        except StoreError as exc:
+            # The link matters more than the counter: go on from the last one this process used.
+            self._log.warning(
+                "could not read the sparkplug bdSeq; using the last one in memory", error=str(exc)
+            )
+            stored = None if self._last_bdseq is None else str(self._last_bdseq)
         self._bdseq = 0 if stored is None else (_stored_bdseq(stored) + 1) % 256
-        await self._meta.set_meta(BDSEQ_KEY, str(self._bdseq))
+        self._last_bdseq = self._bdseq
+        try:
+            await self._meta.set_meta(BDSEQ_KEY, str(self._bdseq))
+        except StoreError as exc:
+            self._log.warning("could not keep the sparkplug bdSeq; a restart may repeat it", error=str(exc))
         self._host_online = False
         self._log.info("sparkplug connection attempt", bdseq=self._bdseq)
         return self._death(now=None)
@@ -347,6 +360,8 @@ class SparkplugEncoding:
         return Outgoing(topic, payload.SerializeToString(), qos=0, retain=False)
 
     def _on_state(self, payload: bytes) -> Reaction:
+        if not payload:
+            return Reaction.NONE  # the retained STATE was cleared: no news about the host
         try:
             state = json.loads(payload)
             online, ts = state["online"], state.get("timestamp", 0)

@@ -21,6 +21,7 @@ from cellctl.core.events import (
     StateChanged,
     Verdict,
 )
+from cellctl.errors import StoreError
 from cellctl.schema.cell import Identity, MqttConfig, SparkplugConfig
 from cellctl.store import OutboxRow, Store
 from cellctl.telemetry._sparkplug_b_pb2 import Payload
@@ -207,6 +208,24 @@ async def test_a_clean_stop_says_ndeath_with_the_bdseq_of_the_connection() -> No
     death = decode(goodbye.payload)
     assert metrics(death) == {BDSEQ_METRIC: 42}
     assert death.timestamp == 5000
+
+
+class BrokenMeta(MemoryMeta):
+    """A meta store on a full disk: nothing can be read or written."""
+
+    async def get_meta(self, key: str) -> str | None:
+        raise StoreError("disk full")
+
+    async def set_meta(self, key: str, value: str) -> None:
+        raise StoreError("disk full")
+
+
+async def test_a_store_that_cannot_keep_the_bdseq_does_not_stop_the_connection() -> None:
+    enc = encoding(BrokenMeta())
+
+    seen = [metrics(decode((await enc.will()).payload))[BDSEQ_METRIC] for _ in range(3)]
+
+    assert seen == [0, 1, 2]
 
 
 # --- seq ---------------------------------------------------------------------------------------------------
@@ -466,6 +485,7 @@ async def test_with_a_primary_host_births_wait_for_its_state_online() -> None:
     assert enc.on_message(topic, state_message(False, 15)) is Reaction.NONE  # older than what we know
     assert enc.on_message(topic, state_message(False, 30)) is Reaction.NOT_READY
     assert enc.on_message(topic, b"{not json") is Reaction.NONE
+    assert enc.on_message(topic, b"") is Reaction.NONE  # a cleared retained STATE
 
 
 async def test_a_new_connection_waits_for_the_host_again() -> None:
