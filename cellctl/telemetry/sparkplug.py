@@ -172,11 +172,13 @@ def device_catalogue() -> dict[str, DataType]:
 
 @dataclass(slots=True)
 class _Metric:
-    """A metric's datatype and last value (``ts_ms`` 0 while none is known)."""
+    """A metric's datatype and last value (``ts_ms`` 0 while none is known), as a host last got it."""
 
     datatype: DataType
     value: Value = None
     ts_ms: int = 0
+    historical: bool = False
+    """The value was last sent as historical (a host's live tag does not have it)."""
 
 
 @dataclass(slots=True)
@@ -296,12 +298,8 @@ class SparkplugEncoding:
                 births = self.births(publish_ts)
         else:
             known = self._devices.get(device)
-            target = known or _Target.of(device_catalogue())
-            if known is None:
-                self._devices[device] = target
-                _register(target, values)
-                births = [self._device_birth(device, target, _ms(publish_ts))]
-            elif _register(target, values):
+            target = self._devices.setdefault(device, known or _Target.of(device_catalogue()))
+            if _register(target, values) or known is None:
                 births = [self._device_birth(device, target, _ms(publish_ts))]
 
         ts_ms = _ms(row.event_ts)
@@ -311,10 +309,12 @@ class SparkplugEncoding:
             metric = target.metrics[name]
             value = _coerce(metric.datatype, raw, name)
             # Retained streams are values and go out by exception; records go out whole. The envelope
-            # always goes: a row sent again after a reconnect still says which message it is.
-            if row.retain and metric.ts_ms and metric.value == value and name not in envelope:
+            # always goes: a row sent again after a reconnect still says which message it is. A value last
+            # sent as historical did not update the host's live tag, so the first live row sends it again.
+            unchanged = metric.ts_ms and metric.value == value and (historical or not metric.historical)
+            if row.retain and unchanged and name not in envelope:
                 continue
-            metric.value, metric.ts_ms = value, ts_ms
+            metric.value, metric.ts_ms, metric.historical = value, ts_ms, historical
             payload.metrics.append(_metric(name, metric.datatype, value, ts_ms, historical=historical))
         topic = self.node_topic("NDATA") if device is None else self.device_topic("DDATA", device)
         data = Outgoing(topic, payload.SerializeToString(), qos=row.qos, retain=False)
@@ -491,6 +491,7 @@ def _add_current(payload: Payload, target: _Target, now_ms: int) -> None:
     """Every metric of ``target`` with its last value (null, stamped ``now_ms``, before one is known)."""
     for name, metric in target.metrics.items():
         payload.metrics.append(_metric(name, metric.datatype, metric.value, metric.ts_ms or now_ms))
+        metric.historical = False  # a birth sets the host's live tags
 
 
 def decode(payload: bytes) -> Payload:

@@ -392,6 +392,33 @@ async def test_replayed_rows_are_marked_historical_and_live_rows_are_not() -> No
     assert live.metrics and not any(m.is_historical for m in live.metrics)
 
 
+async def test_a_value_replayed_as_historical_goes_out_again_with_the_first_live_row() -> None:
+    enc = encoding()
+    rows = Rows()
+    await enc.will()
+    enc.births(1.0)
+    enc.encode(rows.of(state(1, to="Idle", by="op1"))[0], publish_ts=2.0, historical=True)
+
+    live = metrics(
+        decode(
+            only(
+                enc.encode(rows.of(state(2, to="Execute", by="op1"))[0], publish_ts=3.0, historical=False)
+            ).payload
+        )
+    )
+    later = metrics(
+        decode(
+            only(
+                enc.encode(rows.of(state(3, to="Held", by="op1"))[0], publish_ts=4.0, historical=False)
+            ).payload
+        )
+    )
+
+    # "by" did not change, but the host's live tag never had it: the first live row sends it
+    assert live["state/by"] == "op1"
+    assert "state/by" not in later
+
+
 async def test_a_row_sent_again_after_a_reconnect_still_says_which_message_it_is() -> None:
     enc = encoding()
     rows = Rows()
