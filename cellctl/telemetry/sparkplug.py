@@ -57,7 +57,7 @@ BDSEQ_METRIC = "bdSeq"
 REBIRTH_METRIC = "Node Control/Rebirth"
 
 _log = structlog.get_logger("cellctl.telemetry")
-_UINT64 = (1 << 64) - 1
+_MASK64 = (1 << 64) - 1
 
 
 class DataType(IntEnum):
@@ -71,6 +71,9 @@ class DataType(IntEnum):
 
 
 Value = bool | int | float | str | None
+
+# The hot path compares plain ints: an enum member lookup costs more than the protobuf field it fills.
+_INT64, _UINT64, _DOUBLE, _BOOLEAN, _STRING = (int(d) for d in DataType)
 
 
 class MetaStore(Protocol):
@@ -174,7 +177,8 @@ def device_catalogue() -> dict[str, DataType]:
 class _Metric:
     """A metric's datatype and last value (``ts_ms`` 0 while none is known), as a host last got it."""
 
-    datatype: DataType
+    datatype: int
+    """A ``DataType`` number."""
     value: Value = None
     ts_ms: int = 0
     historical: bool = False
@@ -189,7 +193,7 @@ class _Target:
 
     @classmethod
     def of(cls, catalogue: dict[str, DataType]) -> _Target:
-        return cls({name: _Metric(datatype) for name, datatype in catalogue.items()})
+        return cls({name: _Metric(int(datatype)) for name, datatype in catalogue.items()})
 
 
 class SparkplugEncoding:
@@ -280,8 +284,8 @@ class SparkplugEncoding:
         self._seq = 0
         now_ms = _ms(now)
         node = Payload(timestamp=now_ms, seq=self._next_seq())
-        node.metrics.append(_metric(BDSEQ_METRIC, DataType.INT64, self._bdseq, now_ms))
-        node.metrics.append(_metric(REBIRTH_METRIC, DataType.BOOLEAN, False, now_ms))
+        _add_metric(node, BDSEQ_METRIC, _INT64, self._bdseq, now_ms)
+        _add_metric(node, REBIRTH_METRIC, _BOOLEAN, False, now_ms)
         _add_current(node, self._node, now_ms)
         messages = [self._birth(self.node_topic("NBIRTH"), node)]
         for device, target in self._devices.items():
@@ -315,7 +319,7 @@ class SparkplugEncoding:
             if row.retain and unchanged and name not in envelope:
                 continue
             metric.value, metric.ts_ms, metric.historical = value, ts_ms, historical
-            payload.metrics.append(_metric(name, metric.datatype, value, ts_ms, historical=historical))
+            _add_metric(payload, name, metric.datatype, value, ts_ms, historical=historical)
         topic = self.node_topic("NDATA") if device is None else self.device_topic("DDATA", device)
         data = Outgoing(topic, payload.SerializeToString(), qos=row.qos, retain=False)
         return [*births, data]
@@ -342,7 +346,7 @@ class SparkplugEncoding:
     def _death(self, *, now: float | None) -> Outgoing:
         # The will is fixed when the connection opens, so only a goodbye carries a timestamp.
         payload = Payload() if now is None else Payload(timestamp=_ms(now))
-        metric = Payload.Metric(name=BDSEQ_METRIC, datatype=DataType.INT64, long_value=self._bdseq)
+        metric = Payload.Metric(name=BDSEQ_METRIC, datatype=_INT64, long_value=self._bdseq)
         if now is not None:
             metric.timestamp = _ms(now)
         payload.metrics.append(metric)
@@ -442,55 +446,57 @@ def _register(target: _Target, values: dict[str, Any]) -> bool:
     """Add metrics ``target`` does not have yet (datatype from the catalogue or the value); True if any."""
     new = [name for name in values if name not in target.metrics]
     for name in new:
-        target.metrics[name] = _Metric(_datatype_of_value(values[name]))
+        target.metrics[name] = _Metric(int(_datatype_of_value(values[name])))
     return bool(new)
 
 
-def _coerce(datatype: DataType, value: Any, name: str) -> Value:
+def _coerce(datatype: int, value: Any, name: str) -> Value:
     """The value as its metric's datatype; a value that does not fit goes out as null (and is logged)."""
     if value is None:
         return None
-    if datatype is DataType.STRING:
-        if isinstance(value, str):
-            return value
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    if datatype is DataType.BOOLEAN and isinstance(value, bool):
-        return value
-    if datatype in (DataType.INT64, DataType.UINT64) and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
+    kind = type(value)
+    if datatype == _STRING:
+        return value if kind is str else json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if datatype == _BOOLEAN and kind is bool:
+        return bool(value)
+    if datatype in (_INT64, _UINT64):
+        if kind is int:
             return int(value)
-    if datatype is DataType.DOUBLE and isinstance(value, int | float) and not isinstance(value, bool):
+        if kind is float and value.is_integer():
+            return int(value)
+    if datatype == _DOUBLE and (kind is float or kind is int):
         return float(value) if math.isfinite(value) else None
     _log.warning("metric value does not fit its datatype; sent as null", metric=name, value=repr(value))
     return None
 
 
-def _metric(
-    name: str, datatype: DataType, value: Value, ts_ms: int, *, historical: bool = False
-) -> Payload.Metric:
-    metric = Payload.Metric(name=name, timestamp=ts_ms, datatype=int(datatype))
+def _add_metric(
+    payload: Payload, name: str, datatype: int, value: Value, ts_ms: int, *, historical: bool = False
+) -> None:
+    # Filled in place: a metric built apart and appended is copied into the payload (twice the work).
+    metric = payload.metrics.add()
+    metric.name = name
+    metric.timestamp = ts_ms
+    metric.datatype = datatype
     if historical:
         metric.is_historical = True
     if value is None:
         metric.is_null = True
-    elif datatype is DataType.BOOLEAN:
+    elif datatype == _BOOLEAN:
         metric.boolean_value = bool(value)
-    elif datatype in (DataType.INT64, DataType.UINT64):
+    elif datatype in (_INT64, _UINT64):
         # Int64 travels in the unsigned 64-bit field as two's complement (spec 6.4.16).
-        metric.long_value = int(value) & _UINT64
-    elif datatype is DataType.DOUBLE:
+        metric.long_value = int(value) & _MASK64
+    elif datatype == _DOUBLE:
         metric.double_value = float(value)
     else:
         metric.string_value = str(value)
-    return metric
 
 
 def _add_current(payload: Payload, target: _Target, now_ms: int) -> None:
     """Every metric of ``target`` with its last value (null, stamped ``now_ms``, before one is known)."""
     for name, metric in target.metrics.items():
-        payload.metrics.append(_metric(name, metric.datatype, metric.value, metric.ts_ms or now_ms))
+        _add_metric(payload, name, metric.datatype, metric.value, metric.ts_ms or now_ms)
         metric.historical = False  # a birth sets the host's live tags
 
 
