@@ -260,7 +260,7 @@ class SparkplugEncoding:
                 "could not read the sparkplug bdSeq; using the last one in memory", error=str(exc)
             )
             stored = None if self._last_bdseq is None else str(self._last_bdseq)
-        self._bdseq = 0 if stored is None else (_stored_bdseq(stored) + 1) % 256
+        self._bdseq = _next_bdseq(stored)
         self._last_bdseq = self._bdseq
         try:
             await self._meta.set_meta(BDSEQ_KEY, str(self._bdseq))
@@ -407,16 +407,19 @@ class SparkplugEncoding:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _stored_bdseq(text: str) -> int:
+def _next_bdseq(stored: str | None) -> int:
+    """The bdSeq after the stored one, wrapping after 255; 0 for a first connection or a damaged value."""
+    if stored is None:
+        return 0
     try:
-        value = int(text)
+        value = int(stored)
     except ValueError:
         value = -1
     if not 0 <= value <= 255:
-        # A damaged value cannot be trusted either way; starting over at 0 is what a new edge node does.
-        _log.warning("stored sparkplug bdSeq is not 0..255; starting over", stored=text)
-        return 255
-    return value
+        # A value that cannot be trusted either way: start over at 0, as a new edge node does.
+        _log.warning("stored sparkplug bdSeq is not 0..255; starting over at 0", stored=stored)
+        return 0
+    return (value + 1) % 256
 
 
 def _ms(ts: float) -> int:

@@ -196,6 +196,17 @@ async def test_the_bdseq_goes_on_from_the_stored_value_after_a_restart() -> None
     assert metrics(decode(again.births(1.0)[0].payload))[BDSEQ_METRIC] == 2
 
 
+@pytest.mark.parametrize("stored", ["x", "256", "-1"])
+async def test_a_damaged_stored_bdseq_starts_over_at_0(stored: str) -> None:
+    meta = MemoryMeta()
+    meta.values[BDSEQ_KEY] = stored
+
+    will = await encoding(meta).will()
+
+    assert metrics(decode(will.payload))[BDSEQ_METRIC] == 0
+    assert meta.values[BDSEQ_KEY] == "0"
+
+
 async def test_a_clean_stop_says_ndeath_with_the_bdseq_of_the_connection() -> None:
     meta = MemoryMeta()
     meta.values[BDSEQ_KEY] = "41"
