@@ -427,6 +427,10 @@ class MqttConfig(Strict):
     username: str | None = None
     password: str | None = None
     window: Annotated[int, Field(ge=1, le=1000)] = 50
+    replay_rate: Annotated[float, Field(gt=0, le=1_000_000)] = 2000.0
+    """Messages per second of backlog (queued before the session came up) replayed after a reconnect."""
+    replay_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """Share of ``window`` that backlog may hold in flight; the rest stays free for live messages."""
 
 
 class StoreConfig(Strict):
