@@ -1,4 +1,4 @@
-"""Delivers the outbox to the MQTT broker at QoS 1 in id order, deleting rows only after the broker's PUBACK.
+"""Delivers the outbox to the MQTT broker at QoS 1, each stream in order, deleting rows only after PUBACK.
 
 The only module that imports an MQTT library. One supervisor loop owns the connection: connect (with the
 encoding's last will) -> subscribe to what the encoding and the inbound handlers listen to -> births once the
@@ -6,6 +6,14 @@ encoding is ready -> publish the outbox with a window of messages in flight -> o
 back off (capped, jittered), reconnect and resend what was not acknowledged. Consumers see each message at
 least once; duplicates happen only within the window after a reconnect and carry the same ``msg_id``.
 What goes on the wire is the encoding's business (``encoding.py``): UNS JSON by default.
+
+Replay: rows queued before a session came up are backlog (``historical`` on the wire). Each stream is read
+in id order (= seq order) from its own cursor, and each session starts every stream again at its oldest row
+not yet deleted. A live row of a stream with no backlog waiting goes out at once, ahead of older backlog of
+other streams; backlog goes out at ``mqtt.replay_rate`` msg/s at most and holds at most ``mqtt.replay_share``
+of the window. The trade-off: a live row of a stream that still has backlog waits behind that backlog, because
+order within a stream comes first; across streams, wire order is id order only while there is no backlog.
+A window slot is freed when its row is deleted (not at its PUBACK), so a crash resends at most a window.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ def default_client_id(identity: Identity) -> str:
 
 
 class OutboxPublisher:
-    """Outbox -> broker at QoS 1, in id order, ``mqtt.window`` messages in flight; retries forever."""
+    """Outbox -> broker at QoS 1, each stream in order, ``mqtt.window`` in flight; retries forever."""
 
     def __init__(
         self,
@@ -85,6 +93,7 @@ class OutboxPublisher:
                 wake(self.notify)
         self._progress = asyncio.Event()
         self._pending_acks: list[int] = []
+        self._pending_slots: list[asyncio.Semaphore] = []
         self._acks_ready = asyncio.Event()
         self._connected = False
         self._delivered = 0
@@ -324,9 +333,10 @@ class OutboxPublisher:
     ) -> None:
         for message in self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical):
             await _send(client, message)
-        for slot in slots:
-            slot.release()
+        # The slots are freed once the row is deleted, not at its PUBACK: what a crash can send again (in
+        # flight, or acknowledged but not yet deleted) stays within the window.
         self._pending_acks.append(row.id)
+        self._pending_slots.extend(slots)
         self._acks_ready.set()
 
     async def _dispatch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
@@ -364,10 +374,13 @@ class OutboxPublisher:
 
     async def _commit_acks(self) -> None:
         ids, self._pending_acks = self._pending_acks, []
+        slots, self._pending_slots = self._pending_slots, []
         if not ids:
             return
         await self._store.ack(ids)
         self._delivered += len(ids)
+        for slot in slots:
+            slot.release()
         self._progress.set()
 
     async def _watch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
