@@ -44,8 +44,15 @@ class PrivateBroker:
     """A mosquitto of our own: in memory, loopback only, TCP_NODELAY; stop and start keep the port."""
 
     def __init__(
-        self, binary: str | None = None, *, host: str = "127.0.0.1", port: int | None = None
+        self,
+        binary: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        max_queued_messages: int = 1000,
     ) -> None:
+        """A broker on ``host:port`` (a free port if None), queueing ``max_queued_messages`` per client
+        (0: no limit)."""
         found = binary or find_mosquitto()
         if found is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -60,6 +67,7 @@ class PrivateBroker:
             "persistence false\n"
             "set_tcp_nodelay true\n"
             "log_dest none\n"
+            f"max_queued_messages {max_queued_messages}\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import Enum
@@ -22,13 +22,14 @@ from cellctl.store import journal, meta, orders, outbox, steps
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxMessage, OutboxRow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The newest schema this code knows; a file written by newer code is refused."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (*journal.SCHEMA_V1, *outbox.SCHEMA_V1),
     2: orders.SCHEMA_V2,
     3: meta.SCHEMA_V3,
+    4: outbox.SCHEMA_V4,
 }
 """Statements that take the schema from version ``n - 1`` to ``n``; each version runs in one transaction."""
 
@@ -137,6 +138,28 @@ class Store:
         return await self._call(
             "read outbox", lambda conn: outbox.select_batch(conn, after_id=after_id, limit=limit)
         )
+
+    async def outbox_by_stream(
+        self,
+        after: Mapping[str, int],
+        limit: int,
+        *,
+        streams: Collection[str] | None = None,
+        skip: Collection[str] = (),
+    ) -> dict[str, list[OutboxRow]]:
+        """Per stream, the oldest ``limit`` queued messages with id > ``after[stream]`` (0 if absent).
+
+        ``streams`` None reads every stream but those in ``skip``; streams with nothing past their cursor
+        are left out. One indexed range read per stream, all in one call on the store thread.
+        """
+        cursors = dict(after)
+        wanted = None if streams is None else list(streams)
+        skipped = list(skip)
+
+        def work(conn: sqlite3.Connection) -> dict[str, list[OutboxRow]]:
+            return outbox.select_streams(conn, after=cursors, limit=limit, streams=wanted, skip=skipped)
+
+        return await self._call("read outbox", work)
 
     async def ack(self, ids: Sequence[int]) -> None:
         """Delete acknowledged messages, all in one transaction (one commit for the group)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,13 @@ SCHEMA_V1: tuple[str, ...] = (
     "CREATE INDEX outbox_by_journal ON outbox (journal_id)",
 )
 """Statements of schema version 1 for the outbox and the stream sequences."""
+
+SCHEMA_V4: tuple[str, ...] = (
+    # The publisher reads each stream in id order from its own cursor (backlog replay interleaved with live
+    # rows): an index range scan per stream instead of a scan of the whole backlog.
+    "CREATE INDEX outbox_by_stream ON outbox (stream, id)",
+)
+"""Statements of schema version 4: the per-stream read index."""
 
 _NEXT_SEQ = (
     "INSERT INTO streams (stream, seq) VALUES (?, 1) "
@@ -105,25 +112,54 @@ def insert(
         )
 
 
+STREAM_BATCH_SQL = f"SELECT {_COLUMNS} FROM outbox WHERE stream = ? AND id > ? ORDER BY id LIMIT ?"
+"""One stream's next rows: a range scan of ``outbox_by_stream``."""
+
+
 def select_batch(conn: sqlite3.Connection, *, after_id: int, limit: int) -> list[OutboxRow]:
     """The oldest ``limit`` rows with id > ``after_id``, in id order."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
     ).fetchall()
-    return [
-        OutboxRow(
-            id=r[0],
-            topic=r[1],
-            stream=r[2],
-            seq=r[3],
-            msg_id=r[4],
-            event_ts=r[5],
-            body=r[6],
-            retain=bool(r[7]),
-            qos=r[8],
-        )
-        for r in rows
-    ]
+    return [_row(r) for r in rows]
+
+
+def select_streams(
+    conn: sqlite3.Connection,
+    *,
+    after: Mapping[str, int],
+    limit: int,
+    streams: Collection[str] | None = None,
+    skip: Collection[str] = (),
+) -> dict[str, list[OutboxRow]]:
+    """Per stream, its oldest ``limit`` rows with id > ``after[stream]`` (0 if absent), in id order.
+
+    ``streams`` None reads every stream that ever had a message (the ``streams`` table) but those in
+    ``skip``; streams without rows past their cursor are left out of the result.
+    """
+    if streams is None:
+        skipped = frozenset(skip)
+        streams = [name for (name,) in conn.execute("SELECT stream FROM streams") if name not in skipped]
+    batches: dict[str, list[OutboxRow]] = {}
+    for stream in streams:
+        rows = conn.execute(STREAM_BATCH_SQL, (stream, after.get(stream, 0), limit)).fetchall()
+        if rows:
+            batches[stream] = [_row(r) for r in rows]
+    return batches
+
+
+def _row(r: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(
+        id=r[0],
+        topic=r[1],
+        stream=r[2],
+        seq=r[3],
+        msg_id=r[4],
+        event_ts=r[5],
+        body=r[6],
+        retain=bool(r[7]),
+        qos=r[8],
+    )
 
 
 def delete(conn: sqlite3.Connection, ids: Sequence[int]) -> None:

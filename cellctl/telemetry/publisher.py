@@ -1,4 +1,4 @@
-"""Delivers the outbox to the MQTT broker at QoS 1 in id order, deleting rows only after the broker's PUBACK.
+"""Delivers the outbox to the MQTT broker at QoS 1, each stream in order, deleting rows only after PUBACK.
 
 The only module that imports an MQTT library. One supervisor loop owns the connection: connect (with the
 encoding's last will) -> subscribe to what the encoding and the inbound handlers listen to -> births once the
@@ -6,6 +6,14 @@ encoding is ready -> publish the outbox with a window of messages in flight -> o
 back off (capped, jittered), reconnect and resend what was not acknowledged. Consumers see each message at
 least once; duplicates happen only within the window after a reconnect and carry the same ``msg_id``.
 What goes on the wire is the encoding's business (``encoding.py``): UNS JSON by default.
+
+Replay: rows queued before a session came up are backlog (``historical`` on the wire). Each stream is read
+in id order (= seq order) from its own cursor, and each session starts every stream again at its oldest row
+not yet deleted. A live row of a stream with no backlog waiting goes out at once, ahead of older backlog of
+other streams; backlog goes out at ``mqtt.replay_rate`` msg/s at most and holds at most ``mqtt.replay_share``
+of the window. The trade-off: a live row of a stream that still has backlog waits behind that backlog, because
+order within a stream comes first; across streams, wire order is id order only while there is no backlog.
+A window slot is freed when its row is deleted (not at its PUBACK), so a crash resends at most a window.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ import asyncio
 import contextlib
 import random
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import aiomqtt
 import structlog
@@ -32,6 +42,12 @@ _LINK_ERRORS = (aiomqtt.MqttError, OSError, TimeoutError)
 _STATUS_TIMEOUT_S = 1.0
 _IDLE_POLL_S = 5.0
 _INBOX_SIZE = 100
+_MIN_BATCH = 100
+"""Rows read ahead per stream at least (bounded memory: streams x batch rows, whatever the backlog)."""
+_PACE_BURST_S = 0.05
+"""The replay may send this many seconds' worth of its rate at once after a pause."""
+_PACE_TICK_S = 0.005
+"""When the replay waits for its rate, it waits for this many seconds' worth of messages (fewer timers)."""
 
 
 def default_client_id(identity: Identity) -> str:
@@ -41,7 +57,7 @@ def default_client_id(identity: Identity) -> str:
 
 
 class OutboxPublisher:
-    """Outbox -> broker at QoS 1, in id order, ``mqtt.window`` messages in flight; retries forever."""
+    """Outbox -> broker at QoS 1, each stream in order, ``mqtt.window`` in flight; retries forever."""
 
     def __init__(
         self,
@@ -78,6 +94,7 @@ class OutboxPublisher:
                 wake(self.notify)
         self._progress = asyncio.Event()
         self._pending_acks: list[int] = []
+        self._pending_slots: list[asyncio.Semaphore] = []
         self._acks_ready = asyncio.Event()
         self._connected = False
         self._delivered = 0
@@ -251,11 +268,20 @@ class OutboxPublisher:
             self._log.warning("could not publish goodbye", error=f"{type(exc).__name__}: {exc}")
 
     async def _pump(self, client: aiomqtt.Client) -> None:
-        """Publish rows in id order with a window in flight; returns only by an exception."""
+        """Publish the outbox with a window in flight: live rows first, backlog rate-limited; never returns.
+
+        Each stream is a lane read in id order from its own cursor; the next row is the oldest live lane head
+        (wire order is id order while there is no backlog), else the oldest backlog head once the replay rate
+        and the backlog's share of the window allow it. A lane whose head is backlog holds its live rows
+        behind it: order in a stream comes first.
+        """
         window = asyncio.Semaphore(self._mqtt.window)
-        after_id = 0  # a new session resends every row not yet acknowledged
+        # Backlog holds at most this share of the window, so a live row finds a free slot at once.
+        replay_slots = asyncio.Semaphore(max(1, int(self._mqtt.window * self._mqtt.replay_share)))
         # Rows queued before this session came up are replayed backlog, marked historical on the wire.
-        backlog_mark = await self._store.last_outbox_id()
+        # A new session starts every lane at its oldest unacknowledged row.
+        lanes = _Lanes(mark=await self._store.last_outbox_id(), batch=max(self._mqtt.window, _MIN_BATCH))
+        pace = _ReplayPace(self._mqtt.replay_rate)
         inbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=_INBOX_SIZE)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(client, inbox), name="telemetry:watch")
@@ -263,35 +289,72 @@ class OutboxPublisher:
             tg.create_task(self._acker(), name="telemetry:ack")
             await self._ready.wait()
             await self._births(client)
+            self._wake.set()  # the first read looks at every stream
             while True:
-                self._wake.clear()
-                rows = await self._store.outbox_batch(self._mqtt.window, after_id=after_id)
-                if not rows:
-                    # Also look again now and then: a record cancelled after its commit never wakes us.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_IDLE_POLL_S):
-                            await self._wake.wait()
-                    continue
-                for row in rows:
-                    await window.acquire()
-                    await self._ready.wait()
-                    # Tasks start in creation order and hand their message to paho in their first step,
-                    # so the wire order is the id order.
-                    tg.create_task(
-                        self._publish(client, row, window, historical=row.id <= backlog_mark),
-                        name=f"telemetry:publish:{row.id}",
-                    )
-                    after_id = row.id
+                await self._read_lanes(lanes)
+                slots: tuple[asyncio.Semaphore, ...]
+                row = lanes.live_head()
+                if row is not None:
+                    slots = (window,)
+                else:
+                    row = lanes.backlog_head()
+                    if row is None:
+                        if not await self._woken_within(_IDLE_POLL_S):
+                            # Look again now and then: a record cancelled after its commit never wakes us.
+                            self._wake.set()
+                        continue
+                    delay = pace.delay()
+                    if delay > 0:
+                        # A live row arriving meanwhile wakes us and goes first.
+                        await self._woken_within(delay)
+                        continue
+                    await replay_slots.acquire()
+                    pace.take()
+                    slots = (replay_slots, window)
+                await window.acquire()
+                await self._ready.wait()
+                lanes.pop(row)
+                # Tasks start in creation order and hand their message to paho in their first step,
+                # so the wire order is the order picked here.
+                tg.create_task(
+                    self._publish(client, row, slots, historical=row.id <= lanes.mark),
+                    name=f"telemetry:publish:{row.id}",
+                )
+
+    async def _read_lanes(self, lanes: _Lanes) -> None:
+        """Read ahead the lanes that ran dry, and every stream after a wake (one store call, if any)."""
+        woke = self._wake.is_set()
+        self._wake.clear()
+        streams, skip = lanes.to_read(woke=woke)
+        if streams is not None and not streams:
+            return
+        batches = await self._store.outbox_by_stream(lanes.cursors(), lanes.batch, streams=streams, skip=skip)
+        lanes.fill(batches, read=streams, skipped=skip)
+
+    async def _woken_within(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` s for new rows; True if woken."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+                return True
+        return False
 
     async def _publish(
-        self, client: aiomqtt.Client, row: OutboxRow, window: asyncio.Semaphore, *, historical: bool
+        self,
+        client: aiomqtt.Client,
+        row: OutboxRow,
+        slots: tuple[asyncio.Semaphore, ...],
+        *,
+        historical: bool,
     ) -> None:
         await self._send_in_order(
             client,
             lambda: self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical),
         )
-        window.release()
+        # The slots are freed once the row is deleted, not at its PUBACK: what a crash can send again (in
+        # flight, or acknowledged but not yet deleted) stays within the window.
         self._pending_acks.append(row.id)
+        self._pending_slots.extend(slots)
         self._acks_ready.set()
 
     async def _dispatch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
@@ -329,10 +392,13 @@ class OutboxPublisher:
 
     async def _commit_acks(self) -> None:
         ids, self._pending_acks = self._pending_acks, []
+        slots, self._pending_slots = self._pending_slots, []
         if not ids:
             return
         await self._store.ack(ids)
         self._delivered += len(ids)
+        for slot in slots:
+            slot.release()
         self._progress.set()
 
     async def _watch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
@@ -371,3 +437,102 @@ def _raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One stream's rows read ahead, in id order, and its read cursor."""
+
+    after_id: int = 0
+    """The last id read (a new session starts at 0: every unacknowledged row is sent again)."""
+    rows: deque[OutboxRow] = field(default_factory=deque)
+    more: bool = True
+    """Rows may be waiting past ``after_id``: the last read was full, or new rows were recorded since."""
+
+
+class _Lanes:
+    """The publisher's read-ahead for one session: a lane per stream, at most ``batch`` rows each."""
+
+    def __init__(self, *, mark: int, batch: int) -> None:
+        self.mark = mark
+        """Rows with ids up to this were queued before the session came up: backlog."""
+        self.batch = batch
+        self._lanes: dict[str, _Lane] = {}
+
+    def to_read(self, *, woke: bool) -> tuple[list[str] | None, list[str]]:
+        """(streams to read, None for all; streams to skip): the dry lanes, or every lane after a wake."""
+        if woke:
+            for lane in self._lanes.values():
+                lane.more = True
+            return None, [stream for stream, lane in self._lanes.items() if lane.rows]
+        return [stream for stream, lane in self._lanes.items() if lane.more and not lane.rows], []
+
+    def cursors(self) -> dict[str, int]:
+        """The last id read per stream."""
+        return {stream: lane.after_id for stream, lane in self._lanes.items()}
+
+    def fill(
+        self, batches: dict[str, list[OutboxRow]], *, read: list[str] | None, skipped: list[str]
+    ) -> None:
+        """Take what the store returned for the streams ``read`` (None: all but ``skipped``)."""
+        names = set(self._lanes) - set(skipped) if read is None else set(read)
+        for stream in names | set(batches):
+            lane = self._lanes.setdefault(stream, _Lane())
+            rows = batches.get(stream, [])
+            lane.rows.extend(rows)
+            if rows:
+                lane.after_id = rows[-1].id
+            lane.more = len(rows) >= self.batch
+
+    def live_head(self) -> OutboxRow | None:
+        """The oldest head row that is live (its lane has no backlog left), if any."""
+        best: OutboxRow | None = None
+        for lane in self._lanes.values():
+            if lane.rows:
+                head = lane.rows[0]
+                if head.id > self.mark and (best is None or head.id < best.id):
+                    best = head
+        return best
+
+    def backlog_head(self) -> OutboxRow | None:
+        """The oldest head row that is backlog, if any."""
+        best: OutboxRow | None = None
+        for lane in self._lanes.values():
+            if lane.rows:
+                head = lane.rows[0]
+                if head.id <= self.mark and (best is None or head.id < best.id):
+                    best = head
+        return best
+
+    def pop(self, row: OutboxRow) -> None:
+        """Take ``row`` (a lane's head) off its lane."""
+        popped = self._lanes[row.stream].rows.popleft()
+        assert popped is row, "only a lane's head may be sent"
+
+
+class _ReplayPace:
+    """A token bucket over the loop's clock: backlog goes out at ``rate`` messages per second at most.
+
+    The loop's clock, not the publisher's injected one: it paces real waits on the real network.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._burst = max(1.0, rate * _PACE_BURST_S)
+        self._tick = min(self._burst, max(1.0, rate * _PACE_TICK_S))
+        self._loop = asyncio.get_running_loop()
+        self._tokens = self._burst
+        self._at = self._loop.time()
+
+    def delay(self) -> float:
+        """0 when a message may go now, else seconds until a tick's worth of messages may."""
+        now = self._loop.time()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            return 0.0
+        return (self._tick - self._tokens) / self._rate
+
+    def take(self) -> None:
+        """One message went."""
+        self._tokens -= 1.0
