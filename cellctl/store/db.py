@@ -59,6 +59,8 @@ class StorePolicy:
     )
     records_synchronous: str = "FULL"
     telemetry_synchronous: str = "NORMAL"
+    busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    """How long a write waits for another connection's lock before it fails as ``locked``."""
 
     @classmethod
     def from_config(cls, config: StoreConfig) -> StorePolicy:
@@ -405,7 +407,7 @@ def classify(exc: sqlite3.Error, path: Path, what: str) -> StoreError:
 
 def _open_with_totals(path: Path, policy: StorePolicy, bound: OutboxBound) -> sqlite3.Connection:
     """Open the file (on the store thread) and read the outbox's totals from it."""
-    conn = _connect(path, policy.records_synchronous)
+    conn = _connect(path, policy.records_synchronous, policy.busy_timeout_ms)
     try:
         bound.load(conn)
     except sqlite3.Error as exc:
@@ -414,7 +416,7 @@ def _open_with_totals(path: Path, policy: StorePolicy, bound: OutboxBound) -> sq
     return conn
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     """Open, configure and migrate the file (runs on the store thread)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,11 +424,11 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         raise StoreError(f"{path}: cannot create its folder: {exc}") from exc
     try:
         # Autocommit mode: transactions are explicit BEGIN IMMEDIATE ... COMMIT, never implicit.
-        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
     except sqlite3.Error as exc:
         raise classify(exc, path, "cannot open") from exc
     try:
-        _configure(conn, path, synchronous)
+        _configure(conn, path, synchronous, busy_timeout_ms)
         _migrate(conn, path)
     except BaseException as exc:
         conn.close()
@@ -436,8 +438,8 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def _configure(conn: sqlite3.Connection, path: Path, synchronous: str) -> None:
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+def _configure(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeout_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     (journal_mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if str(journal_mode).lower() != "wal":
         raise StoreError(f"{path}: cannot use write-ahead logging here (journal_mode is {journal_mode!r})")
