@@ -1,0 +1,181 @@
+"""A real SQLite store failing under a running cell: the cell holds with the `store` alarm naming the cause,
+the store is retried by itself, the alarm clears while the cell stays Held, and Unhold finishes the job with
+no fact lost or written twice."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from cellctl.core.events import AlarmAction, AlarmEvent, Event, PartProduced
+from cellctl.core.packml import State
+from cellctl.engine import Engine, OrderRequest
+from cellctl.engine.engine import STORE_ALARM
+from cellctl.schema.cell import StoreRetry
+from cellctl.schema.load import LoadedConfig, load_config
+from cellctl.store import Store, StorePolicy
+from cellctl.telemetry.recorder import Recorder
+from tests.softcell import soft_cell
+from tests.unit.test_engine import T, reset_and_start, running
+
+QUANTITY = 30
+"""Parts of the job: enough that the failure set after the third part hits before the job ends."""
+
+
+@pytest.fixture
+def config(config_dir: Path) -> LoadedConfig:
+    loaded = load_config(config_dir)
+    # Retried every 20 ms up to 100 ms: recovery is seen quickly, the loop stays bounded.
+    store = loaded.cell.store.model_copy(update={"retry": StoreRetry(interval_s=0.02, max_interval_s=0.1)})
+    return dataclasses.replace(loaded, cell=loaded.cell.model_copy(update={"store": store}))
+
+
+@dataclasses.dataclass
+class Run:
+    engine: Engine
+    store: Store
+    third_part: asyncio.Event
+    store_cleared: asyncio.Event
+
+
+@asynccontextmanager
+async def cell_on_a_real_store(
+    config: LoadedConfig,
+    path: Path,
+    *,
+    busy_timeout_ms: int = 5000,
+    on_part: Callable[[int], None] | None = None,
+) -> AsyncIterator[Run]:
+    policy = dataclasses.replace(StorePolicy.from_config(config.cell.store), busy_timeout_ms=busy_timeout_ms)
+    store = await Store.open(path, policy=policy)
+    engine = Engine(
+        config,
+        soft_cell(config.cell),
+        Recorder(store, config.cell.identity),
+        store_stats=lambda: store.stats().to_dict(),
+    )
+    run = Run(engine, store, asyncio.Event(), asyncio.Event())
+
+    def listen(event: Event) -> None:
+        if isinstance(event, PartProduced):
+            if on_part is not None:
+                on_part(event.index)
+            if event.index == 3:
+                run.third_part.set()
+        if (
+            isinstance(event, AlarmEvent)
+            and event.alarm == STORE_ALARM
+            and event.action is AlarmAction.CLEARED
+        ):
+            run.store_cleared.set()
+
+    engine.add_listener(listen)
+    try:
+        async with running(engine):
+            yield run
+    finally:
+        await store.close()
+
+
+def assert_consistent(path: Path) -> None:
+    """Nothing half-written: every outbox row has its journal entry and every journaled record its rows."""
+    with sqlite3.connect(path) as conn:
+        (orphan_rows,) = conn.execute(
+            "SELECT COUNT(*) FROM outbox o "
+            "WHERE NOT EXISTS (SELECT 1 FROM journal j WHERE j.id = o.journal_id)"
+        ).fetchone()
+        (bare_entries,) = conn.execute(
+            "SELECT COUNT(*) FROM journal j WHERE kind IN ('part', 'job', 'alarm') "
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.journal_id = j.id)"
+        ).fetchone()
+    assert (orphan_rows, bare_entries) == (0, 0)
+
+
+async def finish_after_recovery(run: Run) -> None:
+    """The alarm clears by itself, the cell stays Held, a person's Unhold finishes the job."""
+    async with asyncio.timeout(T):
+        await run.store_cleared.wait()
+    status = run.engine.status()
+    assert status.state == "Held" and not run.engine.alarms.is_active(STORE_ALARM)
+    assert status.store is not None and status.store["failing"] is None
+    await run.engine.command("unhold", by="op")
+    await run.engine.wait_for(State.SUSPENDED, timeout=T)
+
+
+async def assert_every_part_once(store: Store) -> None:
+    journal = await store.journal(limit=100_000)
+    assert [e.data["index"] for e in journal if e.kind == "part"] == list(range(1, QUANTITY + 1))
+    jobs = [(e.data["status"], e.data["order_id"]) for e in journal if e.kind == "job"]
+    assert jobs == [("queued", "PO-1"), ("started", "PO-1"), ("completed", "PO-1")]
+    done = next(e for e in journal if e.kind == "job" and e.data["status"] == "completed")
+    assert done.data["produced"] == QUANTITY
+    alarms = [e.data["action"] for e in journal if e.kind == "alarm" and e.data["alarm"] == STORE_ALARM]
+    assert alarms[:2] == ["raised", "cleared"]
+
+
+async def test_a_full_disk_holds_the_cell_and_it_recovers_without_a_restart(
+    config: LoadedConfig, tmp_path: Path
+) -> None:
+    path = tmp_path / "cellctl.db"
+    async with cell_on_a_real_store(config, path) as run:
+        await run.engine.submit(OrderRequest("PO-1", "oslo", QUANTITY), by="mes")
+        await reset_and_start(run.engine)
+        async with asyncio.timeout(T):
+            await run.third_part.wait()
+        await run.store.set_page_limit(1)  # not a page more than the file has: the next growth fails
+
+        await run.engine.wait_for(State.HELD, timeout=T)
+        status = run.engine.status()
+        alarm = run.engine.alarms.get(STORE_ALARM)
+        assert alarm is not None and alarm.active
+        assert "disk_full" in alarm.message and "database or disk is full" in alarm.message
+        assert str(path) in alarm.message and "Unhold" in alarm.message
+        assert status.store is not None and status.store["failing"] == "disk_full"
+        assert status.counters.parts < QUANTITY
+        assert_consistent(path)
+
+        await run.store.set_page_limit(1_000_000_000)  # space is back
+        await finish_after_recovery(run)
+
+    reopened = await Store.open(path)
+    try:
+        await assert_every_part_once(reopened)
+        assert_consistent(path)
+    finally:
+        await reopened.close()
+
+
+async def test_a_lock_held_elsewhere_holds_the_cell_and_releasing_it_recovers(
+    config: LoadedConfig, tmp_path: Path
+) -> None:
+    path = tmp_path / "cellctl.db"
+    other: list[sqlite3.Connection] = []
+
+    def lock_after_third(index: int) -> None:
+        if index == 3:
+            other.append(sqlite3.connect(path, isolation_level=None, timeout=T))
+            other[0].execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+
+    try:
+        async with cell_on_a_real_store(config, path, busy_timeout_ms=50, on_part=lock_after_third) as run:
+            await run.engine.submit(OrderRequest("PO-1", "oslo", QUANTITY), by="mes")
+            await reset_and_start(run.engine)
+            await run.engine.wait_for(State.HELD, timeout=T)
+            alarm = run.engine.alarms.get(STORE_ALARM)
+            assert alarm is not None and alarm.active
+            assert "locked" in alarm.message and "database is locked" in alarm.message
+            assert run.engine.status().counters.parts == 3
+
+            other[0].execute("ROLLBACK")  # the other process lets go
+            await finish_after_recovery(run)
+            await assert_every_part_once(run.store)
+    finally:
+        for conn in other:
+            conn.close()
+    assert_consistent(path)
