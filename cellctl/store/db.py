@@ -333,11 +333,12 @@ class Store:
         return await self._call("set page limit", work)
 
     async def _call(self, what: str, work: Callable[[sqlite3.Connection], _T], *, reopen: bool = False) -> _T:
-        if self._conn is None or self._closing:
+        if self._closing:
             raise StoreError(f"{self._path}: {what}: the store is closed")
         loop = asyncio.get_running_loop()
 
         def run() -> _T:
+            # On the store thread, one call at a time: a reopen in progress is never seen half done.
             if reopen or self._reopen_due:
                 self._reopen()
             if self._conn is None:

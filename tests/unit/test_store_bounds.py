@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,20 @@ def telemetry(stream: str, n: int) -> OutboxMessage:
 
 def rows(path: Path) -> list[tuple[str, int]]:
     """(stream, body n) of every queued row, oldest first, read by a second connection."""
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         return [
             (str(stream), int(n))
             for stream, n in conn.execute("SELECT stream, json_extract(body, '$.n') FROM outbox ORDER BY id")
         ]
+
+
+def swap_in_garbage(path: Path) -> None:
+    """Replace the database (and its write-ahead log) with a file that is not a database."""
+    garbage = path.with_name("garbage")
+    garbage.write_bytes(b"\x00not a database" * 1000)
+    garbage.replace(path)
+    for stale in ("-wal", "-shm"):
+        Path(f"{path}{stale}").unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -97,7 +107,7 @@ async def test_the_byte_bound_drops_telemetry_until_the_new_rows_fit(tmp_path: P
             await store.append(health(float(n)), [big])
         assert store.stats().bytes <= 70_000
         assert store.stats().dropped["state"] > 0
-        with sqlite3.connect(store.path) as conn:
+        with closing(sqlite3.connect(store.path)) as conn:
             (total,) = conn.execute("SELECT SUM(LENGTH(topic) + LENGTH(body)) FROM outbox").fetchone()
         assert store.stats().bytes == total
     finally:
@@ -195,7 +205,7 @@ async def test_a_full_disk_is_classified_and_nothing_is_half_written(small: Stor
     with pytest.raises(StoreFull, match=r"c\.db.*disk is full.*free disk space"):
         for n in range(500):
             await small.append(job(n), [telemetry("job", n)])
-    with sqlite3.connect(small.path) as conn:
+    with closing(sqlite3.connect(small.path)) as conn:
         orphans = conn.execute(
             "SELECT COUNT(*) FROM journal j "
             "WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.journal_id = j.id)"
@@ -230,9 +240,7 @@ async def test_a_corrupt_file_is_reopened_on_the_next_call_once_it_is_restored(t
     try:
         await store.append(job(2), [telemetry("job", 2)])
         # The file is replaced by one that is not a database (as a broken disk or a bad copy leaves it).
-        garbage = tmp_path / "garbage"
-        garbage.write_bytes(b"\x00garbage" * 1000)
-        garbage.replace(path)
+        swap_in_garbage(path)
         with pytest.raises(StoreCorrupt, match="file is not a database"):
             await store.reopen()
         with pytest.raises(StoreCorrupt):  # every call tries the file again

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from cellctl.core.events import AlarmAction, AlarmEvent, Event, PartProduced
 from cellctl.core.packml import State
 from cellctl.engine import Engine, OrderRequest
 from cellctl.engine.engine import STORE_ALARM
+from cellctl.errors import StoreCorrupt
 from cellctl.schema.cell import StoreRetry
 from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.store import Store, StorePolicy
@@ -85,7 +87,7 @@ async def cell_on_a_real_store(
 
 def assert_consistent(path: Path) -> None:
     """Nothing half-written: every outbox row has its journal entry and every journaled record its rows."""
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         (orphan_rows,) = conn.execute(
             "SELECT COUNT(*) FROM outbox o "
             "WHERE NOT EXISTS (SELECT 1 FROM journal j WHERE j.id = o.journal_id)"
@@ -117,6 +119,15 @@ async def assert_every_part_once(store: Store) -> None:
     assert done.data["produced"] == QUANTITY
     alarms = [e.data["action"] for e in journal if e.kind == "alarm" and e.data["alarm"] == STORE_ALARM]
     assert alarms[:2] == ["raised", "cleared"]
+
+
+def swap_in_garbage(path: Path) -> None:
+    """Replace the database (and its write-ahead log) with a file that is not a database."""
+    garbage = path.with_name("garbage")
+    garbage.write_bytes(b"\x00not a database" * 1000)
+    garbage.replace(path)
+    for stale in ("-wal", "-shm"):
+        Path(f"{path}{stale}").unlink(missing_ok=True)
 
 
 async def test_a_full_disk_holds_the_cell_and_it_recovers_without_a_restart(
@@ -179,3 +190,43 @@ async def test_a_lock_held_elsewhere_holds_the_cell_and_releasing_it_recovers(
         for conn in other:
             conn.close()
     assert_consistent(path)
+
+
+async def test_a_corrupt_file_holds_the_cell_and_the_retry_reopens_it_once_restored(
+    config: LoadedConfig, tmp_path: Path
+) -> None:
+    path, backup = tmp_path / "cellctl.db", tmp_path / "backup.db"
+
+    def back_up_after_third(index: int) -> None:
+        if index == 3:
+            with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(backup)) as dest:
+                source.backup(dest)
+
+    async with cell_on_a_real_store(config, path, on_part=back_up_after_third) as run:
+        await run.engine.submit(OrderRequest("PO-1", "oslo", QUANTITY), by="mes")
+        await reset_and_start(run.engine)
+        async with asyncio.timeout(T):
+            await run.third_part.wait()
+        # The file is replaced by one that is not a database; the store's connection notices on reopening.
+        swap_in_garbage(path)
+        with pytest.raises(StoreCorrupt):
+            await run.store.reopen()
+
+        await run.engine.wait_for(State.HELD, timeout=T)
+        alarm = run.engine.alarms.get(STORE_ALARM)
+        assert alarm is not None and alarm.active
+        assert "corrupt" in alarm.message and "file is not a database" in alarm.message
+        assert "restore" in alarm.message
+
+        shutil.copy(backup, path)  # restored from the backup: the retry opens the file anew
+        await finish_after_recovery(run)
+
+    restored = await Store.open(path)
+    try:
+        journal = await restored.journal(limit=100_000)
+        # The backup's parts, then the ones made after the Unhold: what the file lost is the backup's gap.
+        indexes = [e.data["index"] for e in journal if e.kind == "part"]
+        assert indexes[:3] == [1, 2, 3] and indexes[-1] == QUANTITY
+        assert indexes == sorted(set(indexes))
+    finally:
+        await restored.close()
