@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.core.events import AlarmAction, AlarmEvent, Event, PartProduced
+from cellctl.cli.ctl import format_status
+from cellctl.core.events import AlarmAction, AlarmEvent, DeviceHealthChanged, Event, PartProduced, Severity
 from cellctl.core.packml import State
 from cellctl.engine import Engine, OrderRequest
 from cellctl.engine.engine import STORE_ALARM
 from cellctl.errors import StoreCorrupt
+from cellctl.runtime.app import TELEMETRY_DROPPED_ALARM, watch_outbox
 from cellctl.schema.cell import StoreRetry
 from cellctl.schema.load import LoadedConfig, load_config
-from cellctl.store import Store, StorePolicy
+from cellctl.store import OutboxMessage, Store, StorePolicy
 from cellctl.telemetry.recorder import Recorder
 from tests.softcell import soft_cell
 from tests.unit.test_engine import T, reset_and_start, running
@@ -148,6 +150,7 @@ async def test_a_full_disk_holds_the_cell_and_it_recovers_without_a_restart(
         assert "disk_full" in alarm.message and "database or disk is full" in alarm.message
         assert str(path) in alarm.message and "Unhold" in alarm.message
         assert status.store is not None and status.store["failing"] == "disk_full"
+        assert "FAILING: disk_full" in format_status(status.to_dict())  # `cellctl ctl status` shows it
         assert status.counters.parts < QUANTITY
         assert_consistent(path)
 
@@ -230,3 +233,40 @@ async def test_a_corrupt_file_holds_the_cell_and_the_retry_reopens_it_once_resto
         assert indexes == sorted(set(indexes))
     finally:
         await restored.close()
+
+
+async def test_dropped_telemetry_raises_one_warning_with_the_count_and_clears_once_there_is_room(
+    config: LoadedConfig, tmp_path: Path
+) -> None:
+    store = await Store.open(tmp_path / "cellctl.db", policy=StorePolicy(max_rows=100))
+    engine = Engine(config, soft_cell(config.cell), Recorder(store, config.cell.identity))
+    seen: list[AlarmEvent] = []
+    raised, cleared = asyncio.Event(), asyncio.Event()
+
+    def listen(event: Event) -> None:
+        if isinstance(event, AlarmEvent) and event.alarm == TELEMETRY_DROPPED_ALARM:
+            seen.append(event)
+            (raised if event.action is AlarmAction.RAISED else cleared).set()
+
+    engine.add_listener(listen)
+    state = OutboxMessage(topic="a/b/state", stream="state", body={"n": 0})
+    try:
+        async with running(engine), asyncio.TaskGroup() as group:
+            watch = group.create_task(watch_outbox(store, engine, period_s=0.01), name="test:outbox")
+            for n in range(150):
+                await store.append(DeviceHealthChanged(ts=float(n), device="robot1", state="up"), [state])
+            async with asyncio.timeout(T):
+                await raised.wait()
+            alarm = engine.alarms.get(TELEMETRY_DROPPED_ALARM)
+            assert alarm is not None and alarm.active and alarm.severity is Severity.WARNING
+            assert "telemetry message(s) dropped" in alarm.message and "state " in alarm.message
+            assert store.stats().dropped["state"] >= 50
+
+            batch = await store.outbox_batch(1000)
+            await store.ack([r.id for r in batch])  # the broker took them: room again
+            async with asyncio.timeout(T):
+                await cleared.wait()
+            watch.cancel()
+    finally:
+        await store.close()
+    assert [e.action for e in seen] == [AlarmAction.RAISED, AlarmAction.CLEARED]  # once, not per drop
