@@ -11,10 +11,12 @@ that hides it). Three runs of N parts each, on a fresh file each, repeated R tim
    the cost of the journal and the outbox alone.
 2. **bounded, room**: the default bound (1,000,000 rows / 512 MiB), never reached: the per-insert check on
    the in-memory totals.
-3. **bounded, at the bound**: ``max_rows`` M already filled with state telemetry; every part makes room by
+3. **unbounded, prefilled**: M state telemetry rows queued first, the bound check off: the baseline of (4),
+   since a fuller file is slower to write whatever the bound does.
+4. **bounded, at the bound**: ``max_rows`` M already filled with state telemetry; every part makes room by
    dropping the oldest telemetry rows (pruned 1 % of M at a time).
 
-Reported: parts/s (median of R) and the ratios (2)/(1) and (3)/(1).
+Reported: parts/s (median of R) and the ratios (2)/(1) and (4)/(3).
 """
 
 from __future__ import annotations
@@ -72,21 +74,21 @@ async def one_run(folder: Path, mode: str, parts: int, max_rows: int, synchronou
     identity = load_config(CONFIG).cell.identity
     path = folder / f"{mode}-{time.monotonic_ns()}.db"
     policy = StorePolicy(
-        max_rows=max_rows if mode == "at_bound" else StorePolicy.max_rows,
+        max_rows=max_rows if mode == "at_bound" else StorePolicy().max_rows,
         records_synchronous=synchronous,
         telemetry_synchronous=synchronous,
     )
     store = await Store.open(path, policy=policy)
     try:
-        if mode == "unbounded":
+        if mode in ("unbounded", "prefilled"):
             # Measurement only: the same store with its bound check switched off.
             store._bound.make_room = lambda *_args: {}  # type: ignore[method-assign]
-        elif mode == "at_bound":
+        if mode in ("prefilled", "at_bound"):
             filler = OutboxMessage(topic="a/b/state", stream="state", body={"state": "Execute"})
             health = DeviceHealthChanged(ts=time.time(), device="robot1", state="up")
             for _ in range(max_rows):
                 await store.append(health, [filler])
-            assert store.stats().rows == max_rows
+            assert store.stats().rows >= max_rows
         recorder = Recorder(store, identity)
         began = time.perf_counter()
         for index in range(1, parts + 1):
@@ -100,11 +102,11 @@ async def one_run(folder: Path, mode: str, parts: int, max_rows: int, synchronou
 
 
 async def bench(parts: int, repeats: int, max_rows: int, synchronous: str) -> dict[str, Any]:
-    modes = ["unbounded", "bounded", "at_bound"]
+    modes = ["unbounded", "bounded", "prefilled", "at_bound"]
     rates: dict[str, list[float]] = {m: [] for m in modes}
     with _util.temp_folder() as folder:
         for r in range(repeats):
-            order = modes[r % 3 :] + modes[: r % 3]  # rotate: no mode always runs first (cold cache)
+            order = modes[r % 4 :] + modes[: r % 4]  # rotate: no mode always runs first (cold cache)
             for mode in order:
                 rates[mode].append(await one_run(folder, mode, parts, max_rows, synchronous))
     median = {m: statistics.median(v) for m, v in rates.items()}
@@ -116,7 +118,7 @@ async def bench(parts: int, repeats: int, max_rows: int, synchronous: str) -> di
         "parts_per_s": {m: round(v, 1) for m, v in median.items()},
         "runs": {m: [round(x, 1) for x in v] for m, v in rates.items()},
         "ratio_bounded_vs_unbounded": round(median["bounded"] / median["unbounded"], 3),
-        "ratio_at_bound_vs_unbounded": round(median["at_bound"] / median["unbounded"], 3),
+        "ratio_at_bound_vs_prefilled": round(median["at_bound"] / median["prefilled"], 3),
     }
 
 
@@ -138,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  unbounded (no bound check)      {rates['unbounded']:>9.1f}")
         ratio = result["ratio_bounded_vs_unbounded"]
         print(f"  bounded, room                   {rates['bounded']:>9.1f}  ratio {ratio}")
-        print(
-            f"  bounded, at the bound ({args.max_rows} rows) {rates['at_bound']:>9.1f}  "
-            f"ratio {result['ratio_at_bound_vs_unbounded']}"
-        )
+        print(f"  unbounded, {args.max_rows} rows queued  {rates['prefilled']:>9.1f}")
+        ratio = result["ratio_at_bound_vs_prefilled"]
+        print(f"  bounded, at the bound ({args.max_rows}) {rates['at_bound']:>9.1f}  ratio {ratio}")
     return 0
 
 

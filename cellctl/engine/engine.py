@@ -856,10 +856,11 @@ class Engine:
     async def record(self, event: Event) -> int:
         """Journal a fact from outside the engine (an operator's action, a device's health) through the same
         path as the engine's own: after the deferred facts, and a refusal raises the ``store`` alarm (and is
-        retried by the recovery task). StoreError when the store refuses it."""
-        return await self._record(event)
+        retried by the recovery task). StoreError when the store refuses it. The engine's listeners are not
+        told: the caller tells its own (the API service does, so a watcher hears an action once)."""
+        return await self._record(event, notify=False)
 
-    async def _record(self, event: Event) -> int:
+    async def _record(self, event: Event, *, notify: bool = True) -> int:
         try:
             journal_id = await self._sink.record(event)
         except StoreError as exc:
@@ -872,7 +873,8 @@ class Engine:
         if isinstance(event, StepEvent):
             self._track_step(event)
             self._durations.observe(event)
-        self._notify(event)
+        if notify:
+            self._notify(event)
         return journal_id
 
     async def _alarm_store(self, message: str | None = None) -> None:
