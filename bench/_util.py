@@ -231,9 +231,9 @@ def system_busy_s() -> float:
 
 
 @contextlib.contextmanager
-def temp_folder() -> Iterator[Path]:
-    """A temporary folder, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="cellctl-bench-") as name:
+def temp_folder(under: Path | None = None) -> Iterator[Path]:
+    """A temporary folder (in ``under`` when given), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="cellctl-bench-", dir=under) as name:
         yield Path(name)
 
 

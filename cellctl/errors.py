@@ -243,7 +243,45 @@ class SpcHold(CellctlError):
 
 
 class StoreError(CellctlError):
-    """The store could not keep a record."""
+    """The store could not keep a record; ``cause`` says why in one word, ``advice`` what a person can do."""
+
+    cause: ClassVar[str] = "error"
+    advice: ClassVar[str] = ""
+
+
+class StoreFull(StoreError):
+    """The disk (or the file's page limit) is full: SQLITE_FULL."""
+
+    cause = "disk_full"
+    advice = "free disk space on the store's file system; the cell recovers by itself, then Unhold"
+
+
+class StoreLocked(StoreError):
+    """Another connection holds the database lock past the busy timeout: SQLITE_BUSY / LOCKED."""
+
+    cause = "locked"
+    advice = "find and stop the other process holding the store file open (e.g. `fuser FILE`), then Unhold"
+
+
+class StoreCorrupt(StoreError):
+    """The file is not a database or is malformed: SQLITE_CORRUPT / SQLITE_NOTADB; the store reopens it."""
+
+    cause = "corrupt"
+    advice = "stop cellctl and restore the store file from a backup (or move it aside to start afresh)"
+
+
+class StoreIOError(StoreError):
+    """The operating system failed a read or write of the file: SQLITE_IOERR; the store reopens it."""
+
+    cause = "io_error"
+    advice = "check the disk and the file system (dmesg) holding the store file; the store reopens it"
+
+
+class OutboxFull(StoreError):
+    """The outbox is at its bound and holds only records, which are never dropped: nothing was written."""
+
+    cause = "outbox_full"
+    advice = "let the publisher drain the outbox (check the broker link) or raise store.outbox limits"
 
 
 class ApiError(CellctlError):

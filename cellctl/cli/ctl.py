@@ -476,8 +476,28 @@ def format_status(status: dict[str, Any]) -> str:
     oee = status.get("oee")
     if isinstance(oee, dict):
         rows.append(("oee", _format_oee(oee)))
+    store = status.get("store")
+    if isinstance(store, dict):
+        rows.append(("store", _format_store(store)))
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
+def _format_store(store: dict[str, Any]) -> str:
+    """The outbox against its bound, telemetry dropped and the failing cause, on one line."""
+    parts = []
+    if "rows" in store:
+        mib = 1024 * 1024
+        parts.append(
+            f"outbox {store.get('rows')}/{store.get('max_rows')} rows, "
+            f"{_num(store.get('bytes', 0) / mib, '.1f')}/{_num(store.get('max_bytes', 0) / mib, '.0f')} MiB"
+        )
+    dropped = store.get("dropped") or {}
+    if isinstance(dropped, dict) and dropped:
+        parts.append("dropped " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    if store.get("failing"):
+        parts.append(f"FAILING: {store['failing']}")
+    return "; ".join(parts) or "-"
 
 
 def format_alarm(alarm: dict[str, Any]) -> str:

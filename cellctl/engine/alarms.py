@@ -102,10 +102,17 @@ class AlarmManager:
             return True
 
     async def clear_alarm(
-        self, alarm: str, *, by: str = "engine", message: str = "", ack: bool = False
+        self,
+        alarm: str,
+        *,
+        by: str = "engine",
+        message: str = "",
+        ack: bool = False,
+        journaled: bool = False,
     ) -> bool:
         """The condition of ``alarm`` is gone; False when it was not active. It stays shown until acked;
-        ``ack``: the clear is a person's acknowledgement too (a Reset or Unhold), recorded in one event."""
+        ``ack``: the clear is a person's acknowledgement too (a Reset or Unhold), recorded in one event;
+        ``journaled``: it takes effect only once journaled (StoreError, nothing changed, if not)."""
         async with self._lock:
             found = self._alarms.get(alarm)
             if found is None or not found.active:
@@ -114,7 +121,11 @@ class AlarmManager:
             cleared = replace(found, active=False, cleared_ts=now, message=message or found.message)
             if ack and cleared.acked_by is None:
                 cleared = replace(cleared, acked_by=by, acked_ts=now)
-            await self._journal(self._event(cleared, AlarmAction.CLEARED, by=by, ts=now))
+            event = self._event(cleared, AlarmAction.CLEARED, by=by, ts=now)
+            if journaled:
+                await self._record(event)
+            else:
+                await self._journal(event)
             self._settle(cleared)
             self._log.info("alarm cleared", alarm=alarm, by=by)
             return True

@@ -103,7 +103,11 @@ RECOVERY_ALARM = "unclean_stop"
 """Alarm raised at power-up when the journal shows the last run was killed; cleared by Reset."""
 
 STORE_ALARM = "store"
-"""Alarm raised while the store cannot journal facts; cleared once a record succeeds again."""
+"""Alarm raised while the store cannot journal facts; cleared once a record succeeds again (the recovery task
+retries by itself). A cell held for it stays Held until a person Unholds it."""
+STORE_RECOVERED = (
+    "the store journals again (recovered by itself); the cell stays held until a person Unholds it"
+)
 
 IN_DOUBT_REASON = "its outcome before the unclean stop is unknown"
 DONE_DIFFERS_REASON = "it was journaled done before the unclean stop, yet its result does not read back"
@@ -264,6 +268,8 @@ class CellStatus:
     alarms: tuple[Alarm, ...] = ()
     """Alarms active or not yet acknowledged, the most severe first."""
     spc: tuple[SpcSummary, ...] = ()
+    store: dict[str, Any] | None = None
+    """The outbox against its bound (rows, bytes, limits, dropped per stream) and the failing cause."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -287,6 +293,7 @@ class CellStatus:
             "oee": self.oee.to_dict() if self.oee else None,
             "alarms": [a.to_dict() for a in self.alarms],
             "spc": [s.to_dict() for s in self.spc],
+            "store": self.store,
         }
 
 
@@ -362,16 +369,21 @@ class Engine:
         recovery: Recovery | None = None,
         orders: OrderBook | None = None,
         spc_history: Sequence[HistoricValue] = (),
+        store_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """``recovery`` (``read_recovery`` of the journal) restores unfinished jobs and, after an unclean
         stop, powers up with an alarm and resumes the interrupted changeover only after Reset and Start.
         ``orders`` (the store) answers for order ids accepted before this run: one job per order id.
-        ``spc_history`` (``read_spc_history``) rebuilds the control charts."""
+        ``spc_history`` (``read_spc_history``) rebuilds the control charts. ``store_stats`` (the store's
+        outbox figures) is shown in the status."""
+        self._store_stats = store_stats
         self._orders = orders
         self._config = config
         self._clock: Clock = clock or SystemClock()
         # Every fact goes through the watch: it notes a failing store and keeps what must be journaled later.
         self._sink = self._store = StoreWatch(sink)
+        # Set while the store fails: wakes the recovery task, which retries until a record succeeds.
+        self._store_down = asyncio.Event()
         self._name = config.cell.identity.cell
         self._log = structlog.get_logger(__name__).bind(cell=self._name)
         self._listeners: list[Listener] = []
@@ -461,6 +473,7 @@ class Engine:
                     await self._cell.power_up(State.STOPPED, by=ENGINE)
                     await self._report_recovery()
                     group.create_task(self._report_oee(), name="engine:oee")
+                    group.create_task(self._recover_store(), name="engine:store-recovery")
                     if self._safety.configured:
                         group.create_task(self._safety.run(), name="engine:interlocks")
                     self._log.info("engine running", devices=sorted(self._profiles))
@@ -563,7 +576,16 @@ class Engine:
             oee=self._oee.figures(self._clock.wall()),
             alarms=self.alarms.shown(),
             spc=self._spc.summary(self._current.variant if self._current else self._variant),
+            store=self._store_status(),
         )
+
+    def _store_status(self) -> dict[str, Any] | None:
+        failure = self._store.failure
+        if self._store_stats is None and failure is None:
+            return None
+        figures = dict(self._store_stats()) if self._store_stats is not None else {}
+        figures["failing"] = failure.cause if failure is not None else None
+        return figures
 
     async def acknowledge(self, alarm: str, *, by: str) -> CellStatus:
         """A person acknowledges a shown alarm (journaled with who); AlarmError when there is none to ack."""
@@ -831,10 +853,18 @@ class Engine:
     # --------------------------------------------------------------------------------------------------------
     # Recording
 
-    async def _record(self, event: Event) -> int:
+    async def record(self, event: Event) -> int:
+        """Journal a fact from outside the engine (an operator's action, a device's health) through the same
+        path as the engine's own: after the deferred facts, and a refusal raises the ``store`` alarm (and is
+        retried by the recovery task). StoreError when the store refuses it. The engine's listeners are not
+        told: the caller tells its own (the API service does, so a watcher hears an action once)."""
+        return await self._record(event, notify=False)
+
+    async def _record(self, event: Event, *, notify: bool = True) -> int:
         try:
             journal_id = await self._sink.record(event)
         except StoreError as exc:
+            self._store_down.set()
             if not isinstance(event, AlarmEvent):  # an alarm event the store refuses is deferred, not alarmed
                 await self._alarm_store(str(exc))
             raise
@@ -843,7 +873,8 @@ class Engine:
         if isinstance(event, StepEvent):
             self._track_step(event)
             self._durations.observe(event)
-        self._notify(event)
+        if notify:
+            self._notify(event)
         return journal_id
 
     async def _alarm_store(self, message: str | None = None) -> None:
@@ -853,9 +884,42 @@ class Engine:
         if message is None and failure is not None:
             message = f"the store could not journal {failure.fact}: {failure.error}"
         if message is not None and not self.alarms.is_active(STORE_ALARM):
+            self._store_down.set()
+            cause = failure.cause if failure is not None else StoreError.cause
             await self.alarms.raise_alarm(
-                STORE_ALARM, severity=Severity.CRITICAL, message=message, source="store"
+                STORE_ALARM,
+                severity=Severity.CRITICAL,
+                message=f"store {cause}: {message}; retried by itself, then Unhold",
+                source="store",
             )
+
+    async def _recover_store(self) -> None:
+        """While the store fails, retry it (interval doubling up to a bound): write the deferred facts, then
+        clear the ``store`` alarm, journaled. A held cell stays Held: a person Unholds it."""
+        retry = self._config.cell.store.retry
+        while True:
+            await self._store_down.wait()
+            delay = retry.interval_s
+            while not await self._store_recovered():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, retry.max_interval_s)
+            self._store_down.clear()
+
+    async def _store_recovered(self) -> bool:
+        """One try: True once the store journals again (the alarm cleared) or nothing is failing."""
+        if self._store.failure is None and not self.alarms.is_active(STORE_ALARM):
+            return True
+        try:
+            written = await self._store.retry()
+            if not self.alarms.is_active(STORE_ALARM):
+                await self._alarm_store()  # the alarm's own record was deferred: show it, clear it next try
+            # The clear is itself the record that proves the store works; refused, the alarm stays.
+            await self.alarms.clear_alarm(STORE_ALARM, message=STORE_RECOVERED, journaled=True)
+        except StoreError as exc:
+            self._log.info("store still failing", error=str(exc))
+            return False
+        self._log.warning("store recovered", deferred_written=written, state=self._cell.state.label)
+        return self._store.failure is None
 
     def _defer_alarm(self, event: AlarmEvent, error: StoreError) -> None:
         """An alarm took effect but the store refused it: journal it later, show it to the listeners now."""
@@ -1049,6 +1113,9 @@ class Engine:
             await self.alarms.clear_alarm(
                 STORE_ALARM, by=by, message=f"the store journals again; acknowledged by {by}", ack=True
             )
+            shown = self.alarms.get(STORE_ALARM)
+            if shown is not None and not shown.active and shown.acked_by is None:
+                await self.alarms.acknowledge(STORE_ALARM, by=by)  # recovered by itself: this person saw it
         await self.alarms.clear_alarm(HOLD_ALARM, by=by, message=f"acknowledged by {by}", ack=True)
 
     async def _safety_command(self, command: Command, reason: str) -> None:

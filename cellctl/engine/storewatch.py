@@ -4,7 +4,8 @@ A fact the store cannot keep raises StoreError naming the fact, and the watch re
 that took effect although they could not be journaled (a state move, an alarm: safety comes before the
 journal) are handed to ``defer``; they are journaled first, in the order they happened, by the next record
 once the store works again, so the journal tells the story in order. Until the backlog is written no newer
-fact is journaled ahead of it.
+fact is journaled ahead of it. ``retry`` writes the backlog without a new fact: the engine's recovery task
+calls it while the store fails.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class StoreFailure:
     fact: str
     error: str
     ts: float
+    cause: str = StoreError.cause
+    """Its class (``StoreError.cause``: disk_full, locked, corrupt, io_error, outbox_full, error)."""
 
 
 class StoreWatch:
@@ -89,6 +92,24 @@ class StoreWatch:
             self._failure = None
             return journal_id
 
+    async def retry(self) -> int:
+        """Journal the deferred facts (oldest first) and return how many were written; StoreError (the
+        failure kept) when the store still refuses one. Writing nothing proves nothing: the failure stays
+        noted until a record succeeds."""
+        async with self._lock:
+            waiting = len(self._backlog)
+            try:
+                await self._catch_up()
+            except StoreError as exc:
+                failure = self._failure
+                fact = failure.fact if failure is not None else "a deferred fact"
+                error = f"{len(self._backlog)} deferred fact(s) still wait: {exc}"
+                self._failure = StoreFailure(
+                    fact=fact, error=error, ts=failure.ts if failure else 0.0, cause=exc.cause
+                )
+                raise
+            return waiting
+
     async def _catch_up(self) -> None:
         while self._backlog:
             event = self._backlog[0]
@@ -99,9 +120,10 @@ class StoreWatch:
     def _failed(self, event: Event, exc: StoreError, *, waiting: int = 0) -> StoreError:
         fact = describe(event)
         error = str(exc) if not waiting else f"{waiting} earlier fact(s) still wait: {exc}"
-        self._failure = StoreFailure(fact=fact, error=error, ts=event.ts)
-        _log.error("store failed to journal a fact", fact=fact, error=error)
-        return StoreError(f"the store could not journal {fact}: {error}")
+        self._failure = StoreFailure(fact=fact, error=error, ts=event.ts, cause=exc.cause)
+        _log.error("store failed to journal a fact", fact=fact, error=error, cause=exc.cause)
+        # The same class (StoreFull, OutboxFull, ...): callers and the alarm see the cause.
+        return type(exc)(f"the store could not journal {fact}: {error}")
 
 
 __all__ = ["MAX_BACKLOG", "StoreFailure", "StoreWatch", "describe"]

@@ -23,7 +23,7 @@ from cellctl.errors import StoreError
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
-from cellctl.store import Store
+from cellctl.store import Store, StorePolicy
 from cellctl.telemetry.encoding import Encoding
 from cellctl.telemetry.publisher import OutboxPublisher
 from cellctl.telemetry.recorder import Recorder
@@ -89,7 +89,9 @@ class CellApp:
         # What `cellctl check` warns about (e.g. an OPC UA device without security), once at start.
         for warning in config_warnings(self.config):
             log.warning("config warning", warning=str(warning))
-        store = await Store.open(self.config.resolve(cell.store.path), synchronous=cell.store.synchronous)
+        store = await Store.open(
+            self.config.resolve(cell.store.path), policy=StorePolicy.from_config(cell.store)
+        )
         try:
             await self._run_with_store(store, stop, on_ready)
         finally:
@@ -135,6 +137,7 @@ class CellApp:
             recovery=recovery,
             spc_history=spc_history,
             orders=store,
+            store_stats=lambda: store.stats().to_dict(),
         )
         publisher = None
         if self._publish:
@@ -144,7 +147,8 @@ class CellApp:
         async def journal(after_id: int, limit: int) -> list[dict[str, Any]]:
             return [dataclasses.asdict(e) for e in await store.journal(after_id=after_id, limit=limit)]
 
-        service = ControlService(engine, identity=cell.identity, journal=journal, sink=recorder)
+        # Operator actions go through the engine: a failing store raises its alarm and is retried.
+        service = ControlService(engine, identity=cell.identity, journal=journal, sink=engine)
         server = ControlServer(self.config.resolve(cell.api.socket), service)
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller
@@ -155,15 +159,14 @@ class CellApp:
         try:
             async with asyncio.TaskGroup() as tg:
                 driver_tasks = [tg.create_task(d.run(), name=f"driver:{n}") for n, d in drivers.items()]
-                health_task = tg.create_task(
-                    self._record_health(health_changes, recorder, engine), name="health"
-                )
+                health_task = tg.create_task(self._record_health(health_changes, engine), name="health")
                 engine_task = tg.create_task(engine.run(), name="engine")
                 api_task = tg.create_task(server.run(), name="api")
                 publisher_task = (
                     tg.create_task(publisher.run(), name="publisher") if publisher is not None else None
                 )
                 status_task = tg.create_task(self._report_status(engine), name="status")
+                outbox_task = tg.create_task(watch_outbox(store, engine), name="store:outbox")
 
                 await server.ready.wait()
                 controller.ready.set()
@@ -182,7 +185,7 @@ class CellApp:
                     await engine.shutdown(STOP_DEADLINE_S)
                 except Exception as exc:  # the cell must still be brought down when Stop is refused
                     log.warning("orderly stop failed; cancelling the engine", error=str(exc))
-                for task in (api_task, engine_task, status_task, *driver_tasks):
+                for task in (api_task, engine_task, status_task, outbox_task, *driver_tasks):
                     await _cancel(task)
                 await self._drain(health_changes, recorder)
                 await _cancel(health_task)
@@ -209,13 +212,12 @@ class CellApp:
             characteristics=characteristics,
         )
 
-    async def _record_health(
-        self, changes: asyncio.Queue[Health], recorder: Recorder, engine: Engine
-    ) -> None:
+    async def _record_health(self, changes: asyncio.Queue[Health], engine: Engine) -> None:
         while True:
             health = await changes.get()
             try:
-                await recorder.record(_health_event(health, self._clock.wall()))
+                # Through the engine: after its deferred facts, and a refusal raises the `store` alarm.
+                await engine.record(_health_event(health, self._clock.wall()))
             except StoreError as exc:
                 # A store that cannot record must not end this task (and the controller): the engine's
                 # `store` alarm reports it; the link's own alarm below still shows what the device does.
@@ -243,6 +245,42 @@ class CellApp:
         status = engine.status()
         job = status.current_job
         return f"state={status.state} job={job.job_id if job else '-'} queue={len(status.queue)}"
+
+
+TELEMETRY_DROPPED_ALARM = "telemetry_dropped"
+"""Warning raised once when the outbox dropped telemetry at its bound; cleared when it has room again."""
+OUTBOX_WATCH_S = 1.0
+OUTBOX_ROOM = 0.9
+"""The outbox has room again below this share of both limits."""
+
+
+async def watch_outbox(store: Store, engine: Engine, *, period_s: float = OUTBOX_WATCH_S) -> None:
+    """Raise ``telemetry_dropped`` (a warning, once, with the count) when the store drops telemetry at the
+    outbox's bound; clear it once the outbox has room again. Reads the store's in-memory figures only."""
+    seen = store.stats().dropped_total  # drops of earlier runs were alarmed then
+    while True:
+        await asyncio.sleep(period_s)
+        stats = store.stats()
+        if stats.dropped_total > seen and not engine.alarms.is_active(TELEMETRY_DROPPED_ALARM):
+            count = stats.dropped_total - seen
+            per_stream = ", ".join(f"{k} {v}" for k, v in stats.dropped.items())
+            await engine.alarms.raise_alarm(
+                TELEMETRY_DROPPED_ALARM,
+                severity=Severity.WARNING,
+                message=(
+                    f"{count} telemetry message(s) dropped at the outbox's bound (since the file was made: "
+                    f"{per_stream}); the broker link is down or slow"
+                ),
+                source="store",
+            )
+            seen = stats.dropped_total
+        elif (
+            engine.alarms.is_active(TELEMETRY_DROPPED_ALARM)
+            and stats.rows < OUTBOX_ROOM * stats.max_rows
+            and stats.bytes < OUTBOX_ROOM * stats.max_bytes
+        ):
+            seen = stats.dropped_total
+            await engine.alarms.clear_alarm(TELEMETRY_DROPPED_ALARM, message="the outbox has room again")
 
 
 DEVICE_ALARM_PREFIX = "device:"

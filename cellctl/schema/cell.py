@@ -464,11 +464,88 @@ class MqttConfig(Strict):
     """Share of ``window`` that backlog may hold in flight; the rest stays free for live messages."""
 
 
+class StreamClass(StrEnum):
+    """How the outbox treats a telemetry stream at its bound: records are never dropped, telemetry may be."""
+
+    RECORDS = "records"
+    TELEMETRY = "telemetry"
+
+
+DEFAULT_STREAM_CLASSES: dict[str, StreamClass] = {
+    "job": StreamClass.RECORDS,
+    "changeover": StreamClass.RECORDS,
+    "part": StreamClass.RECORDS,
+    "quality": StreamClass.RECORDS,
+    "alarm": StreamClass.RECORDS,
+    "oee": StreamClass.RECORDS,
+    "state": StreamClass.TELEMETRY,
+    "health": StreamClass.TELEMETRY,
+}
+"""The class of every telemetry stream (core/events.py ``Stream``) unless ``store.streams`` says otherwise."""
+
+Synchronous = Literal["NORMAL", "FULL", "EXTRA"]
+
+
+class OutboxLimits(Strict):
+    """The outbox's bound: rows and bytes (topic + JSON body) waiting for the broker."""
+
+    max_rows: Annotated[int, Field(ge=100)] = 1_000_000
+    max_bytes: Annotated[int, Field(ge=65_536)] = 512 * 1024 * 1024
+
+
+class Durability(Strict):
+    """SQLite ``synchronous`` of a transaction by class: FULL survives a power cut, NORMAL an app crash."""
+
+    records: Synchronous = "FULL"
+    telemetry: Synchronous = "NORMAL"
+
+
+class StoreRetry(Strict):
+    """How often a failing store is tried again (``interval_s`` doubling up to ``max_interval_s``)."""
+
+    interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    max_interval_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StoreRetry:
+        if self.max_interval_s < self.interval_s:
+            raise located("max_interval_s must not be less than interval_s", "max_interval_s")
+        return self
+
+
 class StoreConfig(Strict):
-    """The SQLite file holding the journal and the outbox (relative paths are from the cell file)."""
+    """The SQLite file holding the journal and the outbox (relative paths are from the cell file).
+
+    ``synchronous`` (older key) sets the durability of both classes when ``durability`` is not given.
+    """
 
     path: str = "var/cellctl.db"
-    synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    synchronous: Synchronous = "FULL"
+    durability: Durability = Durability()
+    outbox: OutboxLimits = OutboxLimits()
+    streams: dict[str, StreamClass] = Field(default_factory=dict)
+    """Overrides of ``DEFAULT_STREAM_CLASSES`` by stream name."""
+    retry: StoreRetry = StoreRetry()
+
+    @field_validator("streams")
+    @classmethod
+    def _known_streams(cls, value: dict[str, StreamClass]) -> dict[str, StreamClass]:
+        for name in value:
+            if name not in DEFAULT_STREAM_CLASSES:
+                known = ", ".join(DEFAULT_STREAM_CLASSES)
+                raise located(f"unknown stream {name!r} (streams: {known})", name)
+        return value
+
+    def stream_classes(self) -> dict[str, StreamClass]:
+        """Every stream's class: the defaults with this file's overrides."""
+        return {**DEFAULT_STREAM_CLASSES, **self.streams}
+
+    def synchronous_for(self) -> tuple[Synchronous, Synchronous]:
+        """(records, telemetry) ``synchronous`` modes: ``durability``, else the older ``synchronous`` key for
+        both when only it was written."""
+        if "durability" not in self.model_fields_set and "synchronous" in self.model_fields_set:
+            return self.synchronous, self.synchronous
+        return self.durability.records, self.durability.telemetry
 
 
 class ApiConfig(Strict):

@@ -8,21 +8,30 @@ import math
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
-from cellctl.core.events import Event, JobEvent
+from cellctl.core.events import Event, JobEvent, OperatorAction, StateChanged
 from cellctl.core.ports import OrderRecord
-from cellctl.errors import StoreError
+from cellctl.errors import (
+    OutboxFull,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+)
+from cellctl.schema.cell import DEFAULT_STREAM_CLASSES, StoreConfig, StreamClass
 from cellctl.store import journal, meta, orders, outbox, steps
 from cellctl.store.journal import JournalEntry
-from cellctl.store.outbox import OutboxMessage, OutboxRow
+from cellctl.store.outbox import OutboxBound, OutboxFullError, OutboxMessage, OutboxRow, OutboxStats
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The newest schema this code knows; a file written by newer code is refused."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -30,6 +39,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: orders.SCHEMA_V2,
     3: meta.SCHEMA_V3,
     4: outbox.SCHEMA_V4,
+    5: outbox.SCHEMA_V5,
 }
 """Statements that take the schema from version ``n - 1`` to ``n``; each version runs in one transaction."""
 
@@ -40,15 +50,68 @@ _T = TypeVar("_T")
 _log = structlog.get_logger("cellctl.store")
 
 
+@dataclass(frozen=True, slots=True)
+class StorePolicy:
+    """The outbox's bound, which streams may be dropped at it, and ``synchronous`` per class."""
+
+    max_rows: int = 1_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    telemetry_streams: frozenset[str] = frozenset(
+        s for s, c in DEFAULT_STREAM_CLASSES.items() if c is StreamClass.TELEMETRY
+    )
+    records_synchronous: str = "FULL"
+    telemetry_synchronous: str = "NORMAL"
+    busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    """How long a write waits for another connection's lock before it fails as ``locked``."""
+
+    @classmethod
+    def from_config(cls, config: StoreConfig) -> StorePolicy:
+        """The policy a cell file's ``store`` section asks for."""
+        records, telemetry = config.synchronous_for()
+        return cls(
+            max_rows=config.outbox.max_rows,
+            max_bytes=config.outbox.max_bytes,
+            telemetry_streams=frozenset(
+                s for s, c in config.stream_classes().items() if c is StreamClass.TELEMETRY
+            ),
+            records_synchronous=records,
+            telemetry_synchronous=telemetry,
+        )
+
+    def is_record(self, event: Event, messages: Sequence[OutboxMessage]) -> bool:
+        """True when the transaction keeping ``event`` holds a record (committed with records' durability):
+        a record-class row or fact, an operator's action, or a commanded state move. Only pure telemetry (a
+        device's health, a state completing by itself) is not."""
+        telemetry = self.telemetry_streams
+        if str(event.stream) not in telemetry or isinstance(event, OperatorAction):
+            return True
+        if isinstance(event, StateChanged) and event.command is not None:
+            return True
+        return any(str(m.stream) not in telemetry for m in messages)
+
+
 class Store:
     """The journal and the outbox in one SQLite file; every call runs on the store's own thread."""
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        executor: ThreadPoolExecutor,
+        conn: sqlite3.Connection,
+        *,
+        policy: StorePolicy,
+        bound: OutboxBound,
+    ) -> None:
         """Use ``Store.open``; this only wires an already opened connection and its thread."""
         self._path = path
         self._executor = executor
         self._conn: sqlite3.Connection | None = conn
         self._closing = False
+        self._policy = policy
+        self._bound = bound
+        self._synchronous = policy.records_synchronous  # what the connection is set to now
+        # Set by a corrupt or I/O failure: the next call opens the file anew (it may have been replaced).
+        self._reopen_due = False
 
     @property
     def path(self) -> Path:
@@ -56,21 +119,58 @@ class Store:
         return self._path
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> Store:
-        """Open (creating folders and file) and migrate the store; StoreError if it cannot be used."""
-        mode = synchronous.upper()
-        if mode not in SYNCHRONOUS_MODES:
-            allowed = ", ".join(sorted(SYNCHRONOUS_MODES))
-            raise StoreError(f"{path}: synchronous must be one of {allowed}, not {synchronous!r}")
+    async def open(cls, path: Path, *, synchronous: str = "FULL", policy: StorePolicy | None = None) -> Store:
+        """Open (creating folders and file) and migrate the store; StoreError if it cannot be used.
+
+        ``policy`` (``StorePolicy.from_config``) sets the outbox's bound and durability per class; without
+        it the default bound applies and every transaction commits with ``synchronous``.
+        """
+        if policy is None:
+            policy = StorePolicy(records_synchronous=synchronous, telemetry_synchronous=synchronous)
+        for name, value in (
+            ("synchronous", policy.records_synchronous),
+            ("synchronous", policy.telemetry_synchronous),
+        ):
+            if value.upper() not in SYNCHRONOUS_MODES:
+                allowed = ", ".join(sorted(SYNCHRONOUS_MODES))
+                raise StoreError(f"{path}: {name} must be one of {allowed}, not {value!r}")
+        policy = replace(
+            policy,
+            records_synchronous=policy.records_synchronous.upper(),
+            telemetry_synchronous=policy.telemetry_synchronous.upper(),
+        )
+        bound = OutboxBound(policy.max_rows, policy.max_bytes, policy.telemetry_streams)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellctl-store")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(executor, _connect, Path(path), mode)
+            conn = await loop.run_in_executor(executor, _open_with_totals, Path(path), policy, bound)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        _log.info("store opened", path=str(path), synchronous=mode, schema=SCHEMA_VERSION)
-        return cls(Path(path), executor, conn)
+        _log.info(
+            "store opened",
+            path=str(path),
+            synchronous=policy.records_synchronous,
+            telemetry_synchronous=policy.telemetry_synchronous,
+            schema=SCHEMA_VERSION,
+            outbox_rows=bound.rows,
+            outbox_bytes=bound.bytes,
+        )
+        return cls(Path(path), executor, conn, policy=policy, bound=bound)
+
+    @property
+    def policy(self) -> StorePolicy:
+        """The bound and durability this store applies."""
+        return self._policy
+
+    def stats(self) -> OutboxStats:
+        """The outbox's rows and bytes against its limits and the telemetry dropped per stream (in memory)."""
+        return self._bound.stats()
+
+    async def reopen(self) -> None:
+        """Close the connection and open the file anew (a replaced or repaired file needs a new connection);
+        StoreError when it still cannot be opened (the next call tries again)."""
+        await self._call("reopen", lambda _conn: None, reopen=True)
 
     async def append(self, event: Event, messages: Sequence[OutboxMessage]) -> int:
         """Journal ``event`` and queue its messages in one transaction; return the journal id.
@@ -78,14 +178,36 @@ class Store:
         A job's queued entry also takes its order id (OrderConflict, nothing written, if another job has it).
         """
 
+        policy, bound = self._policy, self._bound
+
         def work(conn: sqlite3.Connection) -> int:
             data_json = _dumps(event.to_data(), f"{event.kind} event")
             bodies = [_dumps(m.body, f"message to {m.topic}") for m in messages]
+            added = [(str(m.stream), outbox.size_of(m, b)) for m, b in zip(messages, bodies, strict=True)]
+            mode = (
+                policy.records_synchronous
+                if policy.is_record(event, messages)
+                else policy.telemetry_synchronous
+            )
+            if mode != self._synchronous:
+                # Per transaction, set outside it: records reach the disk at COMMIT, telemetry may lag.
+                conn.execute(f"PRAGMA synchronous = {mode}")
+                self._synchronous = mode
             with _transaction(conn):
+                # The bound first: a fact that cannot fit writes nothing, its journal entry included.
+                dropped = bound.make_room(conn, len(added), sum(size for _, size in added)) if added else {}
                 journal_id = journal.insert(conn, event, data_json)
                 if isinstance(event, JobEvent):
                     orders.claim(conn, event, journal_id)
                 outbox.insert(conn, journal_id, event.ts, messages, bodies)
+            bound.committed(added=added, dropped=dropped)
+            if dropped:
+                _log.warning(
+                    "outbox full: oldest telemetry dropped",
+                    path=str(self._path),
+                    dropped={s: t.rows for s, t in dropped.items()},
+                    dropped_total=bound.stats().dropped_total,
+                )
             return journal_id
 
         return await self._call(f"append {event.kind}", work)
@@ -167,9 +289,12 @@ class Store:
             return
         id_list = list(ids)
 
+        bound = self._bound
+
         def work(conn: sqlite3.Connection) -> None:
             with _transaction(conn):
-                outbox.delete(conn, id_list)
+                removed = outbox.delete_returning(conn, id_list)
+            bound.committed(removed=removed)
 
         await self._call("ack outbox", work)
 
@@ -234,18 +359,102 @@ class Store:
             self._executor.shutdown(wait=False)
         _log.info("store closed", path=str(self._path))
 
-    async def _call(self, what: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        conn = self._conn
-        if conn is None or self._closing:
+    async def set_page_limit(self, pages: int) -> int:
+        """Test and diagnostics hook: cap the file at ``pages`` pages on this connection (``PRAGMA
+        max_page_count``; a write past it fails as a full disk does); returns the limit in effect."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            (limit,) = conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()
+            return int(limit)
+
+        return await self._call("set page limit", work)
+
+    async def _call(self, what: str, work: Callable[[sqlite3.Connection], _T], *, reopen: bool = False) -> _T:
+        if self._closing:
             raise StoreError(f"{self._path}: {what}: the store is closed")
         loop = asyncio.get_running_loop()
+
+        def run() -> _T:
+            # On the store thread, one call at a time: a reopen in progress is never seen half done.
+            if reopen or self._reopen_due:
+                self._reopen()
+            if self._conn is None:
+                raise StoreError(f"{self._path}: {what}: the store is closed")
+            return work(self._conn)
+
         try:
-            return await loop.run_in_executor(self._executor, work, conn)
+            return await loop.run_in_executor(self._executor, run)
+        except OutboxFullError as exc:
+            raise OutboxFull(f"{self._path}: {what} refused: {exc}; {OutboxFull.advice}") from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"{self._path}: {what} failed: {exc}") from exc
+            error = classify(exc, self._path, f"{what} failed")
+            if isinstance(error, StoreCorrupt | StoreIOError):
+                self._reopen_due = True
+            raise error from exc
+
+    def _reopen(self) -> None:
+        """On the store thread: a new connection to the file and totals read again from it."""
+        old, self._conn = self._conn, None
+        if old is not None:
+            with suppress(sqlite3.Error):
+                old.close()
+        self._reopen_due = True  # until the new connection is up
+        try:
+            self._conn = _open_with_totals(self._path, self._policy, self._bound)
+        except StoreError:
+            # Keep a (closed) handle so the next call comes here again instead of reporting "closed".
+            self._conn = old
+            raise
+        self._synchronous = self._policy.records_synchronous
+        self._reopen_due = False
+        _log.warning("store reopened", path=str(self._path), outbox_rows=self._bound.rows)
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+_CAUSES: dict[int, type[StoreError]] = {
+    sqlite3.SQLITE_FULL: StoreFull,
+    sqlite3.SQLITE_BUSY: StoreLocked,
+    sqlite3.SQLITE_LOCKED: StoreLocked,
+    sqlite3.SQLITE_CORRUPT: StoreCorrupt,
+    sqlite3.SQLITE_NOTADB: StoreCorrupt,
+    sqlite3.SQLITE_IOERR: StoreIOError,
+}
+_MESSAGES: tuple[tuple[str, type[StoreError]], ...] = (
+    ("database or disk is full", StoreFull),
+    ("database is locked", StoreLocked),
+    ("database table is locked", StoreLocked),
+    ("file is not a database", StoreCorrupt),
+    ("malformed", StoreCorrupt),
+    ("disk i/o error", StoreIOError),
+)
+
+
+def classify(exc: sqlite3.Error, path: Path, what: str) -> StoreError:
+    """The StoreError subclass of a sqlite3 error (by its primary result code, else its message), with a
+    message naming the file, what failed and what a person can do."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    kind: type[StoreError] = StoreError
+    if isinstance(code, int) and (code & 0xFF) in _CAUSES:
+        kind = _CAUSES[code & 0xFF]
+    else:
+        text = str(exc).lower()
+        kind = next((k for needle, k in _MESSAGES if needle in text), StoreError)
+    if kind is StoreError:
+        return StoreError(f"{path}: {what}: {exc}")
+    return kind(f"{path}: {what}: {exc} ({kind.cause}: {kind.advice})")
+
+
+def _open_with_totals(path: Path, policy: StorePolicy, bound: OutboxBound) -> sqlite3.Connection:
+    """Open the file (on the store thread) and read the outbox's totals from it."""
+    conn = _connect(path, policy.records_synchronous, policy.busy_timeout_ms)
+    try:
+        bound.load(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise classify(exc, path, "cannot open") from exc
+    return conn
+
+
+def _connect(path: Path, synchronous: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     """Open, configure and migrate the file (runs on the store thread)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,22 +462,22 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         raise StoreError(f"{path}: cannot create its folder: {exc}") from exc
     try:
         # Autocommit mode: transactions are explicit BEGIN IMMEDIATE ... COMMIT, never implicit.
-        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open: {exc}") from exc
+        raise classify(exc, path, "cannot open") from exc
     try:
-        _configure(conn, path, synchronous)
+        _configure(conn, path, synchronous, busy_timeout_ms)
         _migrate(conn, path)
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"{path}: cannot open: {exc}") from exc
+            raise classify(exc, path, "cannot open") from exc
         raise
     return conn
 
 
-def _configure(conn: sqlite3.Connection, path: Path, synchronous: str) -> None:
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+def _configure(conn: sqlite3.Connection, path: Path, synchronous: str, busy_timeout_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     (journal_mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if str(journal_mode).lower() != "wal":
         raise StoreError(f"{path}: cannot use write-ahead logging here (journal_mode is {journal_mode!r})")

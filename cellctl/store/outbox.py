@@ -182,3 +182,214 @@ def count(conn: sqlite3.Connection) -> int:
 def sequences(conn: sqlite3.Connection) -> dict[str, int]:
     """Last sequence number handed out per stream."""
     return {stream: seq for stream, seq in conn.execute("SELECT stream, seq FROM streams")}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bounds (schema version 3): rows and bytes waiting, telemetry-class rows dropped oldest-first and counted.
+
+SCHEMA_V5: tuple[str, ...] = (
+    # Telemetry rows dropped at the outbox's bound, per stream, since the file was created.
+    """
+    CREATE TABLE outbox_dropped (
+        stream  TEXT    PRIMARY KEY,
+        rows    INTEGER NOT NULL CHECK (rows >= 0),
+        bytes   INTEGER NOT NULL CHECK (bytes >= 0)
+    ) WITHOUT ROWID
+    """,
+    # Pruning the oldest rows of one stream at the bound reads the `outbox_by_stream` index of version 4.
+)
+"""Statements of schema version 5 for the outbox's bound: dropped-telemetry counts."""
+
+_SIZE = "LENGTH(topic) + LENGTH(body)"
+_ADD_DROPPED = (
+    "INSERT INTO outbox_dropped (stream, rows, bytes) VALUES (?, ?, ?) "
+    "ON CONFLICT (stream) DO UPDATE SET rows = rows + excluded.rows, bytes = bytes + excluded.bytes"
+)
+PRUNE_CHUNK = 256
+"""Rows fetched per telemetry stream per pruning round."""
+
+
+def size_of(message: OutboxMessage, body: str) -> int:
+    """What a row counts against ``max_bytes``: its topic and body (JSON text, ASCII: characters = bytes)."""
+    return len(message.topic) + len(body)
+
+
+@dataclass(slots=True)
+class StreamTotals:
+    """Rows and bytes of one stream: waiting in the outbox, or dropped so far."""
+
+    rows: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """The outbox against its bound, for status and diagnostics."""
+
+    rows: int
+    bytes: int
+    max_rows: int
+    max_bytes: int
+    dropped: dict[str, int]
+    """Telemetry rows dropped per stream since the file was created."""
+
+    @property
+    def dropped_total(self) -> int:
+        """Rows dropped over all streams."""
+        return sum(self.dropped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "max_rows": self.max_rows,
+            "max_bytes": self.max_bytes,
+            "dropped": dict(self.dropped),
+        }
+
+
+class OutboxFullError(Exception):
+    """Raised inside the transaction when only records would remain and the new rows still do not fit."""
+
+
+class OutboxBound:
+    """Running totals of the outbox and its bound; pruning runs inside the caller's transaction.
+
+    The totals live in memory (one query at open, updated by insert, ack and prune) so an insert never sums
+    the table. A change is staged while its transaction runs and applied only once it committed.
+    """
+
+    def __init__(self, max_rows: int, max_bytes: int, telemetry: frozenset[str]) -> None:
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.telemetry = telemetry
+        self._waiting: dict[str, StreamTotals] = {}
+        self._dropped: dict[str, StreamTotals] = {}
+        # Prune a little more than needed so a full outbox is not pruned again on every insert.
+        self._slack_rows = max(1, max_rows // 100)
+        self._slack_bytes = max(1, max_bytes // 100)
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        """(Re)read the totals from the file: at open and after a reopen."""
+        self._waiting = {
+            stream: StreamTotals(int(rows), int(size))
+            for stream, rows, size in conn.execute(
+                f"SELECT stream, COUNT(*), COALESCE(SUM({_SIZE}), 0) FROM outbox GROUP BY stream"
+            )
+        }
+        self._dropped = {
+            stream: StreamTotals(int(rows), int(size))
+            for stream, rows, size in conn.execute("SELECT stream, rows, bytes FROM outbox_dropped")
+        }
+
+    @property
+    def rows(self) -> int:
+        """Rows waiting."""
+        return sum(t.rows for t in self._waiting.values())
+
+    @property
+    def bytes(self) -> int:
+        """Bytes waiting."""
+        return sum(t.bytes for t in self._waiting.values())
+
+    def stats(self) -> OutboxStats:
+        """A snapshot of the totals and limits."""
+        return OutboxStats(
+            rows=self.rows,
+            bytes=self.bytes,
+            max_rows=self.max_rows,
+            max_bytes=self.max_bytes,
+            dropped={s: t.rows for s, t in sorted(self._dropped.items()) if t.rows},
+        )
+
+    def make_room(self, conn: sqlite3.Connection, rows: int, size: int) -> dict[str, StreamTotals]:
+        """Drop the oldest telemetry rows so ``rows`` more rows of ``size`` bytes fit; returns the drops to
+        apply once committed. OutboxFullError (nothing dropped yet) when dropping every telemetry row would
+        not be enough."""
+        over_rows = self.rows + rows - self.max_rows
+        over_bytes = self.bytes + size - self.max_bytes
+        if over_rows <= 0 and over_bytes <= 0:
+            return {}
+        tele_rows = sum(t.rows for s, t in self._waiting.items() if s in self.telemetry)
+        tele_bytes = sum(t.bytes for s, t in self._waiting.items() if s in self.telemetry)
+        if over_rows > tele_rows or over_bytes > tele_bytes:
+            raise OutboxFullError(
+                f"the outbox is full ({self.rows} rows, {self.bytes} bytes; limits {self.max_rows} rows, "
+                f"{self.max_bytes} bytes) and holds only {tele_rows} droppable telemetry rows"
+            )
+        want_rows = min(tele_rows, over_rows + self._slack_rows) if over_rows > 0 else 0
+        want_bytes = min(tele_bytes, over_bytes + self._slack_bytes) if over_bytes > 0 else 0
+        dropped: dict[str, StreamTotals] = {}
+        freed_rows = freed_bytes = 0
+        while freed_rows < want_rows or freed_bytes < want_bytes:
+            victims = self._oldest_telemetry(conn)
+            if not victims:  # pragma: no cover - the totals said there were enough
+                raise OutboxFullError("the outbox's totals disagree with its rows; reopen the store")
+            chosen: list[int] = []
+            for row_id, stream, row_size in victims:
+                if freed_rows >= want_rows and freed_bytes >= want_bytes:
+                    break
+                chosen.append(row_id)
+                freed_rows += 1
+                freed_bytes += row_size
+                total = dropped.setdefault(stream, StreamTotals())
+                total.rows += 1
+                total.bytes += row_size
+            conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(chosen),)
+            )
+        for stream, total in dropped.items():
+            conn.execute(_ADD_DROPPED, (stream, total.rows, total.bytes))
+        return dropped
+
+    def _oldest_telemetry(self, conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
+        """The oldest telemetry rows of all telemetry streams in id order, each read by its index."""
+        merged: list[tuple[int, str, int]] = []
+        horizon: int | None = None
+        for stream in sorted(self.telemetry):
+            rows = conn.execute(
+                f"SELECT id, {_SIZE} FROM outbox WHERE stream = ? ORDER BY id LIMIT ?", (stream, PRUNE_CHUNK)
+            ).fetchall()
+            merged.extend((int(r[0]), stream, int(r[1])) for r in rows)
+            if len(rows) == PRUNE_CHUNK:
+                # Rows of other streams past this stream's last fetched id may not be the oldest overall.
+                last = int(rows[-1][0])
+                horizon = last if horizon is None else min(horizon, last)
+        merged.sort()
+        return merged if horizon is None else [v for v in merged if v[0] <= horizon]
+
+    def committed(
+        self,
+        added: Sequence[tuple[str, int]] = (),
+        removed: Sequence[tuple[str, int]] = (),
+        dropped: dict[str, StreamTotals] | None = None,
+    ) -> None:
+        """Apply a committed transaction: rows (stream, size) added and removed, telemetry dropped."""
+        for stream, row_size in added:
+            total = self._waiting.setdefault(stream, StreamTotals())
+            total.rows += 1
+            total.bytes += row_size
+        for stream, row_size in removed:
+            total = self._waiting.setdefault(stream, StreamTotals())
+            total.rows -= 1
+            total.bytes -= row_size
+        for stream, drop in (dropped or {}).items():
+            total = self._waiting.setdefault(stream, StreamTotals())
+            total.rows -= drop.rows
+            total.bytes -= drop.bytes
+            counted = self._dropped.setdefault(stream, StreamTotals())
+            counted.rows += drop.rows
+            counted.bytes += drop.bytes
+
+
+def delete_returning(conn: sqlite3.Connection, ids: Sequence[int]) -> list[tuple[str, int]]:
+    """Delete acknowledged rows inside the caller's transaction; (stream, size) of each row deleted (unknown
+    ids, e.g. telemetry dropped meanwhile, are ignored)."""
+    return [
+        (str(stream), int(size))
+        for stream, size in conn.execute(
+            f"DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?)) RETURNING stream, {_SIZE}",
+            (json.dumps(list(ids)),),
+        )
+    ]

@@ -38,6 +38,13 @@ def recipe(case: str, line: int, path: str, fragment: str, file: str = "oslo.yam
 # (what to load, every issue it must give)
 CASES: dict[str, tuple[str, list[Expect]]] = {
     # --- the cell file: models' own checks
+    "store: unknown stream, retry backwards": (
+        "cell_store_unknown_stream.yaml",
+        [
+            cell("cell_store_unknown_stream", 6, "store.streams.helth", "unknown stream 'helth'"),
+            cell("cell_store_unknown_stream", 7, "store.retry.max_interval_s", "not be less than interval_s"),
+        ],
+    ),
     "unknown key (typo)": (
         "cell_unknown_key.yaml",
         [cell("cell_unknown_key", 9, "devices.gauge.tags.trigger.acess", "did you mean 'access'?")],

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from cellctl.api.protocol import Request
+from cellctl.api.service import Caller, ControlService
 from cellctl.core.clock import SystemClock
 from cellctl.core.events import (
     AlarmAction,
@@ -15,6 +17,7 @@ from cellctl.core.events import (
     Event,
     JobEvent,
     JobStatus,
+    OperatorAction,
     PartProduced,
     Severity,
     StateChanged,
@@ -223,3 +226,23 @@ async def test_an_abort_completes_while_the_store_fails(config: LoadedConfig) ->
         await engine.wait_for(State.ABORTED, timeout=T)
         assert engine.job(job.job_id).status is JobStatus.ABORTED
         assert engine.alarms.is_active(STORE_ALARM)
+
+
+async def test_an_operator_action_the_store_refuses_raises_the_store_alarm_and_is_heard_once(
+    config: LoadedConfig,
+) -> None:
+    store = FailingStore()
+    engine = Engine(config, soft_cell(config.cell), store)
+    service = ControlService(engine, identity=config.cell.identity, sink=engine)
+    heard: list[Event] = []
+    unlisten = service.add_listener(heard.append)
+    async with running(engine):
+        store.fail_from(lambda _e: True)
+        caller = Caller(uid=1000, gid=1000, pid=1, user="op")
+        reply = await service.handle(Request(id=1, cmd="command", args={"name": "start"}), caller)
+        assert reply.error is not None  # Start is refused in Stopped; the refusal is an operator action
+        assert engine.alarms.is_active(STORE_ALARM)
+        actions = [e for e in heard if isinstance(e, OperatorAction)]
+        assert [(a.action, a.accepted) for a in actions] == [("start", False)]
+        assert any(isinstance(e, OperatorAction) for e in store.refused)
+    unlisten()
