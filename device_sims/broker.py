@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -44,8 +45,15 @@ class PrivateBroker:
     """A mosquitto of our own: in memory, loopback only, TCP_NODELAY; stop and start keep the port."""
 
     def __init__(
-        self, binary: str | None = None, *, host: str = "127.0.0.1", port: int | None = None
+        self,
+        binary: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        allow_anonymous: bool = True,
     ) -> None:
+        """``extra``: more lines for the listener (e.g. ``certfile ...``, ``password_file ...``)."""
         found = binary or find_mosquitto()
         if found is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -54,14 +62,29 @@ class PrivateBroker:
         self.port = port or free_port(host)
         self._dir = Path(tempfile.mkdtemp(prefix="cellctl-broker-"))
         self._conf = self._dir / "mosquitto.conf"
-        self._conf.write_text(
-            f"listener {self.port} {host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "set_tcp_nodelay true\n"
-            "log_dest none\n"
-        )
+        self.configure(extra, allow_anonymous=allow_anonymous)
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The broker's own temporary folder (its config; a test may put its files here)."""
+        return self._dir
+
+    def configure(self, extra: Sequence[str] = (), *, allow_anonymous: bool = True) -> None:
+        """Write the config: taken at the next ``start`` (``stop`` first to change a running broker)."""
+        lines = [
+            f"listener {self.port} {self.host}",
+            *extra,
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}",
+            "persistence false",
+            "set_tcp_nodelay true",
+            "log_dest none",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Started as root, mosquitto drops to user "mosquitto" before reading certificates and password
+            # files, which sit in our private (root-only) folder: stay root, this broker is a test's.
+            lines.append("user root")
+        self._conf.write_text("\n".join(lines) + "\n")
 
     @property
     def running(self) -> bool:

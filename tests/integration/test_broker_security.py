@@ -1,0 +1,330 @@
+"""The publisher's broker connection against private mosquittos: TLS with CA verification, client
+certificates, passwords, refusals reported (and retried slowly) with records kept in the outbox, and a
+silent link detected.
+
+Certificates are made in the test (tests/fixtures/mqtt_pki.py); password files in mosquitto's own format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from cellctl.core.events import StateChanged
+from cellctl.schema.cell import Identity, MqttConfig
+from cellctl.store import Store
+from cellctl.telemetry.publisher import BrokerLink, BrokerLinkState, OutboxPublisher
+from cellctl.telemetry.recorder import Recorder
+from cellctl.telemetry.topics import topic_root
+from tests.fixtures.broker import MakeBroker, Mosquitto, collect, write_password_file
+from tests.fixtures.mqtt_pki import MqttPki, make_mqtt_pki
+from tests.fixtures.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.broker
+
+WAIT_S = 20.0
+ROWS = 5
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> MqttPki:
+    return make_mqtt_pki(tmp_path_factory.mktemp("mqtt-pki"))
+
+
+@pytest.fixture
+def identity() -> Identity:
+    return Identity(enterprise="acme", site="test", area="a1", line="l1", cell=f"c{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "cellctl.db", synchronous="NORMAL")
+    yield s
+    await s.close()
+
+
+def tls_lines(pki: MqttPki, *, require_certificate: bool = False) -> list[str]:
+    return [
+        f"cafile {pki.ca}",
+        f"certfile {pki.server_cert}",
+        f"keyfile {pki.server_key}",
+        f"require_certificate {'true' if require_certificate else 'false'}",
+    ]
+
+
+class Links:
+    """The publisher's link reports, with a wait for one that matches."""
+
+    def __init__(self) -> None:
+        self.reports: list[BrokerLink] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, link: BrokerLink) -> None:
+        self.reports.append(link)
+        self._changed.set()
+
+    def of(self, state: BrokerLinkState) -> list[BrokerLink]:
+        return [r for r in self.reports if r.state is state]
+
+    async def wait_for(self, state: BrokerLinkState, count: int = 1, timeout: float = WAIT_S) -> BrokerLink:
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.of(state)) < count:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no {count} x {state} report within {timeout} s: {self.reports!r}") from None
+        return self.of(state)[count - 1]
+
+
+def publisher_for(
+    store: Store, identity: Identity, broker: Mosquitto | TcpProxy, **mqtt: object
+) -> tuple[OutboxPublisher, Links]:
+    config = MqttConfig.model_validate(
+        {"host": broker.host, "port": broker.port, "keepalive_s": 2, "refused_backoff_s": 1, **mqtt}
+    )
+    publisher = OutboxPublisher(store, config, identity, backoff_base_s=0.05, backoff_cap_s=0.2)
+    links = Links()
+    publisher.on_link(links)
+    return publisher, links
+
+
+@contextlib.asynccontextmanager
+async def running(publisher: OutboxPublisher) -> AsyncIterator[None]:
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(publisher.run(), name="telemetry:publisher")
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+async def record_rows(
+    store: Store, identity: Identity, publisher: OutboxPublisher, count: int = ROWS
+) -> None:
+    recorder = Recorder(store, identity)
+    recorder.add_listener(publisher.notify)
+    for i in range(count):
+        await recorder.record(
+            StateChanged(ts=1000.0 + i, state=f"S{i}", state_no=i, previous="x", command=None, by="test")
+        )
+
+
+def client_context(pki: MqttPki) -> ssl.SSLContext:
+    """The test subscriber's own TLS context (with the client certificate, for brokers that require it)."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(pki.client_cert, pki.client_key)
+    return context
+
+
+def has(count: int, topic: str) -> Callable[[list[object]], bool]:
+    return lambda messages: sum(1 for m in messages if getattr(m, "topic", None) == topic) >= count
+
+
+# --- TLS -------------------------------------------------------------------------------------------------
+
+
+async def test_tls_with_the_right_ca_delivers_every_row(
+    make_broker: MakeBroker, pki: MqttPki, store: Store, identity: Identity
+) -> None:
+    broker = make_broker(tls_lines(pki))
+    broker.start()
+    publisher, links = publisher_for(store, identity, broker, tls={"ca_file": str(pki.ca)})
+    topic = f"{topic_root(identity)}/state"
+
+    async with (
+        collect(broker.host, broker.port, topic, tls_context=client_context(pki)) as c,
+        running(publisher),
+    ):
+        await record_rows(store, identity, publisher)
+        await c.wait_until(has(ROWS, topic), timeout=WAIT_S)
+        drained = await publisher.flush(WAIT_S)
+
+    assert drained
+    assert await store.outbox_count() == 0
+    assert links.reports[0].state is BrokerLinkState.UP
+
+
+async def test_tls_checks_the_configured_server_name_instead_of_the_host(
+    make_broker: MakeBroker, pki: MqttPki, store: Store, identity: Identity
+) -> None:
+    broker = make_broker(tls_lines(pki))
+    broker.start()
+    # The certificate names localhost and 127.0.0.1, not "broker.plant.example".
+    publisher, links = publisher_for(
+        store, identity, broker, tls={"ca_file": str(pki.ca), "server_name": "broker.plant.example"}
+    )
+
+    async with running(publisher):
+        refused = await links.wait_for(BrokerLinkState.REFUSED)
+
+    assert "certificate" in refused.reason
+    assert "broker.plant.example" in refused.reason
+    assert links.of(BrokerLinkState.UP) == []
+
+
+async def test_a_broker_certificate_from_another_ca_is_refused_and_rows_stay_in_the_outbox(
+    make_broker: MakeBroker, pki: MqttPki, store: Store, identity: Identity
+) -> None:
+    broker = make_broker(tls_lines(pki))
+    broker.start()
+    publisher, links = publisher_for(store, identity, broker, tls={"ca_file": str(pki.wrong_ca)})
+    topic = f"{topic_root(identity)}/state"
+
+    async with (
+        collect(broker.host, broker.port, topic, tls_context=client_context(pki)) as c,
+        running(publisher),
+    ):
+        await record_rows(store, identity, publisher)
+        refused = await links.wait_for(BrokerLinkState.REFUSED)
+        still_queued = await store.outbox_count()
+
+    assert refused.reason.startswith("broker certificate not accepted")
+    assert publisher.last_error == refused.reason
+    assert still_queued == ROWS
+    assert publisher.delivered == 0
+    assert c.on(topic) == []
+
+
+async def test_a_broker_requiring_a_client_certificate_takes_ours(
+    make_broker: MakeBroker, pki: MqttPki, store: Store, identity: Identity
+) -> None:
+    broker = make_broker(tls_lines(pki, require_certificate=True))
+    broker.start()
+    tls = {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}
+    publisher, links = publisher_for(store, identity, broker, tls=tls)
+
+    async with running(publisher):
+        await record_rows(store, identity, publisher)
+        drained = await publisher.flush(WAIT_S)
+
+    assert drained
+    assert publisher.delivered == ROWS
+    assert [r.state for r in links.reports][:1] == [BrokerLinkState.UP]
+
+
+async def test_a_broker_requiring_a_client_certificate_refuses_a_client_without_one(
+    make_broker: MakeBroker, pki: MqttPki, store: Store, identity: Identity
+) -> None:
+    broker = make_broker(tls_lines(pki, require_certificate=True))
+    broker.start()
+    publisher, links = publisher_for(store, identity, broker, tls={"ca_file": str(pki.ca)})
+
+    async with running(publisher):
+        await record_rows(store, identity, publisher)
+        refused = await links.wait_for(BrokerLinkState.REFUSED)
+        still_queued = await store.outbox_count()
+
+    assert "CERTIFICATE" in refused.reason.upper()
+    assert still_queued == ROWS
+    assert links.of(BrokerLinkState.UP) == []
+
+
+# --- passwords -------------------------------------------------------------------------------------------
+
+
+async def test_the_right_password_from_a_password_file_delivers(
+    make_broker: MakeBroker, store: Store, identity: Identity, tmp_path: Path
+) -> None:
+    broker = make_broker(allow_anonymous=False)
+    broker.configure(
+        [f"password_file {write_password_file(broker.folder / 'passwd', {'cell': 's3cret'})}"],
+        allow_anonymous=False,
+    )
+    broker.start()
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    publisher, links = publisher_for(store, identity, broker, username="cell", password_file=str(secret))
+
+    async with running(publisher):
+        await record_rows(store, identity, publisher)
+        drained = await publisher.flush(WAIT_S)
+
+    assert drained
+    assert publisher.delivered == ROWS
+    assert links.reports[0].state is BrokerLinkState.UP
+
+
+async def test_a_wrong_password_is_refused_retried_slowly_and_delivered_once_the_broker_takes_it(
+    make_broker: MakeBroker, store: Store, identity: Identity
+) -> None:
+    broker = make_broker(allow_anonymous=False)
+    passwd = broker.folder / "passwd"
+    broker.configure(
+        [f"password_file {write_password_file(passwd, {'cell': 'other'})}"], allow_anonymous=False
+    )
+    broker.start()
+    publisher, links = publisher_for(store, identity, broker, username="cell", password="s3cret")
+
+    async with running(publisher):
+        await record_rows(store, identity, publisher)
+        await links.wait_for(BrokerLinkState.REFUSED, count=3)
+        queued_while_refused = await store.outbox_count()
+        # The fix on the broker's side: the password it knows for "cell" becomes the one the cell sends.
+        write_password_file(passwd, {"cell": "s3cret"})
+        await broker.astop()
+        await broker.astart()
+        await links.wait_for(BrokerLinkState.UP)
+        drained = await publisher.flush(WAIT_S)
+
+    refused = links.of(BrokerLinkState.REFUSED)
+    assert all("login refused" in r.reason and "authori" in r.reason.lower() for r in refused[:3])
+    assert [r.attempt for r in refused[:3]] == [1, 2, 3]
+    # Slow: every retry waits about refused_backoff_s (1 s here, at least 0.75 s), far above the 0.2 s cap
+    # of an ordinary outage; the reports' timestamps show it.
+    assert all(0.75 <= (r.retry_s or 0) <= 1.0 for r in refused)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(refused)]
+    assert gaps and all(gap >= 0.7 for gap in gaps)
+    assert queued_while_refused == ROWS
+    assert drained
+    assert publisher.delivered == ROWS
+    assert links.reports[-1].state is BrokerLinkState.UP
+
+
+async def test_an_ordinary_outage_is_reported_down_and_retried_fast(
+    make_broker: MakeBroker, store: Store, identity: Identity
+) -> None:
+    broker = make_broker()  # never started: connections are refused at the TCP level
+    publisher, links = publisher_for(store, identity, broker)
+
+    async with running(publisher):
+        third = await links.wait_for(BrokerLinkState.DOWN, count=3)
+
+    assert links.of(BrokerLinkState.REFUSED) == []
+    assert third.attempt == 3
+    assert all((r.retry_s or 1.0) <= 0.2 for r in links.of(BrokerLinkState.DOWN))
+
+
+# --- a silent link ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keepalive_s", [1, 2])
+async def test_a_silent_link_is_detected_within_twice_the_keepalive(
+    make_broker: MakeBroker, store: Store, identity: Identity, keepalive_s: int
+) -> None:
+    broker = make_broker()
+    broker.start()
+    async with TcpProxy(broker.host, broker.port) as proxy:
+        publisher, links = publisher_for(store, identity, proxy, keepalive_s=keepalive_s)
+        async with running(publisher):
+            await links.wait_for(BrokerLinkState.UP)
+            await record_rows(store, identity, publisher, count=1)
+            assert await publisher.flush(WAIT_S)
+            loop = asyncio.get_running_loop()
+            frozen_at = loop.time()
+            proxy.freeze()
+            await links.wait_for(BrokerLinkState.DOWN, timeout=4 * keepalive_s + 2)
+            detected_s = loop.time() - frozen_at
+            proxy.thaw()
+
+    # paho pings after one keepalive of silence and gives up after another; its housekeeping runs once a
+    # second, which is the slack allowed here.
+    assert detected_s <= 2 * keepalive_s + 1.0, detected_s
