@@ -14,16 +14,24 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
 
-from cellctl.core.events import StateChanged
+from cellctl.core.clock import Clock
+from cellctl.core.events import Severity, StateChanged
+from cellctl.core.ports import Driver
+from cellctl.drivers import SoftDriver
+from cellctl.runtime.app import BROKER_ALARM, CellApp, Controller
 from cellctl.schema.cell import Identity, MqttConfig
+from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.store import Store
 from cellctl.telemetry.publisher import BrokerLink, BrokerLinkState, OutboxPublisher
 from cellctl.telemetry.recorder import Recorder
 from cellctl.telemetry.topics import topic_root
 from tests.fixtures.broker import MakeBroker, Mosquitto, collect, write_password_file
+from tests.fixtures.cellfolder import cell_folder
 from tests.fixtures.mqtt_pki import MqttPki, make_mqtt_pki
 from tests.fixtures.tcp_proxy import TcpProxy
 
@@ -227,6 +235,22 @@ async def test_a_broker_requiring_a_client_certificate_refuses_a_client_without_
     assert links.of(BrokerLinkState.UP) == []
 
 
+async def test_a_broker_refuses_a_client_certificate_its_ca_did_not_sign(
+    make_broker: MakeBroker, pki: MqttPki, store: Store, identity: Identity
+) -> None:
+    broker = make_broker(tls_lines(pki, require_certificate=True))
+    broker.start()
+    tls = {"ca_file": str(pki.ca), "cert_file": str(pki.stranger_cert), "key_file": str(pki.stranger_key)}
+    publisher, links = publisher_for(store, identity, broker, tls=tls)
+
+    async with running(publisher):
+        refused = await links.wait_for(BrokerLinkState.REFUSED)
+
+    assert refused.reason.startswith("TLS session refused")
+    assert "UNKNOWN_CA" in refused.reason.upper()
+    assert links.of(BrokerLinkState.UP) == []
+
+
 # --- passwords -------------------------------------------------------------------------------------------
 
 
@@ -328,3 +352,72 @@ async def test_a_silent_link_is_detected_within_twice_the_keepalive(
     # paho pings after one keepalive of silence and gives up after another; its housekeeping runs once a
     # second, which is the slack allowed here.
     assert detected_s <= 2 * keepalive_s + 1.0, detected_s
+
+
+# --- the controller's mqtt alarm -------------------------------------------------------------------------
+
+
+def soft(name: str, config: LoadedConfig, clock: Clock) -> Driver:
+    return SoftDriver(name, config.cell.devices[name].tags, clock=clock)
+
+
+async def until(changed: asyncio.Event, condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    """Wait until ``condition()`` holds, looking again whenever the controller records something."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            changed.clear()
+            await changed.wait()
+
+
+async def test_the_controller_shows_the_mqtt_alarm_while_its_login_is_refused_and_clears_it_once_taken(
+    make_broker: MakeBroker, tmp_path: Path
+) -> None:
+    broker = make_broker(allow_anonymous=False)
+    passwd = write_password_file(broker.folder / "passwd", {"cell": "other"})
+    broker.configure([f"password_file {passwd}"], allow_anonymous=False)
+    broker.start()
+    cell_folder(tmp_path)
+    (tmp_path / "mqtt.password").write_text("s3cret\n")
+    (tmp_path / "mqtt.password").chmod(0o600)
+    yaml = YAML()
+    data: Any = yaml.load((tmp_path / "cell.yaml").read_text())
+    data["mqtt"] = {
+        "host": broker.host,
+        "port": broker.port,
+        "username": "cell",
+        "password_file": "mqtt.password",
+        "keepalive_s": 2,
+        "refused_backoff_s": 1,
+    }
+    with (tmp_path / "cell.yaml").open("w") as fh:
+        yaml.dump(data, fh)
+    app = CellApp(load_config(tmp_path), driver_factory=soft)
+    stop = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def scenario(controller: Controller) -> None:
+        alarms = controller.engine.alarms
+        changed = asyncio.Event()
+        controller.recorder.add_listener(changed.set)
+        try:
+            await until(changed, lambda: alarms.is_active(BROKER_ALARM))
+            seen["shown"] = controller.engine.status().alarms
+            seen["queued"] = await controller.store.outbox_count()
+            write_password_file(passwd, {"cell": "s3cret"})
+            await broker.astop()
+            await broker.astart()
+            await until(changed, lambda: not alarms.is_active(BROKER_ALARM))
+            assert controller.publisher is not None
+            seen["drained"] = await controller.publisher.flush(WAIT_S)
+        finally:
+            stop.set()
+
+    async with asyncio.timeout(60):
+        await app.run(stop, on_ready=scenario)
+
+    (shown,) = [a for a in seen["shown"] if a.id == BROKER_ALARM]
+    assert shown.severity is Severity.WARNING
+    expected = f"broker {broker.host}:{broker.port} refused the connection (login refused"
+    assert shown.message.startswith(expected)
+    assert seen["queued"] > 0  # the controller's own records (start-up, the alarm) wait in the outbox
+    assert seen["drained"]
