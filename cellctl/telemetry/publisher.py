@@ -20,7 +20,7 @@ import contextlib
 import random
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -216,7 +216,8 @@ class OutboxPublisher:
                 self._tls.alert = None
             error: BaseException = aiomqtt.MqttError("session ended")
             try:
-                await self._session()
+                async with self._cut_on_tls_alert():
+                    await self._session()
             except* _LINK_ERRORS as group:
                 error = _first_leaf(group)
             # A link error raised while we were being cancelled (the disconnect after the goodbye, a child
@@ -239,6 +240,32 @@ class OutboxPublisher:
         """Exponential from ``backoff_base_s`` up to the cap, with half of it jittered."""
         delay = min(self._backoff_cap_s, self._backoff_base_s * 2.0 ** min(failures, 30))
         return delay / 2 + random.uniform(0, delay / 2)
+
+    @contextlib.asynccontextmanager
+    async def _cut_on_tls_alert(self) -> AsyncIterator[None]:
+        """End the session (TimeoutError) as soon as the broker sends a TLS alert.
+
+        With TLS 1.3 a broker refuses cellctl's certificate (or its absence) after the handshake; paho only
+        sees a lost connection and aiomqtt would wait out its whole timeout for the CONNACK.
+        """
+        tls = self._tls
+        if tls is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        active = True
+        async with asyncio.timeout(None) as scope:
+
+            def cut() -> None:
+                if active:
+                    scope.reschedule(loop.time())
+
+            tls.on_alert = lambda: loop.call_soon_threadsafe(cut)
+            try:
+                yield
+            finally:
+                active = False
+                tls.on_alert = None
 
     def _refused_backoff(self) -> float:
         """About ``mqtt.refused_backoff_s``, the last quarter jittered so cells do not retry together."""
@@ -473,6 +500,8 @@ class _AlertRecordingSocket(ssl.SSLSocket):
             context = self.context
             if isinstance(context, _TlsContext):
                 context.alert = exc
+                if context.on_alert is not None:
+                    context.on_alert()
             raise
 
 
@@ -482,6 +511,8 @@ class _TlsContext(ssl.SSLContext):
     server_name: str | None = None
     alert: ssl.SSLError | None = None
     """The TLS error of the latest connection's reads, if any."""
+    on_alert: Callable[[], object] | None = None
+    """Called (in whichever thread reads) when a read raised a TLS error."""
 
     @classmethod
     def build(cls, tls: MqttTls, resolve_path: Callable[[str], Path]) -> _TlsContext:
@@ -528,12 +559,32 @@ def _refusal(error: BaseException, alert: ssl.SSLError | None) -> str | None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"broker certificate not accepted: {cause.verify_message or cause.reason or cause}"
         if isinstance(cause, ssl.SSLError) and _is_alert(cause):
-            return f"TLS handshake refused: {cause.reason or cause}"
+            return f"TLS handshake refused: {_alert_text(cause)}"
         cause = cause.__cause__ or cause.__context__
         seen += 1
     if alert is not None and _is_alert(alert):
-        return f"TLS session refused: {alert.reason or alert}"
+        return f"TLS session refused: {_alert_text(alert)}"
     return None
+
+
+# What the broker's TLS alerts mean for the person fixing it (the raw reason follows in brackets).
+_ALERTS = {
+    "CERTIFICATE_REQUIRED": "the broker requires a client certificate (mqtt.tls.cert_file, key_file)",
+    "UNKNOWN_CA": "the broker does not trust the CA of cellctl's client certificate",
+    "BAD_CERTIFICATE": "the broker rejected cellctl's client certificate",
+    "CERTIFICATE_EXPIRED": "the broker says cellctl's client certificate has expired",
+    "CERTIFICATE_REVOKED": "the broker says cellctl's client certificate is revoked",
+    "UNSUPPORTED_CERTIFICATE": "the broker cannot use cellctl's client certificate",
+    "ACCESS_DENIED": "the broker denied access",
+    "HANDSHAKE_FAILURE": "no TLS version or cipher both sides accept",
+    "PROTOCOL_VERSION": "no TLS version both sides accept",
+}
+
+
+def _alert_text(exc: ssl.SSLError) -> str:
+    reason = exc.reason or str(exc)
+    meaning = next((text for key, text in _ALERTS.items() if reason.upper().endswith(key)), None)
+    return f"{meaning} ({reason})" if meaning else reason
 
 
 def _is_alert(exc: ssl.SSLError) -> bool:
