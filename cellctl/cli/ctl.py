@@ -464,6 +464,9 @@ def format_status(status: dict[str, Any]) -> str:
     recovery = status.get("recovery")
     if isinstance(recovery, dict):
         rows.extend(_format_recovery(recovery))
+    telemetry = status.get("telemetry")
+    if isinstance(telemetry, dict):
+        rows.append(("telemetry", format_telemetry(telemetry)))
     for alarm in status.get("alarms") or []:
         if isinstance(alarm, dict):
             rows.append(("alarm", format_alarm(alarm)))
@@ -478,6 +481,16 @@ def format_status(status: dict[str, Any]) -> str:
         rows.append(("oee", _format_oee(oee)))
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
+def format_telemetry(link: dict[str, Any]) -> str:
+    """The broker link for a person: state, broker, since when, and why it is not up."""
+    text = f"{link.get('state', '?')} ({link.get('broker', '?')})"
+    if isinstance(link.get("since"), int | float):
+        text += f" since {_when(link['since'])}"
+    if link.get("reason"):
+        text += f": {link['reason']}"
+    return text
 
 
 def format_alarm(alarm: dict[str, Any]) -> str:

@@ -149,7 +149,13 @@ class CellApp:
         async def journal(after_id: int, limit: int) -> list[dict[str, Any]]:
             return [dataclasses.asdict(e) for e in await store.journal(after_id=after_id, limit=limit)]
 
-        service = ControlService(engine, identity=cell.identity, journal=journal, sink=recorder)
+        service = ControlService(
+            engine,
+            identity=cell.identity,
+            journal=journal,
+            sink=recorder,
+            telemetry=publisher.link_view if publisher is not None else None,
+        )
         server = ControlServer(self.config.resolve(cell.api.socket), service)
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller

@@ -73,6 +73,19 @@ class BrokerLink:
     """Consecutive failed attempts (0 when up)."""
     retry_s: float | None = None
     """Delay before the next attempt (None when up)."""
+    since: float = 0.0
+    """When the link entered this state (the first report of a run of the same state)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready data (the ``telemetry`` entry of the API status)."""
+        return {
+            "state": self.state.value,
+            "broker": self.broker,
+            "since": self.since,
+            "reason": self.reason,
+            "attempt": self.attempt,
+            "retry_s": self.retry_s,
+        }
 
 
 LinkCallback = Callable[[BrokerLink], None]
@@ -165,6 +178,12 @@ class OutboxPublisher:
     def link(self) -> BrokerLink | None:
         """The latest link report (None before the first attempt ended either way)."""
         return self._link
+
+    def link_view(self) -> dict[str, object]:
+        """The link as JSON-ready data; ``state`` is ``connecting`` before the first report."""
+        if self._link is None:
+            return {"state": "connecting", "broker": self._broker}
+        return self._link.to_dict()
 
     def on_link(self, callback: LinkCallback) -> Callable[[], None]:
         """Call ``callback`` when the link comes up and after every failed attempt; returns the unsubscribe.
@@ -275,7 +294,9 @@ class OutboxPublisher:
     def _report(
         self, state: BrokerLinkState, reason: str = "", attempt: int = 0, retry_s: float | None = None
     ) -> None:
-        self._link = BrokerLink(state, self._broker, self._clock.wall(), reason, attempt, retry_s)
+        now = self._clock.wall()
+        since = self._link.since if self._link is not None and self._link.state is state else now
+        self._link = BrokerLink(state, self._broker, now, reason, attempt, retry_s, since)
         for callback in tuple(self._link_callbacks):
             callback(self._link)
 

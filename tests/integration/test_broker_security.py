@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from cellctl.api.client import ControlClient
 from cellctl.core.clock import Clock
 from cellctl.core.events import Severity, StateChanged
 from cellctl.core.ports import Driver
@@ -374,6 +375,14 @@ async def until(changed: asyncio.Event, condition: Callable[[], bool], timeout: 
             await changed.wait()
 
 
+async def api_status_telemetry(controller: Controller) -> dict[str, Any]:
+    """The ``telemetry`` entry of the status a client gets over the control socket."""
+    async with ControlClient(controller.config.resolve(controller.config.cell.api.socket)) as client:
+        status = await client.request("status")
+    telemetry: dict[str, Any] = status["telemetry"]
+    return telemetry
+
+
 async def test_the_controller_shows_the_mqtt_alarm_while_its_login_is_refused_and_clears_it_once_taken(
     make_broker: MakeBroker, tmp_path: Path
 ) -> None:
@@ -407,6 +416,7 @@ async def test_the_controller_shows_the_mqtt_alarm_while_its_login_is_refused_an
         try:
             await until(changed, lambda: alarms.is_active(BROKER_ALARM))
             seen["shown"] = controller.engine.status().alarms
+            seen["telemetry_refused"] = await api_status_telemetry(controller)
             seen["queued"] = await controller.store.outbox_count()
             write_password_file(passwd, {"cell": "s3cret"})
             await broker.astop()
@@ -414,12 +424,17 @@ async def test_the_controller_shows_the_mqtt_alarm_while_its_login_is_refused_an
             await until(changed, lambda: not alarms.is_active(BROKER_ALARM))
             assert controller.publisher is not None
             seen["drained"] = await controller.publisher.flush(WAIT_S)
+            seen["telemetry_up"] = await api_status_telemetry(controller)
         finally:
             stop.set()
 
     async with asyncio.timeout(60):
         await app.run(stop, on_ready=scenario)
 
+    assert seen["telemetry_refused"]["state"] == "refused"
+    assert seen["telemetry_refused"]["reason"].startswith("login refused")
+    assert seen["telemetry_up"]["state"] == "up"
+    assert seen["telemetry_up"]["reason"] == ""
     (shown,) = [a for a in seen["shown"] if a.id == BROKER_ALARM]
     assert shown.severity is Severity.WARNING
     expected = f"broker {broker.host}:{broker.port} refused the connection (login refused"

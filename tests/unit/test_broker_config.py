@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
+from cellctl.cli.ctl import format_status
 from cellctl.core.clock import SystemClock
 from cellctl.core.events import AlarmAction, AlarmEvent, Event, Severity
 from cellctl.engine.alarms import AlarmManager
@@ -256,3 +257,24 @@ async def test_an_outage_shorter_than_the_grace_raises_nothing() -> None:
     ((action, message),) = journal.actions()
     assert action is AlarmAction.RAISED
     assert "broker certificate not accepted" in message
+
+
+# --- the status ------------------------------------------------------------------------------------------
+
+
+def test_ctl_status_shows_the_broker_link_with_since_when_and_why() -> None:
+    refused = BrokerLink(
+        BrokerLinkState.REFUSED,
+        BROKER,
+        at=1_800_000_060.0,
+        reason="login refused: Not authorized",
+        attempt=3,
+        retry_s=28.0,
+        since=1_800_000_000.0,
+    )
+
+    text = format_status({"state": "Idle", "state_no": 4, "telemetry": refused.to_dict()})
+
+    assert (
+        f"telemetry  refused ({BROKER}) since 2027-01-15 08:00:00.000Z: login refused: Not authorized" in text
+    )
