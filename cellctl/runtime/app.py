@@ -276,7 +276,8 @@ class BrokerAlarm:
 
     A refusal (login or certificate) needs a person: raised at the first report. An ordinary outage is raised
     only once it has lasted ``outage_after_s`` (a drop retried within seconds is no news), saying since when;
-    the records wait in the outbox meanwhile. Cleared when the link is up again.
+    the records wait in the outbox meanwhile. Only the link up again clears it: a refusal followed by an
+    outage stays raised as a refusal until the outage has lasted ``outage_after_s`` too.
     """
 
     def __init__(self, alarms: AlarmManager, *, outage_after_s: float) -> None:
@@ -284,6 +285,7 @@ class BrokerAlarm:
         self._outage_after_s = outage_after_s
         self._reports: asyncio.Queue[BrokerLink] = asyncio.Queue()
         self._raised: BrokerLinkState | None = None
+        """What the active alarm says: REFUSED or DOWN (None when no alarm is active)."""
         self._down: BrokerLink | None = None
         """The first report of the outage in progress (None while up or refused)."""
         self._down_deadline: float | None = None
@@ -297,9 +299,8 @@ class BrokerAlarm:
         """Apply reports as they come, raising an outage once it lasted long enough; runs until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
-            deadline = self._down_deadline if self._raised is None else None
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(self._down_deadline):
                     link = await self._reports.get()
             except TimeoutError:
                 await self._raise_outage()
@@ -313,7 +314,7 @@ class BrokerAlarm:
         elif link.state is BrokerLinkState.REFUSED:
             self._down = self._down_deadline = None
             if self._raised is not BrokerLinkState.REFUSED:
-                await self._clear("")
+                await self._clear(f"broker {link.broker} reachable again, but refusing")
                 self._raised = BrokerLinkState.REFUSED
                 retry = f"retrying about every {link.retry_s:.0f} s" if link.retry_s else "retrying"
                 await self._alarms.raise_alarm(
@@ -324,24 +325,24 @@ class BrokerAlarm:
                     source="telemetry",
                 )
         elif self._down is None:
-            if self._raised is BrokerLinkState.REFUSED:
-                await self._clear("")
             self._down = link
-            self._down_deadline = now + self._outage_after_s
-            if self._outage_after_s <= 0:
-                await self._raise_outage()
+            if self._raised is not BrokerLinkState.DOWN:
+                self._down_deadline = now + self._outage_after_s
+                if self._outage_after_s <= 0:
+                    await self._raise_outage()
 
     async def _raise_outage(self) -> None:
         down, self._down_deadline = self._down, None
-        if down is None or self._raised is not None:
+        if down is None or self._raised is BrokerLinkState.DOWN:
             return
+        since = datetime.datetime.fromtimestamp(down.since or down.at, datetime.UTC)
+        await self._clear(f"telemetry link to {down.broker} down (no refusal seen since)")
         self._raised = BrokerLinkState.DOWN
-        since = datetime.datetime.fromtimestamp(down.at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         await self._alarms.raise_alarm(
             BROKER_ALARM,
             severity=Severity.WARNING,
-            message=f"telemetry link to {down.broker} down since {since} ({down.reason}); "
-            "records are kept in the outbox",
+            message=f"telemetry link to {down.broker} down since {since:%Y-%m-%d %H:%M:%S} UTC "
+            f"({down.reason}); records are kept in the outbox",
             source="telemetry",
         )
 

@@ -597,7 +597,8 @@ _ALERTS = {
     "CERTIFICATE_REVOKED": "the broker says cellctl's client certificate is revoked",
     "UNSUPPORTED_CERTIFICATE": "the broker cannot use cellctl's client certificate",
     "ACCESS_DENIED": "the broker denied access",
-    "HANDSHAKE_FAILURE": "no TLS version or cipher both sides accept",
+    "HANDSHAKE_FAILURE": "the broker ended the handshake (a client certificate missing or refused, or no "
+    "cipher in common)",
     "PROTOCOL_VERSION": "no TLS version both sides accept",
 }
 

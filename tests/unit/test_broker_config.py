@@ -278,3 +278,41 @@ def test_ctl_status_shows_the_broker_link_with_since_when_and_why() -> None:
     assert (
         f"telemetry  refused ({BROKER}) since 2027-01-15 08:00:00.000Z: login refused: Not authorized" in text
     )
+
+
+async def test_a_refusal_stays_raised_through_a_short_outage_until_the_link_is_up() -> None:
+    journal = Journal()
+    manager = AlarmManager(journal.record, SystemClock())
+    alarm = BrokerAlarm(manager, outage_after_s=3600)
+    task = await running_alarm(alarm)
+    try:
+        alarm.report(link(BrokerLinkState.REFUSED, "login refused: Not authorized"))
+        alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused"))
+        alarm.report(link(BrokerLinkState.UP))
+        await journal.wait_for(2)
+    finally:
+        await stop(task)
+
+    assert [action for action, _ in journal.actions()] == [AlarmAction.RAISED, AlarmAction.CLEARED]
+    assert journal.actions()[1][1] == f"telemetry link to {BROKER} up again"
+
+
+async def test_a_refusal_followed_by_a_long_outage_becomes_the_outage_alarm() -> None:
+    journal = Journal()
+    manager = AlarmManager(journal.record, SystemClock())
+    alarm = BrokerAlarm(manager, outage_after_s=0.05)
+    task = await running_alarm(alarm)
+    try:
+        alarm.report(link(BrokerLinkState.REFUSED, "login refused: Not authorized"))
+        alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused"))
+        await journal.wait_for(3)
+        shown = manager.shown()
+    finally:
+        await stop(task)
+
+    assert [action for action, _ in journal.actions()] == [
+        AlarmAction.RAISED,
+        AlarmAction.CLEARED,
+        AlarmAction.RAISED,
+    ]
+    assert [a.message.split(" since ")[0] for a in shown if a.active] == [f"telemetry link to {BROKER} down"]
