@@ -44,6 +44,7 @@ _LINK_ERRORS = (aiomqtt.MqttError, OSError, TimeoutError)
 _STATUS_TIMEOUT_S = 1.0
 _IDLE_POLL_S = 5.0
 _INBOX_SIZE = 100
+_PROBE_PREFIX = "cellctl-liveness-probe/"
 
 # CONNACK codes that say "you may not log in" (MQTT 3.1.1 and their MQTT 5 counterparts): identifier
 # rejected, bad user name or password, not authorised, banned, bad authentication method.
@@ -335,8 +336,8 @@ class OutboxPublisher:
             identifier=self._client_id,
             will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             clean_session=True,
-            # paho pings after a keepalive without traffic and drops the link when a further keepalive
-            # brings nothing back: a silent link is seen within about twice the keepalive.
+            # The broker drops us after 1.5 x keepalive of silence (and publishes the will); _probe sees a
+            # silent link on our side within 1.5 x keepalive as well.
             keepalive=self._mqtt.keepalive_s,
             # The CONNACK or a PUBACK taking longer than that means the link is dead as well.
             timeout=2.0 * self._mqtt.keepalive_s,
@@ -366,7 +367,9 @@ class OutboxPublisher:
                 else:
                     self._ready.clear()
                 _raise_if_cancelling()
-                await self._pump(client)
+                async with asyncio.TaskGroup() as liveness:
+                    liveness.create_task(self._probe(client), name="telemetry:probe")
+                    await self._pump(client)
             except asyncio.CancelledError:
                 await self._goodbye(client)
                 raise
@@ -374,6 +377,18 @@ class OutboxPublisher:
                 self._connected = False
                 self._ready.clear()
                 await self._commit_acks()
+
+    async def _probe(self, client: aiomqtt.Client) -> None:
+        """Prove the link alive with a round trip every half keepalive, each allowed one keepalive.
+
+        paho's own keepalive gives up on a silent link only after two to two-and-a-bit keepalives (its timer
+        ticks once a second); this sees it within 1.5 x keepalive. The round trip is an UNSUBSCRIBE of a
+        filter cellctl never subscribes: the broker answers it whatever its ACLs, and it changes nothing.
+        """
+        keepalive = float(self._mqtt.keepalive_s)
+        while True:
+            await asyncio.sleep(keepalive / 2)
+            await client.unsubscribe(f"{_PROBE_PREFIX}{self._client_id}", timeout=keepalive)
 
     def _inbound_topics(self) -> list[str]:
         return [topic for handler in self._inbound for topic in handler.subscriptions()]

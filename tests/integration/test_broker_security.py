@@ -355,9 +355,8 @@ async def test_a_silent_link_is_detected_within_twice_the_keepalive(
             detected_s = loop.time() - frozen_at
             proxy.thaw()
 
-    # paho pings after one keepalive of silence and gives up after another; its housekeeping runs once a
-    # second, which is the slack allowed here.
-    assert detected_s <= 2 * keepalive_s + 1.0, detected_s
+    # The publisher's probe sees it within 1.5 x keepalive (measured: 1.47-1.50 s and 2.96-3.02 s).
+    assert detected_s <= 2 * keepalive_s, detected_s
 
 
 # --- the controller's mqtt alarm -------------------------------------------------------------------------
