@@ -320,7 +320,7 @@ class BrokerAlarm:
                 await self._alarms.raise_alarm(
                     BROKER_ALARM,
                     severity=Severity.WARNING,
-                    message=f"broker {link.broker} refused the connection ({link.reason}); {retry}; "
+                    message=f"MQTT broker {link.broker}: {link.reason}; {retry}; "
                     "records are kept in the outbox",
                     source="telemetry",
                 )

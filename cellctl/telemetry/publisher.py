@@ -587,34 +587,34 @@ def _refusal(error: BaseException, alert: ssl.SSLError | None) -> str | None:
         rc = error.rc
         code = rc if isinstance(rc, int) or rc is None else rc.value
         if code in _REFUSED_CONNACK:
-            return f"login refused: {rc if not isinstance(rc, int) else error}"
+            return f"the broker refused the login: {rc if not isinstance(rc, int) else error}"
     cause: BaseException | None = error
     seen = 0
     # aiomqtt re-raises connect errors as MqttError(str(exc)) from None: the ssl error is the context.
     while cause is not None and seen < 5:
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"broker certificate not accepted: {cause.verify_message or cause.reason or cause}"
+            why = cause.verify_message or cause.reason or str(cause)
+            return f"the broker's certificate failed verification: {why}"
         if isinstance(cause, ssl.SSLError) and _is_alert(cause):
-            return f"TLS handshake refused: {_alert_text(cause)}"
+            return f"the broker refused the TLS handshake: {_alert_text(cause)}"
         cause = cause.__cause__ or cause.__context__
         seen += 1
     if alert is not None and _is_alert(alert):
-        return f"TLS session refused: {_alert_text(alert)}"
+        return f"the broker refused the TLS session: {_alert_text(alert)}"
     return None
 
 
 # What the broker's TLS alerts mean for the person fixing it (the raw reason follows in brackets).
 _ALERTS = {
-    "CERTIFICATE_REQUIRED": "the broker requires a client certificate (mqtt.tls.cert_file, key_file)",
-    "UNKNOWN_CA": "the broker does not trust the CA of cellctl's client certificate",
-    "BAD_CERTIFICATE": "the broker rejected cellctl's client certificate",
-    "CERTIFICATE_EXPIRED": "the broker says cellctl's client certificate has expired",
-    "CERTIFICATE_REVOKED": "the broker says cellctl's client certificate is revoked",
-    "UNSUPPORTED_CERTIFICATE": "the broker cannot use cellctl's client certificate",
-    "ACCESS_DENIED": "the broker denied access",
-    "HANDSHAKE_FAILURE": "the broker ended the handshake (a client certificate missing or refused, or no "
-    "cipher in common)",
-    "PROTOCOL_VERSION": "no TLS version both sides accept",
+    "CERTIFICATE_REQUIRED": "it requires a client certificate (mqtt.tls.cert_file, key_file)",
+    "UNKNOWN_CA": "it does not trust the CA of cellctl's client certificate",
+    "BAD_CERTIFICATE": "it rejected cellctl's client certificate",
+    "CERTIFICATE_EXPIRED": "it says cellctl's client certificate has expired",
+    "CERTIFICATE_REVOKED": "it says cellctl's client certificate is revoked",
+    "UNSUPPORTED_CERTIFICATE": "it cannot use cellctl's client certificate",
+    "ACCESS_DENIED": "access denied",
+    "HANDSHAKE_FAILURE": "a client certificate missing or refused, or no cipher in common",
+    "PROTOCOL_VERSION": "no TLS version in common",
 }
 
 

@@ -195,7 +195,7 @@ async def test_a_broker_certificate_from_another_ca_is_refused_and_rows_stay_in_
         refused = await links.wait_for(BrokerLinkState.REFUSED)
         still_queued = await store.outbox_count()
 
-    assert refused.reason.startswith("broker certificate not accepted")
+    assert refused.reason.startswith("the broker's certificate failed verification: ")
     assert publisher.last_error == refused.reason
     assert still_queued == ROWS
     assert publisher.delivered == 0
@@ -232,8 +232,8 @@ async def test_a_broker_requiring_a_client_certificate_refuses_a_client_without_
         still_queued = await store.outbox_count()
 
     assert refused.reason == (
-        "TLS session refused: the broker requires a client certificate (mqtt.tls.cert_file, key_file) "
-        "(TLSV13_ALERT_CERTIFICATE_REQUIRED)"
+        "the broker refused the TLS session: it requires a client certificate (mqtt.tls.cert_file, "
+        "key_file) (TLSV13_ALERT_CERTIFICATE_REQUIRED)"
     )
     assert still_queued == ROWS
     assert links.of(BrokerLinkState.UP) == []
@@ -251,7 +251,7 @@ async def test_a_broker_refuses_a_client_certificate_its_ca_did_not_sign(
         refused = await links.wait_for(BrokerLinkState.REFUSED)
 
     assert refused.reason == (
-        "TLS session refused: the broker does not trust the CA of cellctl's client certificate "
+        "the broker refused the TLS session: it does not trust the CA of cellctl's client certificate "
         "(TLSV1_ALERT_UNKNOWN_CA)"
     )
     assert links.of(BrokerLinkState.UP) == []
@@ -306,7 +306,8 @@ async def test_a_wrong_password_is_refused_retried_slowly_and_delivered_once_the
         drained = await publisher.flush(WAIT_S)
 
     refused = links.of(BrokerLinkState.REFUSED)
-    assert all("login refused" in r.reason and "authori" in r.reason.lower() for r in refused[:3])
+    assert all(r.reason.startswith("the broker refused the login: ") for r in refused[:3])
+    assert all("authori" in r.reason.lower() for r in refused[:3])
     assert [r.attempt for r in refused[:3]] == [1, 2, 3]
     # Slow: every retry waits about refused_backoff_s (1 s here, at least 0.75 s), far above the 0.2 s cap
     # of an ordinary outage; the reports' timestamps show it.
@@ -382,6 +383,23 @@ async def api_status_telemetry(controller: Controller) -> dict[str, Any]:
     return telemetry
 
 
+def controller_for(folder: Path, broker: Mosquitto, **mqtt: object) -> CellApp:
+    """The example cell in ``folder`` (soft drivers) publishing to ``broker`` with these ``mqtt`` keys."""
+    cell_folder(folder)
+    yaml = YAML()
+    data: Any = yaml.load((folder / "cell.yaml").read_text())
+    data["mqtt"] = {
+        "host": broker.host,
+        "port": broker.port,
+        "keepalive_s": 2,
+        "refused_backoff_s": 1,
+        **mqtt,
+    }
+    with (folder / "cell.yaml").open("w") as fh:
+        yaml.dump(data, fh)
+    return CellApp(load_config(folder), driver_factory=soft)
+
+
 async def test_the_controller_shows_the_mqtt_alarm_while_its_login_is_refused_and_clears_it_once_taken(
     make_broker: MakeBroker, tmp_path: Path
 ) -> None:
@@ -389,22 +407,9 @@ async def test_the_controller_shows_the_mqtt_alarm_while_its_login_is_refused_an
     passwd = write_password_file(broker.folder / "passwd", {"cell": "other"})
     broker.configure([f"password_file {passwd}"], allow_anonymous=False)
     broker.start()
-    cell_folder(tmp_path)
     (tmp_path / "mqtt.password").write_text("s3cret\n")
     (tmp_path / "mqtt.password").chmod(0o600)
-    yaml = YAML()
-    data: Any = yaml.load((tmp_path / "cell.yaml").read_text())
-    data["mqtt"] = {
-        "host": broker.host,
-        "port": broker.port,
-        "username": "cell",
-        "password_file": "mqtt.password",
-        "keepalive_s": 2,
-        "refused_backoff_s": 1,
-    }
-    with (tmp_path / "cell.yaml").open("w") as fh:
-        yaml.dump(data, fh)
-    app = CellApp(load_config(tmp_path), driver_factory=soft)
+    app = controller_for(tmp_path, broker, username="cell", password_file="mqtt.password")
     stop = asyncio.Event()
     seen: dict[str, Any] = {}
 
@@ -431,12 +436,41 @@ async def test_the_controller_shows_the_mqtt_alarm_while_its_login_is_refused_an
         await app.run(stop, on_ready=scenario)
 
     assert seen["telemetry_refused"]["state"] == "refused"
-    assert seen["telemetry_refused"]["reason"].startswith("login refused")
+    assert seen["telemetry_refused"]["reason"].startswith("the broker refused the login")
     assert seen["telemetry_up"]["state"] == "up"
     assert seen["telemetry_up"]["reason"] == ""
     (shown,) = [a for a in seen["shown"] if a.id == BROKER_ALARM]
     assert shown.severity is Severity.WARNING
-    expected = f"broker {broker.host}:{broker.port} refused the connection (login refused"
+    expected = f"MQTT broker {broker.host}:{broker.port}: the broker refused the login: "
     assert shown.message.startswith(expected)
     assert seen["queued"] > 0  # the controller's own records (start-up, the alarm) wait in the outbox
     assert seen["drained"]
+
+
+async def test_the_controller_raises_the_mqtt_alarm_for_a_broker_certificate_it_cannot_verify(
+    make_broker: MakeBroker, pki: MqttPki, tmp_path: Path
+) -> None:
+    broker = make_broker(tls_lines(pki))
+    broker.start()
+    app = controller_for(tmp_path, broker, tls={"ca_file": str(pki.wrong_ca)})
+    stop = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def scenario(controller: Controller) -> None:
+        changed = asyncio.Event()
+        controller.recorder.add_listener(changed.set)
+        try:
+            await until(changed, lambda: controller.engine.alarms.is_active(BROKER_ALARM))
+            seen["alarm"] = controller.engine.alarms.get(BROKER_ALARM)
+            seen["queued"] = await controller.store.outbox_count()
+            assert controller.publisher is not None
+            seen["delivered"] = controller.publisher.delivered
+        finally:
+            stop.set()
+
+    async with asyncio.timeout(60):
+        await app.run(stop, on_ready=scenario)
+
+    assert ": the broker's certificate failed verification: " in seen["alarm"].message
+    assert seen["queued"] > 0
+    assert seen["delivered"] == 0

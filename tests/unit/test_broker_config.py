@@ -202,8 +202,8 @@ async def test_a_refused_login_raises_the_mqtt_alarm_at_once_and_the_link_up_cle
     alarm = BrokerAlarm(manager, outage_after_s=3600)
     task = await running_alarm(alarm)
     try:
-        alarm.report(link(BrokerLinkState.REFUSED, "login refused: Not authorized"))
-        alarm.report(link(BrokerLinkState.REFUSED, "login refused: Not authorized"))
+        alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
+        alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
         await journal.wait_for(1)
         shown = manager.shown()
         alarm.report(link(BrokerLinkState.UP))
@@ -213,7 +213,7 @@ async def test_a_refused_login_raises_the_mqtt_alarm_at_once_and_the_link_up_cle
 
     assert [(a.id, a.severity, a.source) for a in shown] == [(BROKER_ALARM, Severity.WARNING, "telemetry")]
     assert shown[0].message == (
-        f"broker {BROKER} refused the connection (login refused: Not authorized); retrying about every 30 s; "
+        f"MQTT broker {BROKER}: the broker refused the login: Not authorized; retrying about every 30 s; "
         "records are kept in the outbox"
     )
     assert [action for action, _ in journal.actions()] == [AlarmAction.RAISED, AlarmAction.CLEARED]
@@ -249,14 +249,16 @@ async def test_an_outage_shorter_than_the_grace_raises_nothing() -> None:
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: session ended"))
         alarm.report(link(BrokerLinkState.UP))
         # A refusal after that still raises at once: the queue is worked in order, so it proves the rest ran.
-        alarm.report(link(BrokerLinkState.REFUSED, "broker certificate not accepted: unknown CA"))
+        alarm.report(
+            link(BrokerLinkState.REFUSED, "the broker's certificate failed verification: unknown CA")
+        )
         await journal.wait_for(1)
     finally:
         await stop(task)
 
     ((action, message),) = journal.actions()
     assert action is AlarmAction.RAISED
-    assert "broker certificate not accepted" in message
+    assert "certificate failed verification" in message
 
 
 # --- the status ------------------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ def test_ctl_status_shows_the_broker_link_with_since_when_and_why() -> None:
         BrokerLinkState.REFUSED,
         BROKER,
         at=1_800_000_060.0,
-        reason="login refused: Not authorized",
+        reason="the broker refused the login: Not authorized",
         attempt=3,
         retry_s=28.0,
         since=1_800_000_000.0,
@@ -276,7 +278,8 @@ def test_ctl_status_shows_the_broker_link_with_since_when_and_why() -> None:
     text = format_status({"state": "Idle", "state_no": 4, "telemetry": refused.to_dict()})
 
     assert (
-        f"telemetry  refused ({BROKER}) since 2027-01-15 08:00:00.000Z: login refused: Not authorized" in text
+        f"telemetry  refused ({BROKER}) since 2027-01-15 08:00:00.000Z: "
+        "the broker refused the login: Not authorized" in text
     )
 
 
@@ -286,7 +289,7 @@ async def test_a_refusal_stays_raised_through_a_short_outage_until_the_link_is_u
     alarm = BrokerAlarm(manager, outage_after_s=3600)
     task = await running_alarm(alarm)
     try:
-        alarm.report(link(BrokerLinkState.REFUSED, "login refused: Not authorized"))
+        alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused"))
         alarm.report(link(BrokerLinkState.UP))
         await journal.wait_for(2)
@@ -303,7 +306,7 @@ async def test_a_refusal_followed_by_a_long_outage_becomes_the_outage_alarm() ->
     alarm = BrokerAlarm(manager, outage_after_s=0.05)
     task = await running_alarm(alarm)
     try:
-        alarm.report(link(BrokerLinkState.REFUSED, "login refused: Not authorized"))
+        alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused"))
         await journal.wait_for(3)
         shown = manager.shown()
