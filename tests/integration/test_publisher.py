@@ -40,7 +40,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def publisher_for(store: Store, identity: Identity, host: str, port: int, **mqtt: object) -> OutboxPublisher:
-    config = MqttConfig.model_validate({"host": host, "port": port, "keepalive_s": 5, **mqtt})
+    # The longest keepalive: a link stalled on purpose counts as dead after a keepalive without an answer
+    # (1.5 x keepalive at most), and a loaded machine must not turn a short stall into that.
+    config = MqttConfig.model_validate({"host": host, "port": port, "keepalive_s": 10, **mqtt})
     return OutboxPublisher(store, config, identity, backoff_base_s=0.05, backoff_cap_s=0.5)
 
 
