@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import stat
 import types
@@ -183,8 +184,8 @@ def load_config(path: str | Path) -> LoadedConfig:
 
 def warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
     """What is valid but unsafe in a loaded cell, located like errors: every OPC UA device on security policy
-    None (said or defaulted), a password sent without encryption, a private key others can read, a broker
-    password written in the cell file or sent without TLS.
+    None (said or defaulted), a password sent without encryption, a private key others can read, telemetry
+    to a broker off this machine without TLS, a broker password written in the cell file or sent without TLS.
 
     ``cellctl check`` prints these and still exits 0; ``cellctl run`` logs them at start.
     """
@@ -231,6 +232,14 @@ def _mqtt_warnings(loaded: LoadedConfig, source: _Source) -> list[ConfigIssue]:
     found: list[ConfigIssue] = []
     if not mqtt.enabled:
         return found
+    if mqtt.tls is None and not _is_loopback(mqtt.host):
+        found.append(
+            source.issue(
+                ("mqtt", "host"),
+                f"telemetry goes to {mqtt.host} without TLS: it is not encrypted and the broker is not "
+                "authenticated (add an mqtt.tls block; TLS listeners are usually on port 8883)",
+            )
+        )
     if mqtt.password is not None:
         found.append(
             source.issue(
@@ -261,6 +270,16 @@ def _mqtt_warnings(loaded: LoadedConfig, source: _Source) -> list[ConfigIssue]:
                 )
             )
     return found
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: traffic that never leaves the machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_mqtt_files(mqtt: MqttConfig, folder: Path, source: _Source) -> list[ConfigIssue]:

@@ -121,6 +121,23 @@ def test_an_inline_password_is_warned_about_and_so_is_a_password_without_tls(tmp
     assert "mqtt.password: the broker password is sent without encryption" in found[1]
 
 
+def test_telemetry_to_a_remote_broker_without_tls_is_warned_about(tmp_path: Path) -> None:
+    folder = cell_with_mqtt(tmp_path, {"host": "broker.plant.example"})
+
+    (warning,) = [str(w) for w in warnings(load_config(folder)) if ": mqtt." in str(w)]
+
+    assert "mqtt.host: telemetry goes to broker.plant.example without TLS" in warning
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.1.1"])
+def test_telemetry_to_a_broker_on_this_machine_without_tls_is_not_warned_about(
+    tmp_path: Path, host: str
+) -> None:
+    folder = cell_with_mqtt(tmp_path, {"host": host})
+
+    assert [str(w) for w in warnings(load_config(folder)) if ": mqtt." in str(w)] == []
+
+
 def test_a_password_file_over_tls_is_not_warned_about(tmp_path: Path) -> None:
     secret_file(tmp_path, 0o600)
     (tmp_path / "ca.pem").write_text("not checked at load\n")
