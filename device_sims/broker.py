@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -50,9 +51,11 @@ class PrivateBroker:
         host: str = "127.0.0.1",
         port: int | None = None,
         max_queued_messages: int = 1000,
+        extra: Sequence[str] = (),
+        allow_anonymous: bool = True,
     ) -> None:
         """A broker on ``host:port`` (a free port if None), queueing ``max_queued_messages`` per client
-        (0: no limit)."""
+        (0: no limit); ``extra``: more config lines (e.g. ``certfile ...``, ``password_file ...``)."""
         found = binary or find_mosquitto()
         if found is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -61,15 +64,31 @@ class PrivateBroker:
         self.port = port or free_port(host)
         self._dir = Path(tempfile.mkdtemp(prefix="cellctl-broker-"))
         self._conf = self._dir / "mosquitto.conf"
-        self._conf.write_text(
-            f"listener {self.port} {host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "set_tcp_nodelay true\n"
-            "log_dest none\n"
-            f"max_queued_messages {max_queued_messages}\n"
-        )
+        self._max_queued_messages = max_queued_messages
+        self.configure(extra, allow_anonymous=allow_anonymous)
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The broker's own temporary folder (its config; a test may put its files here)."""
+        return self._dir
+
+    def configure(self, extra: Sequence[str] = (), *, allow_anonymous: bool = True) -> None:
+        """Write the config: taken at the next ``start`` (``stop`` first to change a running broker)."""
+        lines = [
+            f"listener {self.port} {self.host}",
+            *extra,
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}",
+            "persistence false",
+            "set_tcp_nodelay true",
+            "log_dest none",
+            f"max_queued_messages {self._max_queued_messages}",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Started as root, mosquitto drops to user "mosquitto" before reading certificates and password
+            # files, which sit in our private (root-only) folder: stay root, this broker is a test's.
+            lines.append("user root")
+        self._conf.write_text("\n".join(lines) + "\n")
 
     @property
     def running(self) -> bool:

@@ -147,8 +147,11 @@ class ControlService:
         journal: JournalReader | None = None,
         sink: EventSink | None = None,
         clock: Clock | None = None,
+        telemetry: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """``telemetry``: the broker link's state for the status (``OutboxPublisher.link_view``), if any."""
         self._engine = engine
+        self._telemetry = telemetry
         self._identity = identity
         self._journal = journal
         self._sink = sink
@@ -176,8 +179,12 @@ class ControlService:
         return self._identity
 
     def status(self) -> dict[str, Any]:
-        """The engine's status snapshot as JSON-ready data (for a watcher's re-synchronisation)."""
-        return self._engine.status().to_dict()
+        """The engine's status snapshot as JSON-ready data (for a watcher's re-synchronisation), with the
+        broker link's state under ``telemetry`` when the controller publishes."""
+        status = self._engine.status().to_dict()
+        if self._telemetry is not None:
+            status["telemetry"] = self._telemetry()
+        return status
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call back on every event the engine records and every operator action; returns the unsubscribe."""

@@ -464,6 +464,9 @@ def format_status(status: dict[str, Any]) -> str:
     recovery = status.get("recovery")
     if isinstance(recovery, dict):
         rows.extend(_format_recovery(recovery))
+    telemetry = status.get("telemetry")
+    if isinstance(telemetry, dict):
+        rows.append(("telemetry", format_telemetry(telemetry)))
     for alarm in status.get("alarms") or []:
         if isinstance(alarm, dict):
             rows.append(("alarm", format_alarm(alarm)))
@@ -498,6 +501,16 @@ def _format_store(store: dict[str, Any]) -> str:
     if store.get("failing"):
         parts.append(f"FAILING: {store['failing']}")
     return "; ".join(parts) or "-"
+
+
+def format_telemetry(link: dict[str, Any]) -> str:
+    """The broker link for a person: state, broker, since when, and why it is not up."""
+    text = f"{link.get('state', '?')} ({link.get('broker', '?')})"
+    if isinstance(link.get("since"), int | float):
+        text += f" since {_when(link['since'])}"
+    if link.get("reason"):
+        text += f": {link['reason']}"
+    return text
 
 
 def format_alarm(alarm: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from cellctl.core.events import DeviceHealthChanged, Severity
 from cellctl.core.ports import Driver, Health, LinkState
 from cellctl.drivers import build_driver
 from cellctl.engine import Engine, StepDurations
+from cellctl.engine.alarms import AlarmManager
 from cellctl.engine.recovery import read_recovery
 from cellctl.engine.spc_monitor import read_spc_history
 from cellctl.errors import StoreError
@@ -25,7 +27,7 @@ from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
 from cellctl.store import Store, StorePolicy
 from cellctl.telemetry.encoding import Encoding
-from cellctl.telemetry.publisher import OutboxPublisher
+from cellctl.telemetry.publisher import BrokerLink, BrokerLinkState, OutboxPublisher
 from cellctl.telemetry.recorder import Recorder
 from cellctl.telemetry.sparkplug import SparkplugEncoding
 
@@ -140,15 +142,32 @@ class CellApp:
             store_stats=lambda: store.stats().to_dict(),
         )
         publisher = None
+        broker_alarm = BrokerAlarm(engine.alarms, outage_after_s=cell.mqtt.outage_alarm_s)
         if self._publish:
-            publisher = OutboxPublisher(store, cell.mqtt, cell.identity, encoding=self._encoding(store))
+            # Reads the password file and loads the TLS files now: a bad one stops the start (ConfigError).
+            publisher = OutboxPublisher(
+                store,
+                cell.mqtt,
+                cell.identity,
+                encoding=self._encoding(store),
+                resolve_path=self.config.resolve,
+            )
             recorder.add_listener(publisher.notify)
+            unsubscribes_link = publisher.on_link(broker_alarm.report)
+        else:
+            unsubscribes_link = _nothing
 
         async def journal(after_id: int, limit: int) -> list[dict[str, Any]]:
             return [dataclasses.asdict(e) for e in await store.journal(after_id=after_id, limit=limit)]
 
         # Operator actions go through the engine: a failing store raises its alarm and is retried.
-        service = ControlService(engine, identity=cell.identity, journal=journal, sink=engine)
+        service = ControlService(
+            engine,
+            identity=cell.identity,
+            journal=journal,
+            sink=engine,
+            telemetry=publisher.link_view if publisher is not None else None,
+        )
         server = ControlServer(self.config.resolve(cell.api.socket), service)
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller
@@ -165,12 +184,13 @@ class CellApp:
                 publisher_task = (
                     tg.create_task(publisher.run(), name="publisher") if publisher is not None else None
                 )
-                status_task = tg.create_task(self._report_status(engine), name="status")
+                broker_alarm_task = tg.create_task(broker_alarm.run(), name="alarm:mqtt")
+                status_task = tg.create_task(self._report_status(engine, publisher), name="status")
                 outbox_task = tg.create_task(watch_outbox(store, engine), name="store:outbox")
 
                 await server.ready.wait()
                 controller.ready.set()
-                self._notifier.ready(self._status_line(engine))
+                self._notifier.ready(self._status_line(engine, publisher))
                 log.info("controller ready", socket=str(self.config.resolve(cell.api.socket)))
                 if on_ready is not None:
                     await on_ready(controller)
@@ -185,7 +205,14 @@ class CellApp:
                     await engine.shutdown(STOP_DEADLINE_S)
                 except Exception as exc:  # the cell must still be brought down when Stop is refused
                     log.warning("orderly stop failed; cancelling the engine", error=str(exc))
-                for task in (api_task, engine_task, status_task, outbox_task, *driver_tasks):
+                for task in (
+                    api_task,
+                    engine_task,
+                    status_task,
+                    outbox_task,
+                    broker_alarm_task,
+                    *driver_tasks,
+                ):
                     await _cancel(task)
                 await self._drain(health_changes, recorder)
                 await _cancel(health_task)
@@ -196,6 +223,7 @@ class CellApp:
         finally:
             for unsubscribe in unsubscribes:
                 unsubscribe()
+            unsubscribes_link()
             self.controller = None
 
     def _encoding(self, store: Store) -> Encoding | None:
@@ -230,21 +258,25 @@ class CellApp:
         while not changes.empty():
             await recorder.record(_health_event(changes.get_nowait(), self._clock.wall()))
 
-    async def _report_status(self, engine: Engine) -> None:
+    async def _report_status(self, engine: Engine, publisher: OutboxPublisher | None) -> None:
         interval = watchdog_interval()
         period = interval if interval is not None else 5.0
         while True:
             # Pinging from the loop itself: a blocked loop stops the pings and systemd restarts us.
             if interval is not None:
                 self._notifier.watchdog()
-            self._notifier.status(self._status_line(engine))
+            self._notifier.status(self._status_line(engine, publisher))
             await asyncio.sleep(period)
 
     @staticmethod
-    def _status_line(engine: Engine) -> str:
+    def _status_line(engine: Engine, publisher: OutboxPublisher | None) -> str:
         status = engine.status()
         job = status.current_job
-        return f"state={status.state} job={job.job_id if job else '-'} queue={len(status.queue)}"
+        line = f"state={status.state} job={job.job_id if job else '-'} queue={len(status.queue)}"
+        if publisher is not None:
+            link = publisher.link
+            line += f" mqtt={link.state.value if link is not None else 'connecting'}"
+        return line
 
 
 TELEMETRY_DROPPED_ALARM = "telemetry_dropped"
@@ -300,6 +332,95 @@ async def health_alarm(engine: Engine, health: Health) -> None:
             message=f"{health.device}: link {health.state.value}: {health.error}".rstrip(": "),
             source=health.device,
         )
+
+
+BROKER_ALARM = "mqtt"
+"""Alarm id of the telemetry link: raised while the broker refuses us or the link has been down a while."""
+
+
+class BrokerAlarm:
+    """Turns the publisher's link reports into the ``mqtt`` alarm.
+
+    A refusal (login or certificate) needs a person: raised at the first report. An ordinary outage is raised
+    only once it has lasted ``outage_after_s`` (a drop retried within seconds is no news), saying since when;
+    the records wait in the outbox meanwhile. Only the link up again clears it: a refusal followed by an
+    outage stays raised as a refusal until the outage has lasted ``outage_after_s`` too.
+    """
+
+    def __init__(self, alarms: AlarmManager, *, outage_after_s: float) -> None:
+        self._alarms = alarms
+        self._outage_after_s = outage_after_s
+        self._reports: asyncio.Queue[BrokerLink] = asyncio.Queue()
+        self._raised: BrokerLinkState | None = None
+        """What the active alarm says: REFUSED or DOWN (None when no alarm is active)."""
+        self._down: BrokerLink | None = None
+        """The first report of the outage in progress (None while up or refused)."""
+        self._down_deadline: float | None = None
+        """Loop time at which the outage in progress is raised."""
+
+    def report(self, link: BrokerLink) -> None:
+        """The publisher's ``on_link`` callback: queue the report (never blocks)."""
+        self._reports.put_nowait(link)
+
+    async def run(self) -> None:
+        """Apply reports as they come, raising an outage once it lasted long enough; runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(self._down_deadline):
+                    link = await self._reports.get()
+            except TimeoutError:
+                await self._raise_outage()
+                continue
+            await self._apply(link, loop.time())
+
+    async def _apply(self, link: BrokerLink, now: float) -> None:
+        if link.state is BrokerLinkState.UP:
+            self._down = self._down_deadline = None
+            await self._clear(f"telemetry link to {link.broker} up again")
+        elif link.state is BrokerLinkState.REFUSED:
+            self._down = self._down_deadline = None
+            if self._raised is not BrokerLinkState.REFUSED:
+                await self._clear(f"broker {link.broker} reachable again, but refusing")
+                self._raised = BrokerLinkState.REFUSED
+                retry = f"retrying about every {link.retry_s:.0f} s" if link.retry_s else "retrying"
+                await self._alarms.raise_alarm(
+                    BROKER_ALARM,
+                    severity=Severity.WARNING,
+                    message=f"MQTT broker {link.broker}: {link.reason}; {retry}; "
+                    "records are kept in the outbox",
+                    source="telemetry",
+                )
+        elif self._down is None:
+            self._down = link
+            if self._raised is not BrokerLinkState.DOWN:
+                self._down_deadline = now + self._outage_after_s
+                if self._outage_after_s <= 0:
+                    await self._raise_outage()
+
+    async def _raise_outage(self) -> None:
+        down, self._down_deadline = self._down, None
+        if down is None or self._raised is BrokerLinkState.DOWN:
+            return
+        since = datetime.datetime.fromtimestamp(down.since or down.at, datetime.UTC)
+        await self._clear(f"telemetry link to {down.broker} down (no refusal seen since)")
+        self._raised = BrokerLinkState.DOWN
+        await self._alarms.raise_alarm(
+            BROKER_ALARM,
+            severity=Severity.WARNING,
+            message=f"telemetry link to {down.broker} down since {since:%Y-%m-%d %H:%M:%S} UTC "
+            f"({down.reason}); records are kept in the outbox",
+            source="telemetry",
+        )
+
+    async def _clear(self, message: str) -> None:
+        if self._raised is not None:
+            self._raised = None
+            await self._alarms.clear_alarm(BROKER_ALARM, message=message)
+
+
+def _nothing() -> None:
+    """An unsubscribe function with nothing to undo."""
 
 
 def _health_event(health: Health, now: float) -> DeviceHealthChanged:

@@ -442,16 +442,66 @@ class SparkplugConfig(Strict):
         return self.edge_node_id or identity.cell
 
 
+class MqttTls(Strict):
+    """TLS to the broker (relative paths are from the cell file).
+
+    The broker's certificate chain and host name are ALWAYS verified; there is deliberately no switch to turn
+    that off: an unverified TLS link encrypts traffic to whoever answers, so a spoofed broker would collect
+    every plant record and the login with it. For a broker with a self-made certificate, name its CA here.
+    """
+
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the broker's certificate; left out: the system's CAs.",
+    )
+    cert_file: str | None = Field(
+        default=None, description="PEM client certificate, for a broker that requires one (with key_file)."
+    )
+    key_file: str | None = Field(default=None, description="PEM private key of cert_file (keep it mode 600).")
+    key_password: str | None = Field(default=None, description="Password of an encrypted key_file.")
+    server_name: str | None = Field(
+        default=None,
+        description="The name the broker's certificate must carry, when it differs from host (e.g. host is "
+        "an IP address and the certificate names the broker's DNS name).",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise located("a client certificate needs both cert_file and key_file", missing)
+        if self.key_password is not None and self.key_file is None:
+            raise located("key_password without key_file", "key_password")
+        return self
+
+
+MAX_KEEPALIVE_S = 10
+"""Upper bound of ``mqtt.keepalive_s``: a silent link is seen within twice the keepalive, so within 20 s."""
+
+
 class MqttConfig(Strict):
-    """The MQTT broker telemetry goes to."""
+    """The MQTT broker telemetry goes to, and how the controller authenticates to it."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=1883, description="1883 is plain MQTT; a TLS listener is usually 8883."
+    )
     client_id: str | None = None
-    keepalive_s: Annotated[int, Field(ge=1, le=60)] = 10
+    keepalive_s: Annotated[int, Field(ge=1, le=MAX_KEEPALIVE_S)] = Field(
+        default=MAX_KEEPALIVE_S,
+        description="MQTT keepalive; a link silent for twice this long is dropped and reconnected.",
+    )
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(
+        default=None, description="Inline password (cellctl check warns: prefer password_file)."
+    )
+    password_file: str | None = Field(
+        default=None,
+        description="File holding the password (first line; relative to the cell file), read at start; "
+        "refused when others may read it.",
+    )
+    tls: MqttTls | None = None
     window: Annotated[int, Field(ge=1, le=1000)] = 50
     encoding: Literal["uns-json", "sparkplug-b"] = Field(
         default="uns-json",
@@ -462,6 +512,25 @@ class MqttConfig(Strict):
     """Messages per second of backlog (queued before the session came up) replayed after a reconnect."""
     replay_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     """Share of ``window`` that backlog may hold in flight; the rest stays free for live messages."""
+
+    refused_backoff_s: Annotated[float, Field(ge=1, le=3600)] = Field(
+        default=30.0,
+        description="Retry interval after the broker refused the login or a certificate (a network outage "
+        "retries faster, up to 5 s apart).",
+    )
+    outage_alarm_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=30.0,
+        description="Raise the 'mqtt' alarm when the broker link has been down this long (a refusal alarms "
+        "at once).",
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise located("give password or password_file, not both", "password_file")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise located("a password needs a username", "username")
+        return self
 
 
 class StreamClass(StrEnum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import stat
 import types
@@ -48,6 +49,7 @@ from cellctl.schema.cell import (
     Datatype,
     DeviceConfig,
     ModbusTable,
+    MqttConfig,
     SecurityPolicy,
     StepKind,
     StepTemplate,
@@ -64,6 +66,7 @@ from cellctl.schema.recipe import (
     Parameter,
     Recipe,
 )
+from cellctl.schema.secrets import SecretFileError, read_secret_file
 
 __all__ = [
     "CELL_FILE_NAME",
@@ -154,6 +157,8 @@ def load_config(path: str | Path) -> LoadedConfig:
     checked = _check_cell(cell_doc)
     issues += checked.issues
     issues += _check_security_files(checked.devices, cell_file.parent, cell_doc.source)
+    if checked.cell is not None:
+        issues += _check_mqtt_files(checked.cell.mqtt, cell_file.parent, cell_doc.source)
     recipes = _Recipes()
     if checked.recipes_dir is not None:
         recipes_dir = (cell_file.parent / checked.recipes_dir).resolve()
@@ -179,7 +184,8 @@ def load_config(path: str | Path) -> LoadedConfig:
 
 def warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
     """What is valid but unsafe in a loaded cell, located like errors: every OPC UA device on security policy
-    None (said or defaulted), a password sent without encryption, a private key others can read.
+    None (said or defaulted), a password sent without encryption, a private key others can read, telemetry
+    to a broker off this machine without TLS, a broker password written in the cell file or sent without TLS.
 
     ``cellctl check`` prints these and still exits 0; ``cellctl run`` logs them at start.
     """
@@ -217,7 +223,83 @@ def warnings(loaded: LoadedConfig) -> list[ConfigIssue]:
                         f"(mode {stat.S_IMODE(mode):o}): chmod 600 it",
                     )
                 )
+    found += _mqtt_warnings(loaded, source)
     return found
+
+
+def _mqtt_warnings(loaded: LoadedConfig, source: _Source) -> list[ConfigIssue]:
+    mqtt = loaded.cell.mqtt
+    found: list[ConfigIssue] = []
+    if not mqtt.enabled:
+        return found
+    if mqtt.tls is None and not _is_loopback(mqtt.host):
+        found.append(
+            source.issue(
+                ("mqtt", "host"),
+                f"telemetry goes to {mqtt.host} without TLS: it is not encrypted and the broker is not "
+                "authenticated (add an mqtt.tls block; TLS listeners are usually on port 8883)",
+            )
+        )
+    if mqtt.password is not None:
+        found.append(
+            source.issue(
+                ("mqtt", "password"),
+                "the broker password is written in the cell file: put it in a file of its own (mode 600) "
+                "and name it in mqtt.password_file",
+            )
+        )
+    if (mqtt.password is not None or mqtt.password_file is not None) and mqtt.tls is None:
+        found.append(
+            source.issue(
+                ("mqtt", "password_file" if mqtt.password is None else "password"),
+                "the broker password is sent without encryption: add an mqtt.tls block",
+            )
+        )
+    if mqtt.tls is not None and mqtt.tls.key_file is not None:
+        key = loaded.resolve(mqtt.tls.key_file)
+        try:
+            mode = key.stat().st_mode
+        except OSError:
+            return found  # a missing key is an error of load_config already
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            found.append(
+                source.issue(
+                    ("mqtt", "tls", "key_file"),
+                    f"private key {_display(key)} can be read by others (mode {stat.S_IMODE(mode):o}): "
+                    "chmod 600 it",
+                )
+            )
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: traffic that never leaves the machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_mqtt_files(mqtt: MqttConfig, folder: Path, source: _Source) -> list[ConfigIssue]:
+    """The broker's TLS files exist and its password file is usable (relative to the cell file)."""
+    issues: list[ConfigIssue] = []
+    if mqtt.tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = getattr(mqtt.tls, key)
+            if value is None:
+                continue
+            path = Path(os.path.normpath(folder / value))
+            if not path.is_file():
+                message = f"{key.removesuffix('_file')} file {_display(path)} does not exist"
+                issues.append(source.issue(("mqtt", "tls", key), message))
+    if mqtt.password_file is not None:
+        try:
+            read_secret_file(Path(os.path.normpath(folder / mqtt.password_file)))
+        except SecretFileError as exc:
+            issues.append(source.issue(("mqtt", "password_file"), str(exc)))
+    return issues
 
 
 def _check_security_files(

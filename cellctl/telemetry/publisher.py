@@ -14,6 +14,11 @@ other streams; backlog goes out at ``mqtt.replay_rate`` msg/s at most and holds 
 of the window. The trade-off: a live row of a stream that still has backlog waits behind that backlog, because
 order within a stream comes first; across streams, wire order is id order only while there is no backlog.
 A window slot is freed when its row is deleted (not at its PUBACK), so a crash resends at most a window.
+
+A broker that refuses the login (bad user name or password, not authorised) or a certificate (its own failing
+verification, or ours refused) is not an outage: retrying fast cannot help and looks like an attack, so it is
+logged once at error level and retried every ``mqtt.refused_backoff_s``. Either way the state is reported
+to ``on_link`` callbacks as a :class:`BrokerLink`; records keep going to the outbox meanwhile.
 """
 
 from __future__ import annotations
@@ -22,15 +27,21 @@ import asyncio
 import contextlib
 import random
 import socket
+import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import structlog
 
 from cellctl.core.clock import Clock, SystemClock
-from cellctl.schema.cell import Identity, MqttConfig
+from cellctl.errors import ConfigError, ConfigIssue
+from cellctl.schema.cell import Identity, MqttConfig, MqttTls
+from cellctl.schema.secrets import SecretFileError, read_secret_file
 from cellctl.store import OutboxRow, Store
 from cellctl.telemetry.encoding import Encoding, Inbound, Outgoing, Reaction
 from cellctl.telemetry.uns import UnsJsonEncoding
@@ -48,6 +59,53 @@ _PACE_BURST_S = 0.05
 """The replay may send this many seconds' worth of its rate at once after a pause."""
 _PACE_TICK_S = 0.005
 """When the replay waits for its rate, it waits for this many seconds' worth of messages (fewer timers)."""
+
+_PROBE_PREFIX = "cellctl-liveness-probe/"
+
+# CONNACK codes that say "you may not log in" (MQTT 3.1.1 and their MQTT 5 counterparts): identifier
+# rejected, bad user name or password, not authorised, banned, bad authentication method.
+_REFUSED_CONNACK = frozenset({2, 4, 5, 133, 134, 135, 138, 140})
+
+
+class BrokerLinkState(StrEnum):
+    """The publisher's link to its broker."""
+
+    UP = "up"
+    DOWN = "down"
+    """An outage (network, broker gone, silent link): retried quickly, up to the network backoff cap."""
+    REFUSED = "refused"
+    """The broker refused the login or a certificate: retried slowly, every ``mqtt.refused_backoff_s``."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLink:
+    """One report of the broker link: its state, why, when (wall clock) and when the next attempt is."""
+
+    state: BrokerLinkState
+    broker: str
+    """``host:port``."""
+    at: float
+    reason: str = ""
+    attempt: int = 0
+    """Consecutive failed attempts (0 when up)."""
+    retry_s: float | None = None
+    """Delay before the next attempt (None when up)."""
+    since: float = 0.0
+    """When the link entered this state (the first report of a run of the same state)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready data (the ``telemetry`` entry of the API status)."""
+        return {
+            "state": self.state.value,
+            "broker": self.broker,
+            "since": self.since,
+            "reason": self.reason,
+            "attempt": self.attempt,
+            "retry_s": self.retry_s,
+        }
+
+
+LinkCallback = Callable[[BrokerLink], None]
 
 
 def default_client_id(identity: Identity) -> str:
@@ -71,13 +129,22 @@ class OutboxPublisher:
         backoff_cap_s: float = 5.0,
         encoding: Encoding | None = None,
         inbound: Sequence[Inbound] = (),
+        resolve_path: Callable[[str], Path] = Path,
     ) -> None:
         """Publish ``store``'s outbox to the broker of ``mqtt``; ``wake`` tells it new rows are queued.
 
         ``encoding`` puts rows on the wire (default: UNS JSON); ``inbound`` handlers answer commands.
+        ``resolve_path`` turns the config's file names (TLS files, password file) into paths: pass the cell
+        file's ``LoadedConfig.resolve``. The password file is read and the TLS files loaded here, at start:
+        ConfigError (naming the key) when one cannot be used.
         """
         self._store = store
         self._mqtt = mqtt
+        self._password = _password(mqtt, resolve_path)
+        self._tls = _TlsContext.build(mqtt.tls, resolve_path) if mqtt.tls is not None else None
+        self._broker = f"{mqtt.host}:{mqtt.port}"
+        self._link_callbacks: list[LinkCallback] = []
+        self._link: BrokerLink | None = None
         self._client_id = mqtt.client_id or default_client_id(identity)
         self._encoding: Encoding = encoding or UnsJsonEncoding(identity, self._client_id)
         self._inbound = tuple(inbound)
@@ -101,7 +168,7 @@ class OutboxPublisher:
         self._last_error: str | None = None
         self._was_up = False
         self._log = structlog.get_logger("cellctl.telemetry").bind(
-            cell=identity.cell, broker=f"{mqtt.host}:{mqtt.port}", client_id=self._client_id
+            cell=identity.cell, broker=self._broker, client_id=self._client_id, tls=self._tls is not None
         )
 
     # --- read-only stats ---------------------------------------------------------------------------
@@ -125,6 +192,30 @@ class OutboxPublisher:
     def client_id(self) -> str:
         """The MQTT client id in use."""
         return self._client_id
+
+    @property
+    def link(self) -> BrokerLink | None:
+        """The latest link report (None before the first attempt ended either way)."""
+        return self._link
+
+    def link_view(self) -> dict[str, object]:
+        """The link as JSON-ready data; ``state`` is ``connecting`` before the first report."""
+        if self._link is None:
+            return {"state": "connecting", "broker": self._broker}
+        return self._link.to_dict()
+
+    def on_link(self, callback: LinkCallback) -> Callable[[], None]:
+        """Call ``callback`` when the link comes up and after every failed attempt; returns the unsubscribe.
+
+        Called in the publisher's task: keep it short and non-blocking (e.g. put the report on a queue).
+        """
+        self._link_callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._link_callbacks:
+                self._link_callbacks.remove(callback)
+
+        return unsubscribe
 
     # --- control -------------------------------------------------------------------------------------
 
@@ -159,9 +250,12 @@ class OutboxPublisher:
         failures = 0
         while True:
             self._was_up = False
+            if self._tls is not None:
+                self._tls.alert = None
             error: BaseException = aiomqtt.MqttError("session ended")
             try:
-                await self._session()
+                async with self._cut_on_tls_alert():
+                    await self._session()
             except* _LINK_ERRORS as group:
                 error = _first_leaf(group)
             # A link error raised while we were being cancelled (the disconnect after the goodbye, a child
@@ -169,8 +263,14 @@ class OutboxPublisher:
             _raise_if_cancelling()
             # Backoff restarts after a session that was up, so a single drop is retried quickly.
             failures = 1 if self._was_up else failures + 1
-            self._link_failed(error, first=failures == 1)
-            await asyncio.sleep(self._backoff(failures - 1))
+            refusal = None if self._was_up else _refusal(error, self._tls.alert if self._tls else None)
+            if refusal is not None:
+                delay = self._refused_backoff()
+                self._link_refused(refusal, attempt=failures, retry_s=delay)
+            else:
+                delay = self._backoff(failures - 1)
+                self._link_failed(error, first=failures == 1, attempt=failures, retry_s=delay)
+            await asyncio.sleep(delay)
 
     # --- internals -----------------------------------------------------------------------------------
 
@@ -179,7 +279,47 @@ class OutboxPublisher:
         delay = min(self._backoff_cap_s, self._backoff_base_s * 2.0 ** min(failures, 30))
         return delay / 2 + random.uniform(0, delay / 2)
 
-    def _link_failed(self, exc: BaseException, *, first: bool) -> None:
+    @contextlib.asynccontextmanager
+    async def _cut_on_tls_alert(self) -> AsyncIterator[None]:
+        """End the session (TimeoutError) as soon as the broker sends a TLS alert.
+
+        With TLS 1.3 a broker refuses cellctl's certificate (or its absence) after the handshake; paho only
+        sees a lost connection and aiomqtt would wait out its whole timeout for the CONNACK.
+        """
+        tls = self._tls
+        if tls is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        active = True
+        async with asyncio.timeout(None) as scope:
+
+            def cut() -> None:
+                if active:
+                    scope.reschedule(loop.time())
+
+            tls.on_alert = lambda: loop.call_soon_threadsafe(cut)
+            try:
+                yield
+            finally:
+                active = False
+                tls.on_alert = None
+
+    def _refused_backoff(self) -> float:
+        """About ``mqtt.refused_backoff_s``, the last quarter jittered so cells do not retry together."""
+        slow = self._mqtt.refused_backoff_s
+        return random.uniform(0.75 * slow, slow)
+
+    def _report(
+        self, state: BrokerLinkState, reason: str = "", attempt: int = 0, retry_s: float | None = None
+    ) -> None:
+        now = self._clock.wall()
+        since = self._link.since if self._link is not None and self._link.state is state else now
+        self._link = BrokerLink(state, self._broker, now, reason, attempt, retry_s, since)
+        for callback in tuple(self._link_callbacks):
+            callback(self._link)
+
+    def _link_failed(self, exc: BaseException, *, first: bool, attempt: int, retry_s: float) -> None:
         self._connected = False
         self._last_error = f"{type(exc).__name__}: {exc}"
         if first:
@@ -187,6 +327,22 @@ class OutboxPublisher:
             self._log.warning("telemetry link down; retrying", error=self._last_error)
         else:
             self._log.debug("telemetry reconnect failed", error=self._last_error)
+        self._report(BrokerLinkState.DOWN, self._last_error, attempt, retry_s)
+
+    def _link_refused(self, reason: str, *, attempt: int, retry_s: float) -> None:
+        self._connected = False
+        previous = self._link
+        self._last_error = reason
+        if previous is None or previous.state is not BrokerLinkState.REFUSED or previous.reason != reason:
+            # Logged once per refusal (not per attempt): it needs a person, who needs to read it only once.
+            self._log.error(
+                "broker refused the connection; retrying slowly",
+                reason=reason,
+                retry_every_s=self._mqtt.refused_backoff_s,
+            )
+        else:
+            self._log.debug("broker refused the connection again", reason=reason)
+        self._report(BrokerLinkState.REFUSED, reason, attempt, retry_s)
 
     def _client(self, will: Outgoing) -> aiomqtt.Client:
         window = self._mqtt.window
@@ -194,16 +350,19 @@ class OutboxPublisher:
             self._mqtt.host,
             self._mqtt.port,
             username=self._mqtt.username,
-            password=self._mqtt.password,
+            password=self._password,
             identifier=self._client_id,
             will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             clean_session=True,
+            # The broker drops us after 1.5 x keepalive of silence (and publishes the will); _probe sees a
+            # silent link on our side within 1.5 x keepalive as well.
             keepalive=self._mqtt.keepalive_s,
-            # A publish or the CONNACK taking longer than this means the link is dead even if TCP is quiet.
-            timeout=max(10.0, 2.0 * self._mqtt.keepalive_s),
+            # The CONNACK or a PUBACK taking longer than that means the link is dead as well.
+            timeout=2.0 * self._mqtt.keepalive_s,
             max_inflight_messages=window,
             # Without TCP_NODELAY, Nagle + delayed ACK stall a windowed QoS 1 stream at ~2k msg/s (PERF.md).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            tls_context=self._tls,
         )
         # aiomqtt warns above this many pending calls; a full window is our normal state, not a concern.
         client.pending_calls_threshold = window + 10
@@ -216,6 +375,7 @@ class OutboxPublisher:
             self._connected = True
             self._was_up = True
             self._log.info("telemetry link up", error_before=self._last_error)
+            self._report(BrokerLinkState.UP)
             try:
                 _raise_if_cancelling()
                 for topic in (*self._encoding.subscriptions(), *self._inbound_topics()):
@@ -225,7 +385,9 @@ class OutboxPublisher:
                 else:
                     self._ready.clear()
                 _raise_if_cancelling()
-                await self._pump(client)
+                async with asyncio.TaskGroup() as liveness:
+                    liveness.create_task(self._probe(client), name="telemetry:probe")
+                    await self._pump(client)
             except asyncio.CancelledError:
                 await self._goodbye(client)
                 raise
@@ -233,6 +395,18 @@ class OutboxPublisher:
                 self._connected = False
                 self._ready.clear()
                 await self._commit_acks()
+
+    async def _probe(self, client: aiomqtt.Client) -> None:
+        """Prove the link alive with a round trip every half keepalive, each allowed one keepalive.
+
+        paho's own keepalive gives up on a silent link only after two to two-and-a-bit keepalives (its timer
+        ticks once a second); this sees it within 1.5 x keepalive. The round trip is an UNSUBSCRIBE of a
+        filter cellctl never subscribes: the broker answers it whatever its ACLs, and it changes nothing.
+        """
+        keepalive = float(self._mqtt.keepalive_s)
+        while True:
+            await asyncio.sleep(keepalive / 2)
+            await client.unsubscribe(f"{_PROBE_PREFIX}{self._client_id}", timeout=keepalive)
 
     def _inbound_topics(self) -> list[str]:
         return [topic for handler in self._inbound for topic in handler.subscriptions()]
@@ -418,6 +592,125 @@ async def _send(client: aiomqtt.Client, message: Outgoing) -> None:
     await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
     # aiomqtt can swallow a cancellation that lands with the PUBACK (see _raise_if_cancelling).
     _raise_if_cancelling()
+
+
+def _password(mqtt: MqttConfig, resolve_path: Callable[[str], Path]) -> str | None:
+    if mqtt.password_file is None:
+        return mqtt.password
+    try:
+        return read_secret_file(resolve_path(mqtt.password_file))
+    except SecretFileError as exc:
+        raise ConfigError([_issue("mqtt.password_file", str(exc))]) from exc
+
+
+def _issue(key: str, message: str) -> ConfigIssue:
+    return ConfigIssue(file="<cell file>", line=None, path=key, message=message)
+
+
+class _AlertRecordingSocket(ssl.SSLSocket):
+    """Keeps the TLS error a read raised on its context: with TLS 1.3 a broker refuses a client certificate
+    only after the handshake, and paho turns that read error into a plain lost connection."""
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            context = self.context
+            if isinstance(context, _TlsContext):
+                context.alert = exc
+                if context.on_alert is not None:
+                    context.on_alert()
+            raise
+
+
+class _TlsContext(ssl.SSLContext):
+    """A client context that always verifies the broker's chain and name (``server_name`` if given)."""
+
+    server_name: str | None = None
+    alert: ssl.SSLError | None = None
+    """The TLS error of the latest connection's reads, if any."""
+    on_alert: Callable[[], object] | None = None
+    """Called (in whichever thread reads) when a read raised a TLS error."""
+
+    @classmethod
+    def build(cls, tls: MqttTls, resolve_path: Callable[[str], Path]) -> _TlsContext:
+        """Load the CA (or the system's CAs) and the client certificate; ConfigError naming the bad file."""
+        context = cls(ssl.PROTOCOL_TLS_CLIENT)  # verify_mode CERT_REQUIRED and check_hostname on
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.sslsocket_class = _AlertRecordingSocket
+        context.server_name = tls.server_name
+        try:
+            if tls.ca_file is None:
+                context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            else:
+                context.load_verify_locations(cafile=str(resolve_path(tls.ca_file)))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([_issue("mqtt.tls.ca_file", f"cannot load the CA: {exc}")]) from exc
+        if tls.cert_file is not None and tls.key_file is not None:
+            try:
+                context.load_cert_chain(
+                    str(resolve_path(tls.cert_file)), str(resolve_path(tls.key_file)), tls.key_password
+                )
+            except (OSError, ssl.SSLError) as exc:
+                message = f"cannot load the client certificate and key: {exc}"
+                raise ConfigError([_issue("mqtt.tls.cert_file", message)]) from exc
+        return context
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        """Wrap as usual, checking the configured ``server_name`` instead of the host connected to."""
+        if self.server_name is not None:
+            kwargs["server_hostname"] = self.server_name
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def _refusal(error: BaseException, alert: ssl.SSLError | None) -> str | None:
+    """Why the broker refused us, when ``error`` (a failed connect) is a refusal rather than an outage."""
+    if isinstance(error, aiomqtt.MqttCodeError):
+        rc = error.rc
+        code = rc if isinstance(rc, int) or rc is None else rc.value
+        if code in _REFUSED_CONNACK:
+            return f"the broker refused the login: {rc if not isinstance(rc, int) else error}"
+    cause: BaseException | None = error
+    seen = 0
+    # aiomqtt re-raises connect errors as MqttError(str(exc)) from None: the ssl error is the context.
+    while cause is not None and seen < 5:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or cause.reason or str(cause)
+            return f"the broker's certificate failed verification: {why}"
+        if isinstance(cause, ssl.SSLError) and _is_alert(cause):
+            return f"the broker refused the TLS handshake: {_alert_text(cause)}"
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    if alert is not None and _is_alert(alert):
+        return f"the broker refused the TLS session: {_alert_text(alert)}"
+    return None
+
+
+# What the broker's TLS alerts mean for the person fixing it (the raw reason follows in brackets).
+_ALERTS = {
+    "CERTIFICATE_REQUIRED": "it requires a client certificate (mqtt.tls.cert_file, key_file)",
+    "UNKNOWN_CA": "it does not trust the CA of cellctl's client certificate",
+    "BAD_CERTIFICATE": "it rejected cellctl's client certificate",
+    "CERTIFICATE_EXPIRED": "it says cellctl's client certificate has expired",
+    "CERTIFICATE_REVOKED": "it says cellctl's client certificate is revoked",
+    "UNSUPPORTED_CERTIFICATE": "it cannot use cellctl's client certificate",
+    "ACCESS_DENIED": "access denied",
+    "HANDSHAKE_FAILURE": "a client certificate missing or refused, or no cipher in common",
+    "PROTOCOL_VERSION": "no TLS version in common",
+}
+
+
+def _alert_text(exc: ssl.SSLError) -> str:
+    reason = exc.reason or str(exc)
+    meaning = next((text for key, text in _ALERTS.items() if reason.upper().endswith(key)), None)
+    return f"{meaning} ({reason})" if meaning else reason
+
+
+def _is_alert(exc: ssl.SSLError) -> bool:
+    """A TLS alert from the broker (certificate required, unknown CA, ...), not a connection that broke."""
+    return "ALERT" in (exc.reason or "")
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -40,7 +40,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def publisher_for(store: Store, identity: Identity, host: str, port: int, **mqtt: object) -> OutboxPublisher:
-    config = MqttConfig.model_validate({"host": host, "port": port, "keepalive_s": 5, **mqtt})
+    # The longest keepalive: a link stalled on purpose counts as dead after a keepalive without an answer
+    # (1.5 x keepalive at most), and a loaded machine must not turn a short stall into that.
+    config = MqttConfig.model_validate({"host": host, "port": port, "keepalive_s": 10, **mqtt})
     return OutboxPublisher(store, config, identity, backoff_base_s=0.05, backoff_cap_s=0.5)
 
 
@@ -77,6 +79,16 @@ def is_status(status: str, topic: str) -> Callable[[list[Received]], bool]:
 
 async def wait_online(collector: Collector, identity: Identity) -> None:
     await collector.wait_until(is_status("online", status_topic(identity)), timeout=WAIT_S)
+
+
+async def delivering(publisher: OutboxPublisher, recorder: Recorder) -> None:
+    """Wait until the publisher has delivered a row: its births are acknowledged and its pump runs.
+
+    The broker forwards the birth to subscribers before its PUBACK reaches the publisher, so seeing the
+    birth does not mean the publisher is past it; a proxy stalled then would hold the birth, not the rows.
+    """
+    await recorder.record(DeviceHealthChanged(ts=0.5, device="warmup", state="up"))
+    assert await publisher.flush(WAIT_S)
 
 
 async def wait_online_via(broker: Mosquitto, identity: Identity) -> None:
@@ -131,17 +143,18 @@ async def test_a_row_stays_in_the_outbox_until_the_broker_acknowledges_it(
         health = f"{topic_root(identity)}/health/robot1"
         async with collect(broker.host, broker.port, f"{topic_root(identity)}/#") as c, running(publisher):
             await wait_online(c, identity)
+            await delivering(publisher, recorder)
             proxy.stall()
             # When the broker has the message but its PUBACK cannot arrive
             await recorder.record(DeviceHealthChanged(ts=1.0, device="robot1", state="down"))
             await c.wait_until(has(1, health), timeout=WAIT_S)
             # Then the row is still queued
             assert await store.outbox_count() == 1
-            assert publisher.delivered == 0
+            assert publisher.delivered == 1
             # And once the PUBACK arrives it is gone
             proxy.unstall()
             assert await publisher.flush(WAIT_S)
-        assert publisher.delivered == 1
+        assert publisher.delivered == 2
 
 
 async def test_rows_unacknowledged_when_the_link_drops_are_sent_again_with_the_same_ids(
@@ -154,6 +167,7 @@ async def test_rows_unacknowledged_when_the_link_drops_are_sent_again_with_the_s
         recorder.add_listener(publisher.notify)
         async with collect(broker.host, broker.port, topic) as c, running(publisher):
             await wait_online_via(broker, identity)
+            await delivering(publisher, recorder)
             # Given ten messages the broker has taken but whose PUBACKs never came back
             proxy.stall()
             for i in range(10):

@@ -65,6 +65,17 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         "cell_endpoint_without_port.yaml",
         [cell("cell_endpoint_without_port", 6, "devices.gauge.endpoint", "host:port")],
     ),
+    "broker keepalive above 10 s and TLS verification switched off": (
+        "cell_mqtt_broker_faults.yaml",
+        [
+            cell("cell_mqtt_broker_faults", 15, "mqtt.keepalive_s", "less than or equal to 10"),
+            cell("cell_mqtt_broker_faults", 18, "mqtt.tls.insecure", "unknown key 'insecure'"),
+        ],
+    ),
+    "broker password given inline and as a file": (
+        "cell_mqtt_two_passwords.yaml",
+        [cell("cell_mqtt_two_passwords", 16, "mqtt.password_file", "password or password_file, not both")],
+    ),
     "malformed interlock condition and resume after a hold": (
         "cell_interlock_faults.yaml",
         [
