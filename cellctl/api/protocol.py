@@ -61,6 +61,10 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     OVERFLOW = "overflow"
+    NOT_ALLOWED = "not_allowed"
+    """The caller may not send this command (an MES over MQTT may only submit and cancel)."""
+    RETAINED = "retained"
+    """A command that arrived as a retained MQTT message: never executed (it would run at every reconnect)."""
 
 
 PACKML_COMMANDS: tuple[str, ...] = (
@@ -173,9 +177,16 @@ class SubmitArgs(Args):
 
 
 class CancelArgs(Args):
-    """``cancel``: one job by id."""
+    """``cancel``: one job, by its ``job_id`` or by the ``order_id`` that made it (exactly one of the two)."""
 
-    job_id: Annotated[str, Field(min_length=1, max_length=128)]
+    job_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    order_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CancelArgs:
+        if (self.job_id is None) == (self.order_id is None):
+            raise ValueError("give exactly one of job_id and order_id")
+        return self
 
 
 class ReorderArgs(Args):

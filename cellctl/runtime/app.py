@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from cellctl.api.mqtt_orders import MqttOrders
 from cellctl.api.server import ControlServer
 from cellctl.api.service import ControlService
 from cellctl.core.clock import Clock, SystemClock
@@ -134,15 +135,21 @@ class CellApp:
             spc_history=spc_history,
             orders=store,
         )
-        publisher = None
-        if self._publish:
-            publisher = OutboxPublisher(store, cell.mqtt, cell.identity)
-            recorder.add_listener(publisher.notify)
 
         async def journal(after_id: int, limit: int) -> list[dict[str, Any]]:
             return [dataclasses.asdict(e) for e in await store.journal(after_id=after_id, limit=limit)]
 
         service = ControlService(engine, identity=cell.identity, journal=journal, sink=recorder)
+        publisher = None
+        if self._publish:
+            # Orders from the MES go through the same service as the control socket, on the same link.
+            inbound = (
+                [MqttOrders(service, store, cell.identity, cell.mqtt.commands, clock=self._clock)]
+                if cell.mqtt.commands.enabled
+                else []
+            )
+            publisher = OutboxPublisher(store, cell.mqtt, cell.identity, inbound=inbound)
+            recorder.add_listener(publisher.notify)
         server = ControlServer(self.config.resolve(cell.api.socket), service)
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller

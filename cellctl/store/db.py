@@ -18,16 +18,18 @@ import structlog
 from cellctl.core.events import Event, JobEvent
 from cellctl.core.ports import OrderRecord
 from cellctl.errors import StoreError
-from cellctl.store import journal, orders, outbox, steps
+from cellctl.store import commands, journal, orders, outbox, steps
+from cellctl.store.commands import CommandClaim
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxMessage, OutboxRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The newest schema this code knows; a file written by newer code is refused."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (*journal.SCHEMA_V1, *outbox.SCHEMA_V1),
     2: orders.SCHEMA_V2,
+    3: commands.SCHEMA_V3,
 }
 """Statements that take the schema from version ``n - 1`` to ``n``; each version runs in one transaction."""
 
@@ -106,6 +108,32 @@ class Store:
     async def find_order(self, order_id: str) -> OrderRecord | None:
         """The order id's job, content digest and newest job event (None if never accepted): an OrderBook."""
         return await self._call("read orders", lambda conn: orders.find(conn, order_id))
+
+    async def claim_command(
+        self, source: str, command_id: str, *, now: float, keep_s: float, keep_rows: int
+    ) -> CommandClaim:
+        """Claim a remote command id of ``source`` in one transaction (after pruning rows older than
+        ``keep_s`` or beyond the newest ``keep_rows``): NEW (run it), DONE with the stored reply, or
+        INTERRUPTED (claimed by a run that stopped before replying)."""
+
+        def work(conn: sqlite3.Connection) -> CommandClaim:
+            with _transaction(conn):
+                return commands.claim(conn, source, command_id, now=now, keep_s=keep_s, keep_rows=keep_rows)
+
+        return await self._call("claim command", work)
+
+    async def finish_command(self, source: str, command_id: str, reply: str, *, now: float) -> None:
+        """Store the reply of a claimed command; a repeat of its id is answered with it."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                commands.finish(conn, source, command_id, reply, now=now)
+
+        await self._call("store command reply", work)
+
+    async def command_count(self) -> int:
+        """Remote commands remembered."""
+        return await self._call("count commands", commands.count)
 
     async def step_durations(self, window: int = steps.DEFAULT_WINDOW_ROWS) -> list[steps.StepDuration]:
         """(device, step kind, seconds) of the completed steps among the newest ``window`` step rows."""
