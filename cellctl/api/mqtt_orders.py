@@ -20,8 +20,11 @@ Exactly once:
   engine is not called. Ids are remembered for ``mqtt.commands.remember_s`` (7 days) and at most
   ``remember_max`` (10,000) of them; past that a repeat runs again, and a submit then still finds its order's
   job (the engine keeps one job per order id).
-* a retained command never runs (it would run again at every reconnect): it is answered ``retained`` and
-  cleared from the broker (an empty retained message on its topic, which this handler ignores).
+* a message that arrives retained never runs (it would run again at every reconnect): it is answered
+  ``retained`` and cleared from the broker (an empty retained message on its topic, which this handler
+  ignores). A command published with retain on while the cell is connected reaches it as a live message
+  (MQTT 3.1.1) and runs once; its retained copy, seen at the next connect, gets that command's stored reply
+  and is cleared.
 * a malformed command (no JSON, wrong types, NaN, unknown keys or command, too large) changes nothing, not
   even the remembered ids: its error reply names the field, with ``id`` null when no id could be read.
 """
@@ -131,6 +134,10 @@ class CommandLog(Protocol):
         """Store a claimed command's reply."""
         ...
 
+    async def command_reply(self, source: str, command_id: str) -> str | None:
+        """The stored reply of a handled command id, claiming nothing."""
+        ...
+
 
 class _Refused(Exception):
     """A command answered with an error before anything ran (nothing is remembered of it)."""
@@ -220,6 +227,12 @@ class MqttOrders:
             self._log.warning("mqtt command refused", command_id=command_id, error=str(exc))
             return [*clear, self._reply(command_id, self._reply_topic, code=exc.code, message=str(exc))]
         if retained:
+            # Published with retain on while we were connected, it arrived live (MQTT 3.1.1) and ran: its
+            # retained copy comes back at the next connect, and is answered as the command was.
+            stored = await self._stored_reply(command_id)
+            if stored is not None:
+                self._log.info("retained copy of a handled mqtt command cleared", command_id=command_id)
+                return [*clear, Outgoing(reply_topic, stored.encode())]
             self._log.warning("retained mqtt command not run; cleared from the broker", command_id=command_id)
             message = (
                 "a retained command is never run (it would run again at every reconnect): "
@@ -232,6 +245,15 @@ class MqttOrders:
             self._log.warning("mqtt command refused", command_id=command_id, error=str(exc))
             return [self._reply(command_id, reply_topic, code=exc.code, message=str(exc))]
         return [await self._run(command, request, caller, reply_topic)]
+
+    async def _stored_reply(self, command_id: str | None) -> str | None:
+        if command_id is None:
+            return None
+        try:
+            return await self._store.command_reply(self._source, command_id)
+        except StoreError as exc:
+            self._log.error("mqtt command lookup failed", command_id=command_id, error=str(exc))
+            return None
 
     def _reply_to(self, value: object) -> str:
         """The reply topic a request asks for, or the default; _Refused naming ``reply_to`` if not allowed."""

@@ -83,6 +83,14 @@ def finish(conn: sqlite3.Connection, source: str, command_id: str, reply: str, *
     )
 
 
+def stored_reply(conn: sqlite3.Connection, source: str, command_id: str) -> str | None:
+    """The stored reply of a handled command id; None when unknown or not finished."""
+    row = conn.execute(
+        "SELECT reply FROM commands WHERE source = ? AND command_id = ?", (source, command_id)
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
 def count(conn: sqlite3.Connection) -> int:
     """Rows kept (for tests and diagnostics)."""
     (n,) = conn.execute("SELECT COUNT(*) FROM commands").fetchone()

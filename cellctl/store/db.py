@@ -131,6 +131,10 @@ class Store:
 
         await self._call("store command reply", work)
 
+    async def command_reply(self, source: str, command_id: str) -> str | None:
+        """The stored reply of a handled command id of ``source`` (None when unknown); claims nothing."""
+        return await self._call("read command", lambda conn: commands.stored_reply(conn, source, command_id))
+
     async def command_count(self) -> int:
         """Remote commands remembered."""
         return await self._call("count commands", commands.count)

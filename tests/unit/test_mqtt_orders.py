@@ -308,6 +308,17 @@ async def test_a_retained_command_does_not_use_up_its_id(rig: Rig) -> None:
     assert reply["ok"] is True and len(rig.engine.calls) == 1
 
 
+async def test_the_retained_copy_of_a_command_that_ran_gets_its_reply_and_is_cleared(rig: Rig) -> None:
+    # Published with retain on while connected: it arrived live and ran; at the next connect it is retained.
+    (first,) = await rig.send(submit("c-1"))
+
+    clear, again = await rig.send(submit("c-1"), retained=True)
+
+    assert clear == Outgoing(REQUESTS, b"", retain=True)
+    assert again == first
+    assert len(rig.engine.calls) == 1
+
+
 async def test_an_empty_message_clearing_a_retained_command_is_not_answered(rig: Rig) -> None:
     assert await rig.handler.handle(REQUESTS, b"", retained=False) == []
     assert await rig.handler.handle(REQUESTS, b"", retained=True) == []
@@ -320,6 +331,9 @@ async def test_a_store_that_cannot_claim_the_id_refuses_the_command_unrun(store:
 
         async def finish_command(self, source: str, command_id: str, reply: str, *, now: float) -> None:
             raise AssertionError("nothing ran, nothing to store")
+
+        async def command_reply(self, source: str, command_id: str) -> str | None:
+            raise StoreError("disk is full")
 
     rig = make_rig(store)
     handler = MqttOrders(
