@@ -5,6 +5,9 @@ Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, 
 (accepted or refused, with who sent it) through the sink the runtime gives the service, and is passed to
 the same listeners as the engine's own events. The engine records the facts that follow (``StateChanged``
 with ``by``, ``JobEvent``...).
+
+Callers: a peer of the control socket (``Caller``, ``by`` = ``api:<user>``, may send everything) or an MES
+over MQTT (``MesCaller``, ``by`` = ``mqtt:<name>``, may only submit and cancel: others are ``not_allowed``).
 """
 
 from __future__ import annotations
