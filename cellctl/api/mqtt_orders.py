@@ -40,6 +40,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from cellctl.api.protocol import (
+    COMMANDS,
     MAX_LINE,
     PROTOCOL_VERSION,
     ErrorBody,
@@ -111,6 +112,34 @@ class OrderReply(BaseModel):
         """The reply's JSON; values JSON cannot hold (NaN) go out as null."""
         exclude = {"error"} if self.ok else {"result"}
         return self.model_dump_json(by_alias=True, exclude=exclude, fallback=str).encode()
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of a command (``"cmd-order"``, with the args of each ``cmd``) and of its reply
+    (``"cmd-reply"``), in the dialect pydantic generates (2020-12)."""
+    request = OrderCommand.model_json_schema(mode="validation")
+    defs: dict[str, Any] = request.setdefault("$defs", {})
+    branches = []
+    for cmd in sorted(MES_COMMANDS, reverse=True):  # submit, cancel
+        model = COMMANDS[cmd]
+        sub = model.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[model.__name__] = sub
+        branches.append(
+            {
+                "if": {"properties": {"cmd": {"const": cmd}}, "required": ["cmd"]},
+                "then": {"properties": {"args": {"$ref": f"#/$defs/{model.__name__}"}}, "required": ["args"]},
+            }
+        )
+    request["allOf"] = branches
+    reply = OrderReply.model_json_schema(mode="serialization", by_alias=True)
+    # As sent: every envelope field, and exactly one of result (ok) and error (not ok).
+    reply["required"] = ["schema", "v", "id", "ok", "ts"]
+    reply["oneOf"] = [
+        {"properties": {"ok": {"const": True}}, "required": ["result"], "not": {"required": ["error"]}},
+        {"properties": {"ok": {"const": False}}, "required": ["error"], "not": {"required": ["result"]}},
+    ]
+    return {"cmd-order": request, "cmd-reply": reply}
 
 
 class CommandService(Protocol):

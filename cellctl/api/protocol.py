@@ -30,6 +30,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -153,7 +154,20 @@ def parse_due(value: object) -> float | None:
     )
 
 
-DueTime = Annotated[float | None, BeforeValidator(parse_due)]
+DueTime = Annotated[
+    float | None,
+    BeforeValidator(parse_due),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "format": "date-time"},
+                {"type": "null"},
+            ],
+            "description": "Epoch seconds, or ISO 8601 text with a timezone.",
+        }
+    ),
+]
 """An absolute due time: epoch seconds or ISO 8601 with a timezone on the wire, epoch seconds once parsed."""
 
 
@@ -178,6 +192,10 @@ class SubmitArgs(Args):
 
 class CancelArgs(Args):
     """``cancel``: one job, by its ``job_id`` or by the ``order_id`` that made it (exactly one of the two)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["job_id"]}, {"required": ["order_id"]}]}
+    )
 
     job_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     order_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None

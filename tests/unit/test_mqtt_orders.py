@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cellctl.api.mqtt_orders import MAX_PAYLOAD, REPLY_SCHEMA, MqttOrders, OrderCommand, OrderReply
+from cellctl.api.mqtt_orders import (
+    MAX_PAYLOAD,
+    REPLY_SCHEMA,
+    MqttOrders,
+    OrderCommand,
+    OrderReply,
+    json_schemas,
+)
 from cellctl.api.protocol import Request
 from cellctl.api.service import ControlService, MesCaller
 from cellctl.core.events import Event, OperatorAction
@@ -507,6 +514,28 @@ def test_the_request_and_reply_models_export_json_schemas() -> None:
     assert set(request["required"]) == {"v", "id", "cmd"}
     assert request["properties"]["cmd"]["enum"] == ["submit", "cancel"]
     assert reply["properties"]["schema"]["const"] == REPLY_SCHEMA
+
+
+async def test_commands_and_replies_on_the_wire_fit_the_exported_schemas(rig: Rig) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = json_schemas()
+    good = [
+        submit("c-1", due="2026-11-28T14:00:00+01:00", parameters={"width": 4.5}),
+        {"v": 1, "id": "c-2", "cmd": "cancel", "args": {"order_id": "PO-1"}},
+    ]
+    bad = [
+        submit("c-3", quantity="ten"),
+        {"v": 1, "id": "c-4", "cmd": "cancel", "args": {"order_id": "PO-1", "job_id": "J-1"}},
+        {"v": 1, "id": "c-5", "cmd": "status"},
+    ]
+    replies = [await rig.reply(command) for command in (*good, *bad)]
+
+    request = jsonschema.Draft202012Validator(schemas["cmd-order"])
+    reply = jsonschema.Draft202012Validator(schemas["cmd-reply"])
+    assert [request.is_valid(c) for c in (*good, *bad)] == [True, True, False, False, False]
+    for body in replies:
+        reply.validate(body)
+    assert [r["ok"] for r in replies] == [True, True, False, False, False]
 
 
 @pytest.mark.parametrize("prefix", ["plant/#", "plant/+/x", "$SYS/x", "plant/"])
