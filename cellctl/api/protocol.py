@@ -30,6 +30,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -61,6 +62,10 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     OVERFLOW = "overflow"
+    NOT_ALLOWED = "not_allowed"
+    """The caller may not send this command (an MES over MQTT may only submit and cancel)."""
+    RETAINED = "retained"
+    """A command that arrived as a retained MQTT message: never executed (it would run at every reconnect)."""
 
 
 PACKML_COMMANDS: tuple[str, ...] = (
@@ -149,7 +154,20 @@ def parse_due(value: object) -> float | None:
     )
 
 
-DueTime = Annotated[float | None, BeforeValidator(parse_due)]
+DueTime = Annotated[
+    float | None,
+    BeforeValidator(parse_due),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "format": "date-time"},
+                {"type": "null"},
+            ],
+            "description": "Epoch seconds, or ISO 8601 text with a timezone.",
+        }
+    ),
+]
 """An absolute due time: epoch seconds or ISO 8601 with a timezone on the wire, epoch seconds once parsed."""
 
 
@@ -173,9 +191,20 @@ class SubmitArgs(Args):
 
 
 class CancelArgs(Args):
-    """``cancel``: one job by id."""
+    """``cancel``: one job, by its ``job_id`` or by the ``order_id`` that made it (exactly one of the two)."""
 
-    job_id: Annotated[str, Field(min_length=1, max_length=128)]
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["job_id"]}, {"required": ["order_id"]}]}
+    )
+
+    job_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    order_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CancelArgs:
+        if (self.job_id is None) == (self.order_id is None):
+            raise ValueError("give exactly one of job_id and order_id")
+        return self
 
 
 class ReorderArgs(Args):

@@ -5,6 +5,9 @@ Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, 
 (accepted or refused, with who sent it) through the sink the runtime gives the service, and is passed to
 the same listeners as the engine's own events. The engine records the facts that follow (``StateChanged``
 with ``by``, ``JobEvent``...).
+
+Callers: a peer of the control socket (``Caller``, ``by`` = ``api:<user>``, may send everything) or an MES
+over MQTT (``MesCaller``, ``by`` = ``mqtt:<name>``, may only submit and cancel: others are ``not_allowed``).
 """
 
 from __future__ import annotations
@@ -71,9 +74,46 @@ class Caller:
         """How the engine and the journal name this caller: ``api:<user>``."""
         return f"api:{self.user}"
 
+    def may(self, cmd: str) -> bool:
+        """Whether this caller may send ``cmd``: a person on the control socket may send every command."""
+        return True
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return asdict(self)
+
+
+MES_COMMANDS: frozenset[str] = frozenset({"submit", "cancel"})
+"""What a manufacturing execution system may ask of the cell: orders in, orders out, nothing else."""
+
+
+@dataclass(frozen=True, slots=True)
+class MesCaller:
+    """A manufacturing execution system sending commands over MQTT.
+
+    MQTT tells nothing about the sender, so it has no uid to show: it is named by the cell's config
+    (``mqtt.commands.by``) and each request carries the MES's command id, journaled with the action.
+    """
+
+    name: str
+    command_id: str | None = None
+
+    @property
+    def by(self) -> str:
+        """How the engine and the journal name this caller: ``mqtt:<name>``."""
+        return f"mqtt:{self.name}"
+
+    def may(self, cmd: str) -> bool:
+        """Only ``MES_COMMANDS``."""
+        return cmd in MES_COMMANDS
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``via: mqtt`` tells it apart from a socket peer)."""
+        return {"via": "mqtt", "name": self.name, "command_id": self.command_id}
+
+
+Requester = Caller | MesCaller
+"""Whoever sends a request to the service: a peer on the control socket or an MES over MQTT."""
 
 
 class View(Protocol):
@@ -101,6 +141,10 @@ class EnginePort(Protocol):
 
     async def cancel(self, job_id: str, *, by: str) -> View:
         """Cancel a job."""
+        ...
+
+    async def cancel_order(self, order_id: str, *, by: str) -> View:
+        """Cancel the job an order id made."""
         ...
 
     async def reorder(self, job_ids: Sequence[str], *, by: str) -> View:
@@ -157,7 +201,7 @@ class ControlService:
         self._sink = sink
         self._clock = clock or SystemClock()
         self._listeners: list[Listener] = []
-        self._handlers: dict[str, Callable[[Args, Caller], Awaitable[dict[str, Any]]]] = {
+        self._handlers: dict[str, Callable[[Args, Requester], Awaitable[dict[str, Any]]]] = {
             "hello": self._hello,
             "status": self._status,
             "command": self._command,
@@ -198,10 +242,16 @@ class ControlService:
 
         return unsubscribe
 
-    async def handle(self, request: Request, caller: Caller) -> Reply:
+    async def handle(self, request: Request, caller: Requester) -> Reply:
         """Answer one request: a Reply with the result, or with an error code; never raises for a bad request,
         a refused command or a bug in a handler (logged, answered ``internal``)."""
         try:
+            if not caller.may(request.cmd):
+                raise ProtocolError(
+                    ErrorCode.NOT_ALLOWED,
+                    f"{caller.by} may not send {request.cmd!r}",
+                    request_id=request.id,
+                )
             args = parse_args(request)
             handler = self._handlers.get(request.cmd)
             if handler is None:
@@ -232,7 +282,7 @@ class ControlService:
 
     # --- handlers ---------------------------------------------------------------------------------------
 
-    async def _hello(self, _args: Args, caller: Caller) -> dict[str, Any]:
+    async def _hello(self, _args: Args, caller: Requester) -> dict[str, Any]:
         return {
             "protocol": PROTOCOL_VERSION,
             "server": "cellctl",
@@ -242,10 +292,10 @@ class ControlService:
             "commands": list(COMMANDS),
         }
 
-    async def _status(self, _args: Args, _caller: Caller) -> dict[str, Any]:
+    async def _status(self, _args: Args, _caller: Requester) -> dict[str, Any]:
         return self.status()
 
-    async def _command(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _command(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, CommandArgs)
         name = args.name
 
@@ -254,7 +304,7 @@ class ControlService:
 
         return await self._act(name, {}, caller, call)
 
-    async def _mode(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _mode(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, ModeArgs)
         name = args.name
 
@@ -263,7 +313,7 @@ class ControlService:
 
         return await self._act("mode", args.model_dump(), caller, call)
 
-    async def _submit(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _submit(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, SubmitArgs)
         order = OrderRequest(
             order_id=args.order_id,
@@ -280,16 +330,19 @@ class ControlService:
 
         return await self._act("submit", args.model_dump(), caller, call)
 
-    async def _cancel(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _cancel(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, CancelArgs)
-        job_id = args.job_id
+        job_id, order_id = args.job_id, args.order_id
 
         async def call() -> View:
+            if order_id is not None:
+                return await self._engine.cancel_order(order_id, by=caller.by)
+            assert job_id is not None  # CancelArgs holds exactly one of the two
             return await self._engine.cancel(job_id, by=caller.by)
 
-        return await self._act("cancel", args.model_dump(), caller, call)
+        return await self._act("cancel", args.model_dump(exclude_none=True), caller, call)
 
-    async def _reorder(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _reorder(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, ReorderArgs)
         job_ids = list(args.job_ids)
 
@@ -298,13 +351,13 @@ class ControlService:
 
         return await self._act("reorder", args.model_dump(), caller, call)
 
-    async def _apply_proposal(self, _args: Args, caller: Caller) -> dict[str, Any]:
+    async def _apply_proposal(self, _args: Args, caller: Requester) -> dict[str, Any]:
         async def call() -> View:
             return await self._engine.apply_proposal(by=caller.by)
 
         return await self._act("apply_proposal", {}, caller, call)
 
-    async def _confirm(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _confirm(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, ConfirmArgs)
         step, evidence = args.step, args.evidence
 
@@ -313,7 +366,7 @@ class ControlService:
 
         return await self._act("confirm", args.model_dump(), caller, call)
 
-    async def _sign_off(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _sign_off(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, SignOffArgs)
         note = args.note
 
@@ -322,7 +375,7 @@ class ControlService:
 
         return await self._act("sign_off", args.model_dump(), caller, call)
 
-    async def _ack(self, args: Args, caller: Caller) -> dict[str, Any]:
+    async def _ack(self, args: Args, caller: Requester) -> dict[str, Any]:
         assert isinstance(args, AckArgs)
         alarm = args.alarm
 
@@ -331,12 +384,12 @@ class ControlService:
 
         return await self._act("ack", args.model_dump(), caller, call)
 
-    async def _spc(self, args: Args, _caller: Caller) -> dict[str, Any]:
+    async def _spc(self, args: Args, _caller: Requester) -> dict[str, Any]:
         assert isinstance(args, SpcArgs)
         # A read: answered from memory, not journaled as an operator action.
         return self._engine.spc_chart(args.variant, args.characteristic).to_dict()
 
-    async def _read_journal(self, args: Args, _caller: Caller) -> dict[str, Any]:
+    async def _read_journal(self, args: Args, _caller: Requester) -> dict[str, Any]:
         assert isinstance(args, JournalArgs)
         if self._journal is None:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "this controller keeps no journal")
@@ -346,7 +399,7 @@ class ControlService:
     # --- operator actions -------------------------------------------------------------------------------
 
     async def _act(
-        self, action: str, args: dict[str, Any], caller: Caller, call: Callable[[], Awaitable[View]]
+        self, action: str, args: dict[str, Any], caller: Requester, call: Callable[[], Awaitable[View]]
     ) -> dict[str, Any]:
         """Run one engine call and journal it as an OperatorAction, accepted or refused."""
         recorded_args = {**args, "caller": caller.to_dict()}
@@ -359,7 +412,7 @@ class ControlService:
         return view.to_dict()
 
     async def _record_action(
-        self, action: str, args: dict[str, Any], caller: Caller, *, accepted: bool, reason: str
+        self, action: str, args: dict[str, Any], caller: Requester, *, accepted: bool, reason: str
     ) -> None:
         event = OperatorAction(
             ts=self._clock.wall(),

@@ -82,8 +82,10 @@ def add_parser(sub: Any) -> None:
     )
     submit.add_argument("--json", action="store_true", help="print the job as JSON")
 
-    cancel = actions.add_parser("cancel", help="cancel a queued job")
-    cancel.add_argument("job_id")
+    cancel = actions.add_parser("cancel", help="cancel a queued job, by its id or by its order (--order)")
+    which = cancel.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?")
+    which.add_argument("--order", dest="order_id", metavar="ORDER_ID", help="cancel the job of this order")
     cancel.add_argument("--json", action="store_true", help="print the job as JSON")
 
     reorder = actions.add_parser("reorder", help="set the queue's order (every queued job id, once each)")
@@ -242,7 +244,8 @@ async def _mode(client: ControlClient, args: argparse.Namespace, out: TextIO) ->
 
 
 async def _cancel(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
-    job = await _ask(client, args, "cancel", job_id=args.job_id)
+    which = {"order_id": args.order_id} if args.order_id is not None else {"job_id": args.job_id}
+    job = await _ask(client, args, "cancel", **which)
     if args.json:
         _print_json(job, out)
     else:

@@ -531,23 +531,43 @@ class Engine:
     async def cancel(self, job_id: str, *, by: str) -> JobView:
         """Cancel a job that is not being worked on; JobError for an unknown, finished or running job."""
         async with self._lock:
-            job = self._jobs.get(job_id)
-            reason = f"cancelled by {by}"
-            if job is self._current:
-                if self._worker is not None and not self._worker.done():
-                    raise JobError(
-                        f"job {job_id!r} is in production (cell {self._cell.state.label}): "
-                        "hold or stop the cell before cancelling it"
-                    )
-                job.status, job.reason, job.finished_at = JobStatus.CANCELLED, reason, self._clock.wall()
-                self._current = None
-                await self._drop_resume(job, reason)
-            else:
-                self._jobs.cancel(job_id, reason=reason)
-                job.finished_at = self._clock.wall()
-            await self._record(job.event(self._clock.wall(), by=by))
-            self._log.info("job cancelled", job=job.id, by=by)
-            return job.view()
+            return await self._cancel(self._jobs.get(job_id), by=by)
+
+    async def cancel_order(self, order_id: str, *, by: str) -> JobView:
+        """Cancel the job an order id made (an MES knows its order ids, not job ids); JobError as ``cancel``,
+        and for an order id never accepted or whose job ended before this run."""
+        async with self._lock:
+            job = self._jobs.find(order_id)
+            if job is None:
+                record = await self._orders.find_order(order_id) if self._orders is not None else None
+                if record is None:
+                    raise JobError(f"no order {order_id!r}: it was never accepted")
+                status = record.last_data.get("status") or "finished"
+                raise JobError(
+                    f"order {order_id!r}: its job {record.job_id} is {status} (ended before this run): "
+                    "it cannot be cancelled"
+                )
+            return await self._cancel(job, by=by)
+
+    async def _cancel(self, job: Job, *, by: str) -> JobView:
+        """Cancel ``job`` (the lock held); JobError when it is finished or in production."""
+        job_id = job.id
+        reason = f"cancelled by {by}"
+        if job is self._current:
+            if self._worker is not None and not self._worker.done():
+                raise JobError(
+                    f"job {job_id!r} is in production (cell {self._cell.state.label}): "
+                    "hold or stop the cell before cancelling it"
+                )
+            job.status, job.reason, job.finished_at = JobStatus.CANCELLED, reason, self._clock.wall()
+            self._current = None
+            await self._drop_resume(job, reason)
+        else:
+            self._jobs.cancel(job_id, reason=reason)
+            job.finished_at = self._clock.wall()
+        await self._record(job.event(self._clock.wall(), by=by))
+        self._log.info("job cancelled", job=job.id, by=by)
+        return job.view()
 
     def job(self, job_id: str) -> JobView:
         """One job, queued, running or finished; JobError when there is none."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from cellctl.api.mqtt_orders import MqttOrders
 from cellctl.api.server import ControlServer
 from cellctl.api.service import ControlService
 from cellctl.core.clock import Clock, SystemClock
@@ -141,33 +142,45 @@ class CellApp:
             orders=store,
             store_stats=lambda: store.stats().to_dict(),
         )
-        publisher = None
+
+        async def journal(after_id: int, limit: int) -> list[dict[str, Any]]:
+            return [dataclasses.asdict(e) for e in await store.journal(after_id=after_id, limit=limit)]
+
+        # Operator actions go through the engine: a failing store raises its alarm and is retried.
+        publisher: OutboxPublisher | None = None
+
+        def link_view() -> dict[str, Any]:
+            # Read only when publishing: the publisher exists by then (it needs the service first).
+            return publisher.link_view() if publisher is not None else {}
+
+        service = ControlService(
+            engine,
+            identity=cell.identity,
+            journal=journal,
+            sink=engine,
+            telemetry=link_view if self._publish else None,
+        )
         broker_alarm = BrokerAlarm(engine.alarms, outage_after_s=cell.mqtt.outage_alarm_s)
         if self._publish:
+            # Orders from the MES go through the same service as the control socket, on the same link.
+            inbound = (
+                [MqttOrders(service, store, cell.identity, cell.mqtt.commands, clock=self._clock)]
+                if cell.mqtt.commands.enabled
+                else []
+            )
             # Reads the password file and loads the TLS files now: a bad one stops the start (ConfigError).
             publisher = OutboxPublisher(
                 store,
                 cell.mqtt,
                 cell.identity,
                 encoding=self._encoding(store),
+                inbound=inbound,
                 resolve_path=self.config.resolve,
             )
             recorder.add_listener(publisher.notify)
             unsubscribes_link = publisher.on_link(broker_alarm.report)
         else:
             unsubscribes_link = _nothing
-
-        async def journal(after_id: int, limit: int) -> list[dict[str, Any]]:
-            return [dataclasses.asdict(e) for e in await store.journal(after_id=after_id, limit=limit)]
-
-        # Operator actions go through the engine: a failing store raises its alarm and is retried.
-        service = ControlService(
-            engine,
-            identity=cell.identity,
-            journal=journal,
-            sink=engine,
-            telemetry=publisher.link_view if publisher is not None else None,
-        )
         server = ControlServer(self.config.resolve(cell.api.socket), service)
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller

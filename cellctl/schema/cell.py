@@ -479,6 +479,44 @@ MAX_KEEPALIVE_S = 10
 """Upper bound of ``mqtt.keepalive_s``: a silent link is seen within twice the keepalive, so within 20 s."""
 
 
+_TOPIC_FORBIDDEN = frozenset("+#\x00")
+
+
+class MqttCommandsConfig(Strict):
+    """Orders from a plant MES over MQTT: requests on ``<root>/cmd/order``, replies on ``<root>/cmd/reply``.
+
+    ``<root>`` is the cell's topic root (its identity); see ``cellctl.api.mqtt_orders``.
+    """
+
+    enabled: bool = False
+    by: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
+        default="mes",
+        description="Name of the MES in the journal: its actions are recorded as by 'mqtt:<by>'.",
+    )
+    reply_prefixes: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = Field(
+        default=(),
+        description="Topics a request's reply_to may lie under, besides <root>/cmd/reply (no wildcards).",
+    )
+    remember_s: Annotated[float, Field(ge=60, le=90 * 86400)] = Field(
+        default=7 * 86400,
+        description="How long a command id is remembered with its reply; a repeat within it is not run.",
+    )
+    remember_max: Annotated[int, Field(ge=100, le=1_000_000)] = Field(
+        default=10_000, description="At most this many command ids are remembered (the newest)."
+    )
+
+    @model_validator(mode="after")
+    def _plain_prefixes(self) -> MqttCommandsConfig:
+        for k, prefix in enumerate(self.reply_prefixes):
+            if _TOPIC_FORBIDDEN.intersection(prefix) or prefix.startswith("$") or prefix.endswith("/"):
+                raise located(
+                    f"{prefix!r} is not a topic prefix (no '+', '#', NUL, leading '$' or trailing '/')",
+                    "reply_prefixes",
+                    k,
+                )
+        return self
+
+
 class MqttConfig(Strict):
     """The MQTT broker telemetry goes to, and how the controller authenticates to it."""
 
@@ -513,6 +551,7 @@ class MqttConfig(Strict):
     replay_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     """Share of ``window`` that backlog may hold in flight; the rest stays free for live messages."""
 
+    commands: MqttCommandsConfig = MqttCommandsConfig()
     refused_backoff_s: Annotated[float, Field(ge=1, le=3600)] = Field(
         default=30.0,
         description="Retry interval after the broker refused the login or a certificate (a network outage "

@@ -27,11 +27,12 @@ from cellctl.errors import (
     StoreLocked,
 )
 from cellctl.schema.cell import DEFAULT_STREAM_CLASSES, StoreConfig, StreamClass
-from cellctl.store import journal, meta, orders, outbox, steps
+from cellctl.store import commands, journal, meta, orders, outbox, steps
+from cellctl.store.commands import CommandClaim
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxBound, OutboxFullError, OutboxMessage, OutboxRow, OutboxStats
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The newest schema this code knows; a file written by newer code is refused."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -40,6 +41,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: meta.SCHEMA_V3,
     4: outbox.SCHEMA_V4,
     5: outbox.SCHEMA_V5,
+    6: commands.SCHEMA_V6,
 }
 """Statements that take the schema from version ``n - 1`` to ``n``; each version runs in one transaction."""
 
@@ -230,6 +232,36 @@ class Store:
     async def find_order(self, order_id: str) -> OrderRecord | None:
         """The order id's job, content digest and newest job event (None if never accepted): an OrderBook."""
         return await self._call("read orders", lambda conn: orders.find(conn, order_id))
+
+    async def claim_command(
+        self, source: str, command_id: str, *, now: float, keep_s: float, keep_rows: int
+    ) -> CommandClaim:
+        """Claim a remote command id of ``source`` in one transaction (after pruning rows older than
+        ``keep_s`` or beyond the newest ``keep_rows``): NEW (run it), DONE with the stored reply, or
+        INTERRUPTED (claimed by a run that stopped before replying)."""
+
+        def work(conn: sqlite3.Connection) -> CommandClaim:
+            with _transaction(conn):
+                return commands.claim(conn, source, command_id, now=now, keep_s=keep_s, keep_rows=keep_rows)
+
+        return await self._call("claim command", work)
+
+    async def finish_command(self, source: str, command_id: str, reply: str, *, now: float) -> None:
+        """Store the reply of a claimed command; a repeat of its id is answered with it."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                commands.finish(conn, source, command_id, reply, now=now)
+
+        await self._call("store command reply", work)
+
+    async def command_reply(self, source: str, command_id: str) -> str | None:
+        """The stored reply of a handled command id of ``source`` (None when unknown); claims nothing."""
+        return await self._call("read command", lambda conn: commands.stored_reply(conn, source, command_id))
+
+    async def command_count(self) -> int:
+        """Remote commands remembered."""
+        return await self._call("count commands", commands.count)
 
     async def step_durations(self, window: int = steps.DEFAULT_WINDOW_ROWS) -> list[steps.StepDuration]:
         """(device, step kind, seconds) of the completed steps among the newest ``window`` step rows."""

@@ -826,3 +826,24 @@ async def test_e2e_ctl_drives_the_real_engine(cell: Cell) -> None:
     assert refused.code == 1 and "not allowed in state 'Stopped'" in refused.err
     assert submitted.code == 0 and "queued" in submitted.out
     assert table.code == 0 and "O-5" in table.out
+
+
+async def test_e2e_ctl_cancels_a_job_by_its_order_id(cell: Cell) -> None:
+    submitted = await run_ctl("--socket", str(cell.path), "submit", "O-6", "oslo", "1", "--json")
+    cancelled = await run_ctl("--socket", str(cell.path), "cancel", "--order", "O-6", "--json")
+    unknown = await run_ctl("--socket", str(cell.path), "cancel", "--order", "O-404")
+
+    assert cancelled.code == 0
+    job = json.loads(cancelled.out)
+    assert job["job_id"] == json.loads(submitted.out)["job_id"] and job["status"] == "cancelled"
+    assert cell.engine.status().queue == ()
+    assert unknown.code == 1 and "no order 'O-404'" in unknown.err
+
+
+def test_ctl_cancel_takes_a_job_id_or_an_order_not_both() -> None:
+    assert ctl_args("cancel", "J-1").job_id == "J-1"
+    assert ctl_args("cancel", "--order", "PO-1").order_id == "PO-1"
+    with pytest.raises(SystemExit):
+        ctl_args("cancel", "J-1", "--order", "PO-1")
+    with pytest.raises(SystemExit):
+        ctl_args("cancel")

@@ -207,10 +207,17 @@ def test_bad_submit_args_are_a_bad_request_naming_the_field(args: dict[str, obje
     assert field in str(info.value)
 
 
-def test_cancel_needs_a_job_id() -> None:
+def test_cancel_needs_a_job_id_or_an_order_id() -> None:
     assert parse_args(Request(id=1, cmd="cancel", args={"job_id": "J-2"})) == CancelArgs(job_id="J-2")
-    with pytest.raises(ProtocolError):
+    by_order = parse_args(Request(id=1, cmd="cancel", args={"order_id": "PO-1"}))
+    assert by_order == CancelArgs(order_id="PO-1")
+    with pytest.raises(ProtocolError, match="give exactly one of job_id and order_id"):
         parse_args(Request(id=1, cmd="cancel"))
+
+
+def test_cancel_takes_a_job_id_or_an_order_id_not_both() -> None:
+    with pytest.raises(ProtocolError, match="give exactly one of job_id and order_id"):
+        parse_args(Request(id=1, cmd="cancel", args={"job_id": "J-2", "order_id": "PO-1"}))
 
 
 def test_watch_resumes_only_from_a_non_negative_seq() -> None:

@@ -25,6 +25,7 @@ from cellctl.core.events import (
     StepStatus,
     Verdict,
 )
+from cellctl.core.ports import OrderRecord
 from cellctl.core.tags import TagValue
 from cellctl.drivers.soft import SoftDriver
 from cellctl.engine import Engine, OrderRequest, State
@@ -686,6 +687,40 @@ async def test_a_queued_job_can_be_cancelled(config: LoadedConfig) -> None:
     assert view.status is JobStatus.CANCELLED and view.reason == "cancelled by op"
     assert status.queue == ()
     assert sink.of(JobEvent)[-1].status is JobStatus.CANCELLED
+
+
+async def test_a_queued_job_can_be_cancelled_by_its_order_id(config: LoadedConfig) -> None:
+    sink = FakeSink()
+    engine = Engine(config, soft_cell(config.cell), sink)
+    async with running(engine):
+        job = await engine.submit(OrderRequest("PO-1", "oslo", 2), by="mes")
+        view = await engine.cancel_order("PO-1", by="mqtt:mes")
+        status = engine.status()
+    assert view.job_id == job.job_id and view.status is JobStatus.CANCELLED
+    assert status.queue == ()
+    assert sink.of(JobEvent)[-1].status is JobStatus.CANCELLED
+
+
+async def test_cancelling_an_order_id_never_accepted_is_refused(config: LoadedConfig) -> None:
+    sink = FakeSink()
+    engine = Engine(config, soft_cell(config.cell), sink)
+    async with running(engine):
+        before = list(sink.events)
+        with pytest.raises(JobError, match="no order 'PO-9': it was never accepted"):
+            await engine.cancel_order("PO-9", by="mqtt:mes")
+    assert sink.events == before
+
+
+async def test_cancelling_an_order_whose_job_ended_before_this_run_is_refused(config: LoadedConfig) -> None:
+    class Book:
+        async def find_order(self, order_id: str) -> OrderRecord | None:
+            data = {"status": "done", "by": "mes"}
+            return OrderRecord(order_id, "J-OLD", "digest", 1.0, "mes", 2.0, data)
+
+    engine = Engine(config, soft_cell(config.cell), FakeSink(), orders=Book())
+    async with running(engine):
+        with pytest.raises(JobError, match="order 'PO-1': its job J-OLD is done"):
+            await engine.cancel_order("PO-1", by="mqtt:mes")
 
 
 async def test_listeners_hear_every_recorded_event_in_order_until_unsubscribed(config: LoadedConfig) -> None:
