@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _util
+import aiomqtt
 import paho.mqtt.client as paho
 
 from cellctl.core.events import AlarmEvent, Measurement, PartProduced, Severity, Verdict
@@ -197,6 +198,36 @@ def raw_paho(broker: PrivateBroker, sample: list[tuple[str, bytes]], count: int,
         client.loop_stop()
 
 
+async def raw_aiomqtt(
+    broker: PrivateBroker, sample: list[tuple[str, bytes]], count: int, window: int
+) -> float:
+    """Seconds for aiomqtt alone (the library the publisher wraps) to publish ``count`` messages at QoS 1 with
+    ``window`` publishes awaited concurrently, TCP_NODELAY, no store: what the wrapper costs over paho."""
+    client = aiomqtt.Client(
+        broker.host,
+        broker.port,
+        identifier=f"bench-aiomqtt-{uuid.uuid4().hex[:6]}",
+        max_inflight_messages=window,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
+    client.pending_calls_threshold = window + 10
+    slots = asyncio.Semaphore(window)
+
+    async def one(topic: str, payload: bytes) -> None:
+        try:
+            await client.publish(topic, payload, qos=1)
+        finally:
+            slots.release()
+
+    async with client, asyncio.timeout(WAIT_S):
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for i in range(count):
+                await slots.acquire()
+                tg.create_task(one(*sample[i % len(sample)]))
+        return time.perf_counter() - start
+
+
 async def live_run(
     broker: PrivateBroker, folder: Path, parts: int, window: int, sync: str
 ) -> dict[str, float]:
@@ -249,12 +280,14 @@ async def throughput(
     count = parts * MESSAGES_PER_PART
     sample = wire_sample(identity())
     raw: list[float] = []
+    raw_aio: list[float] = []
     live: list[dict[str, float]] = []
     live_normal: list[dict[str, float]] = []
     drain: list[dict[str, float]] = []
     for r in range(rounds):
-        _progress(f"a. round {r + 1}/{rounds}: raw paho, live (FULL, NORMAL), drain")
+        _progress(f"a. round {r + 1}/{rounds}: raw paho, raw aiomqtt, live (FULL, NORMAL), drain")
         raw.append(count / await asyncio.to_thread(raw_paho, broker, sample, count, window))
+        raw_aio.append(count / await raw_aiomqtt(broker, sample, count, window))
         live.append(await live_run(broker, folder, parts, window, "FULL"))
         live_normal.append(await live_run(broker, folder, parts, window, "NORMAL"))
         drain.append(await drain_run(broker, folder, parts, window))
@@ -267,6 +300,8 @@ async def throughput(
         "messages": count,
         "payload_bytes": sorted({len(p) for _t, p in sample}),
         "raw_paho_msg_s": _util.spread(raw),
+        "raw_aiomqtt_msg_s": _util.spread(raw_aio),
+        "raw_aiomqtt_ratio": _util.spread([r / raw_median for r in raw_aio]),
     }
     for name, runs in (("live_full", live), ("live_normal", live_normal), ("drain", drain)):
         result[f"{name}_msg_s"] = _util.spread(rates(runs))
@@ -497,6 +532,7 @@ def _print(result: dict[str, Any]) -> None:
     label = "raw paho-mqtt, same window"
     print(f"{label:<44}{raw['median']:>10.0f}{raw['min']:>9.0f}{raw['max']:>9.0f}{1.0:>8.2f}")
     rows = (
+        ("raw aiomqtt, same window (no store)", "raw_aiomqtt"),
         ("live: record + publish, store FULL", "live_full"),
         ("live: record + publish, store NORMAL", "live_normal"),
         ("backlog drain (publish only)", "drain"),
