@@ -60,6 +60,10 @@ from cellctl.telemetry.encoding import Outgoing
 from cellctl.telemetry.topics import topic_root
 
 REPLY_SCHEMA: Final = "cellctl.cmd-reply/1"
+ORDER_TOPIC: Final = "cmd/order"
+"""Where commands arrive, under the cell's topic root."""
+REPLY_TOPIC: Final = "cmd/reply"
+"""Where replies go by default, under the cell's topic root."""
 """The ``schema`` of every reply (versioned like the telemetry payloads)."""
 
 MAX_PAYLOAD: Final = MAX_LINE
@@ -197,8 +201,8 @@ class MqttOrders:
         self._store = log_store
         self._config = config
         self._clock: Clock = clock or SystemClock()
-        self._request_topic = f"{root}/cmd/order"
-        self._reply_topic = f"{root}/cmd/reply"
+        self._request_topic = f"{root}/{ORDER_TOPIC}"
+        self._reply_topic = f"{root}/{REPLY_TOPIC}"
         self._reply_prefixes = (self._reply_topic, *config.reply_prefixes)
         self._source = MesCaller(config.by).by
         # The publisher hands over one message at a time; the lock keeps claim-run-store one step anyway.

@@ -32,9 +32,12 @@ def schema_id(stream: str) -> str:
 
 
 class Payload(BaseModel):
-    """Base of payload models: unknown fields are errors, so the contract stays exact."""
+    """Base of payload models: unknown fields are errors, so the contract stays exact.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Field docstrings become the fields' descriptions in the exported JSON Schemas.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 # --- data of each event kind -------------------------------------------------------------------------
@@ -254,14 +257,21 @@ class Envelope(Payload):
     model_config = ConfigDict(populate_by_name=True)
 
     schema_id: str = Field(alias="schema")
+    """Schema id and version of this message, ``cellctl.<stream>/<n>``."""
     msg_id: str
+    """Unique per message; a redelivered copy carries the same one (de-duplicate on it)."""
     seq: Annotated[int, Field(ge=1)]
+    """Per-stream sequence number, up by one per message of the stream: a gap means a lost message."""
     stream: str
+    """The stream this message belongs to."""
     event_ts: float
+    """When the fact happened (Unix seconds)."""
     publish_ts: float
+    """When this copy was sent (Unix seconds)."""
     historical: bool = False
     """Replayed backlog: queued while no broker session was up, so not a live value."""
     data: dict[str, Any]
+    """The fact itself; its model depends on the stream (and on ``data.kind`` for changeover)."""
 
 
 class StateMessage(Envelope):
@@ -343,20 +353,58 @@ MESSAGE_MODELS: dict[str, type[Envelope]] = {
 """Typed envelope model by ``schema`` value."""
 
 
+STATUS_SCHEMA_ID: Literal["cellctl.status/1"] = "cellctl.status/1"
+"""The ``schema`` of ``<root>/status`` messages."""
+
+
+class CellIdentityData(Payload):
+    """Where the cell sits in the ISA-95 hierarchy (the levels of its topic root)."""
+
+    enterprise: str
+    site: str
+    area: str
+    line: str
+    cell: str
+
+
+class StreamInfo(Payload):
+    """One stream a birth announces: the topic filter it is published on and the schema of its messages."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    stream: str
+    topic: str
+    """MQTT topic filter (``+`` stands for a characteristic or a device)."""
+    schema_id: str = Field(alias="schema")
+    retained: bool
+
+
 class StatusMessage(Payload):
     """``<root>/status`` (retained): birth ``online`` on connect, ``offline`` as last will or on a clean stop.
 
-    The last will is fixed when the connection opens, so it carries no timestamp.
+    The birth carries metadata (``cell``, ``encoding``, ``streams``, ``started_ts``) so a consumer that
+    subscribes late learns what this cell publishes and with which schemas. The last will is fixed when the
+    connection opens and stays small: no timestamp, no metadata.
     """
 
     model_config = ConfigDict(populate_by_name=True)
 
-    schema_id: Literal["cellctl.status/1"] = Field(default="cellctl.status/1", alias="schema")
+    schema_id: Literal["cellctl.status/1"] = Field(default=STATUS_SCHEMA_ID, alias="schema")
     status: Literal["online", "offline"]
     client_id: str
     version: str
+    """cellctl's version."""
     ts: float | None = None
+    """When this message was made: for a birth, when this broker session came up."""
     reason: str = ""
+    cell: CellIdentityData | None = None
+    """Birth only: the cell's identity."""
+    encoding: str | None = None
+    """Birth only: the wire encoding's name (``uns-json``)."""
+    streams: list[StreamInfo] | None = None
+    """Birth only: every stream with its topic filter and schema id."""
+    started_ts: float | None = None
+    """Birth only: when this controller run started; the same across reconnects, new after a restart."""
 
 
 def parse_message(payload: bytes | str) -> Envelope:

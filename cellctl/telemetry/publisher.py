@@ -146,11 +146,13 @@ class OutboxPublisher:
         self._link_callbacks: list[LinkCallback] = []
         self._link: BrokerLink | None = None
         self._client_id = mqtt.client_id or default_client_id(identity)
-        self._encoding: Encoding = encoding or UnsJsonEncoding(identity, self._client_id)
+        self._clock: Clock = clock or SystemClock()
+        self._encoding: Encoding = encoding or UnsJsonEncoding(
+            identity, self._client_id, started_ts=self._clock.wall()
+        )
         self._inbound = tuple(inbound)
         self._ready = asyncio.Event()
         self._wire_order = asyncio.Lock()
-        self._clock: Clock = clock or SystemClock()
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         if isinstance(wake, asyncio.Event):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -70,6 +71,32 @@ _FORBIDDEN_IN_LEVEL = frozenset("/+#\x00")
 Mapper = Callable[[Any, str], list[OutboxMessage]]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamTopic:
+    """Where one stream is published: ``filter`` is the MQTT topic filter under the root (``+`` for a level
+    named per characteristic or device)."""
+
+    stream: Stream
+    filter: str
+    retained: bool
+
+
+STREAM_TOPICS: tuple[StreamTopic, ...] = (
+    StreamTopic(Stream.STATE, "state", retained=True),
+    StreamTopic(Stream.JOB, "job", retained=False),
+    StreamTopic(Stream.CHANGEOVER, "changeover", retained=False),
+    StreamTopic(Stream.PART, "part", retained=False),
+    StreamTopic(Stream.QUALITY, "quality/+", retained=False),
+    StreamTopic(Stream.HEALTH, "health/+", retained=True),
+    StreamTopic(Stream.ALARM, "alarm", retained=False),
+    StreamTopic(Stream.OEE, "oee", retained=True),
+)
+"""The topic of each stream, as the table above says; the birth and the exported schema index list it."""
+
+STATUS_FILTER = "status"
+"""The retained birth / last-will topic under the root."""
+
+
 def topic_root(identity: Identity) -> str:
     """``{enterprise}/{site}/{area}/{line}/{cell}``."""
     return "/".join(
@@ -79,7 +106,7 @@ def topic_root(identity: Identity) -> str:
 
 def status_topic(identity: Identity) -> str:
     """``<root>/status``: the retained birth / last-will topic."""
-    return f"{topic_root(identity)}/status"
+    return f"{topic_root(identity)}/{STATUS_FILTER}"
 
 
 def _level(value: str) -> str:

@@ -246,6 +246,11 @@ async def test_birth_is_a_retained_online_status(broker: Mosquitto, store: Store
         publisher.client_id,
     )
     assert publisher.client_id == f"cellctl-acme-test-a1-l1-{identity.cell}"
+    # It carries the cell's metadata: who it is and where each stream goes
+    assert body["cell"] == identity.model_dump()
+    assert body["encoding"] == "uns-json"
+    assert {s["stream"]: s["topic"] for s in body["streams"]}["health"] == f"{topic_root(identity)}/health/+"
+    assert body["started_ts"] <= body["ts"]
 
 
 async def test_a_lost_connection_leaves_a_retained_offline_will_then_birth_again(

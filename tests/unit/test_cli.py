@@ -55,11 +55,12 @@ def test_run_refuses_to_start_on_an_invalid_config(
     assert not (tmp_path.parent / "var" / "sim" / "cellctl.db").exists(), "store path of the cell file"
 
 
-def test_schema_prints_both_json_schemas(capsys: pytest.CaptureFixture[str]) -> None:
-    """`cellctl schema` prints the cell and recipe JSON Schemas for editors."""
+def test_schema_prints_the_config_and_telemetry_json_schemas(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cellctl schema` prints the cell and recipe JSON Schemas for editors and the telemetry ones."""
     assert main(["schema"]) == 0
     schemas = json.loads(capsys.readouterr().out)
-    assert set(schemas) == {"cell", "recipe"}
+    assert set(schemas) == {"cell", "recipe", "telemetry"}
     assert "devices" in schemas["cell"]["properties"]
+    assert "cellctl.state/1" in schemas["telemetry"]["schemas"]
     assert main(["schema", "recipe"]) == 0
     assert "quality" in json.loads(capsys.readouterr().out)["properties"]

@@ -382,4 +382,8 @@ def test_the_status_message_has_its_own_schema() -> None:
         "version": "0.1.0",
         "ts": 5.0,
         "reason": "",
+        "cell": None,
+        "encoding": None,
+        "streams": None,
+        "started_ts": None,
     }
