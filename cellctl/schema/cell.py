@@ -546,9 +546,9 @@ class MqttConfig(Strict):
         description="uns-json: JSON envelopes on a Unified Namespace; sparkplug-b: Sparkplug B 3.0",
     )
     sparkplug: SparkplugConfig = SparkplugConfig()
-    replay_rate: Annotated[float, Field(gt=0, le=1_000_000)] = 2000.0
+    replay_rate: Annotated[float, Field(gt=0, le=1_000_000)] = 5000.0
     """Messages per second of backlog (queued before the session came up) replayed after a reconnect."""
-    replay_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    replay_share: Annotated[float, Field(gt=0, le=1)] = 0.8
     """Share of ``window`` that backlog may hold in flight; the rest stays free for live messages."""
 
     commands: MqttCommandsConfig = MqttCommandsConfig()

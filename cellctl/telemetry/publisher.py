@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import socket
 import ssl
@@ -416,7 +417,9 @@ class OutboxPublisher:
     async def _births(self, client: aiomqtt.Client) -> None:
         await self._send_in_order(client, lambda: self._encoding.births(self._clock.wall()))
 
-    async def _send_in_order(self, client: aiomqtt.Client, encode: Callable[[], list[Outgoing]]) -> None:
+    async def _send_in_order(
+        self, client: aiomqtt.Client, encode: Callable[[], list[Outgoing]], *, bounded: bool = True
+    ) -> None:
         """Encode, then hand the messages to paho with no other encoding or hand-off in between.
 
         An encoding may number its messages as it builds them (Sparkplug ``seq``), and one call may build
@@ -428,9 +431,9 @@ class OutboxPublisher:
         async with self._wire_order:
             messages = encode()
             for message in messages[:-1]:
-                await _send(client, message)
+                await _send(client, message, bounded=bounded)
         if messages:
-            await _send(client, messages[-1])
+            await _send(client, messages[-1], bounded=bounded)
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """Clean stop: a graceful disconnect suppresses the will, so the encoding says goodbye itself."""
@@ -526,6 +529,7 @@ class OutboxPublisher:
         await self._send_in_order(
             client,
             lambda: self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical),
+            bounded=False,
         )
         # The slots are freed once the row is deleted, not at its PUBACK: what a crash can send again (in
         # flight, or acknowledged but not yet deleted) stays within the window.
@@ -590,8 +594,16 @@ class OutboxPublisher:
         raise aiomqtt.MqttError("message stream ended")
 
 
-async def _send(client: aiomqtt.Client, message: Outgoing) -> None:
-    await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+async def _send(client: aiomqtt.Client, message: Outgoing, *, bounded: bool = True) -> None:
+    """Publish one message and wait for its PUBACK; ``bounded`` False waits without aiomqtt's timeout.
+
+    Outbox rows wait unbounded: a dead link is caught by the liveness probe and the message stream, and
+    aiomqtt's per-publish timeout costs a task and a timer per message (a third of the publish path).
+    """
+    timeout = None if bounded else math.inf
+    await client.publish(
+        message.topic, message.payload, qos=message.qos, retain=message.retain, timeout=timeout
+    )
     # aiomqtt can swallow a cancellation that lands with the PUBACK (see _raise_if_cancelling).
     _raise_if_cancelling()
 
