@@ -324,6 +324,11 @@ class Store:
         bound = self._bound
 
         def work(conn: sqlite3.Connection) -> None:
+            # A delete lost in a power cut only sends those rows again (same msg_id, consumers drop them):
+            # no fsync here, so acknowledgements never queue behind the records' commits.
+            if self._synchronous != "NORMAL":
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self._synchronous = "NORMAL"
             with _transaction(conn):
                 removed = outbox.delete_returning(conn, id_list)
             bound.committed(removed=removed)

@@ -59,6 +59,8 @@ _MIN_BATCH = 100
 _PACE_BURST_S = 0.05
 """The replay may send this many seconds' worth of its rate at once after a pause."""
 _PACE_TICK_S = 0.005
+_WAKE_READ_S = 0.005
+"""While rows wait to be sent, new rows are looked for at most this often (bounds a live row's wait)."""
 """When the replay waits for its rate, it waits for this many seconds' worth of messages (fewer timers)."""
 
 _PROBE_PREFIX = "cellctl-liveness-probe/"
@@ -165,6 +167,7 @@ class OutboxPublisher:
         self._progress = asyncio.Event()
         self._pending_acks: list[int] = []
         self._pending_slots: list[asyncio.Semaphore] = []
+        self._wake_read_at = 0.0
         self._acks_ready = asyncio.Event()
         self._connected = False
         self._delivered = 0
@@ -501,9 +504,18 @@ class OutboxPublisher:
                 )
 
     async def _read_lanes(self, lanes: _Lanes) -> None:
-        """Read ahead the lanes that ran dry, and every stream after a wake (one store call, if any)."""
+        """Read ahead the lanes that ran dry, and every stream after a wake (one store call, if any).
+
+        While rows are waiting to go, a wake is taken at most every ``_WAKE_READ_S``: a recorder wakes the
+        publisher once per fact, and a store read per row would queue every publish behind a commit.
+        """
         woke = self._wake.is_set()
-        self._wake.clear()
+        now = asyncio.get_running_loop().time()
+        if woke and lanes.has_rows() and now - self._wake_read_at < _WAKE_READ_S:
+            woke = False  # the flag stays set: read once the interval has passed or the lanes run dry
+        elif woke:
+            self._wake.clear()
+            self._wake_read_at = now
         streams, skip = lanes.to_read(woke=woke)
         if streams is not None and not streams:
             return
@@ -790,6 +802,10 @@ class _Lanes:
             if rows:
                 lane.after_id = rows[-1].id
             lane.more = len(rows) >= self.batch
+
+    def has_rows(self) -> bool:
+        """True while some lane holds a row read ahead and not sent yet."""
+        return any(lane.rows for lane in self._lanes.values())
 
     def live_head(self) -> OutboxRow | None:
         """The oldest head row that is live (its lane has no backlog left), if any."""
