@@ -8,11 +8,9 @@ Certificates are made in the test (tests/fixtures/mqtt_pki.py); password files i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import ssl
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from tests.fixtures.broker import MakeBroker, Mosquitto, collect, write_password
 from tests.fixtures.cellfolder import cell_folder
 from tests.fixtures.mqtt_pki import MqttPki, make_mqtt_pki
 from tests.fixtures.tcp_proxy import TcpProxy
+from tests.fixtures.telemetry import running
 
 pytestmark = pytest.mark.broker
 
@@ -45,18 +44,6 @@ ROWS = 5
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> MqttPki:
     return make_mqtt_pki(tmp_path_factory.mktemp("mqtt-pki"))
-
-
-@pytest.fixture
-def identity() -> Identity:
-    return Identity(enterprise="acme", site="test", area="a1", line="l1", cell=f"c{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "cellctl.db", synchronous="NORMAL")
-    yield s
-    await s.close()
 
 
 def tls_lines(pki: MqttPki, *, require_certificate: bool = False) -> list[str]:
@@ -103,16 +90,6 @@ def publisher_for(
     links = Links()
     publisher.on_link(links)
     return publisher, links
-
-
-@contextlib.asynccontextmanager
-async def running(publisher: OutboxPublisher) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(publisher.run(), name="telemetry:publisher")
-        try:
-            yield
-        finally:
-            task.cancel()
 
 
 async def record_rows(

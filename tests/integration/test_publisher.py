@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -20,23 +17,11 @@ from cellctl.telemetry.recorder import Recorder
 from cellctl.telemetry.topics import status_topic, topic_root
 from tests.fixtures.broker import Collector, Mosquitto, Received, collect
 from tests.fixtures.tcp_proxy import TcpProxy
+from tests.fixtures.telemetry import running
 
 pytestmark = pytest.mark.broker
 
 WAIT_S = 20.0  # generous: a reconnect may wait out one backoff (capped at 0.5 s here)
-
-
-@pytest.fixture
-def identity() -> Identity:
-    """A cell of its own per test, so retained messages of other tests never show up."""
-    return Identity(enterprise="acme", site="test", area="a1", line="l1", cell=f"c{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "cellctl.db", synchronous="NORMAL")
-    yield s
-    await s.close()
 
 
 def publisher_for(store: Store, identity: Identity, host: str, port: int, **mqtt: object) -> OutboxPublisher:
@@ -44,17 +29,6 @@ def publisher_for(store: Store, identity: Identity, host: str, port: int, **mqtt
     # (1.5 x keepalive at most), and a loaded machine must not turn a short stall into that.
     config = MqttConfig.model_validate({"host": host, "port": port, "keepalive_s": 10, **mqtt})
     return OutboxPublisher(store, config, identity, backoff_base_s=0.05, backoff_cap_s=0.5)
-
-
-@contextlib.asynccontextmanager
-async def running(publisher: OutboxPublisher) -> AsyncIterator[asyncio.Task[None]]:
-    """Run the publisher in the background for the block; cancelling it is the clean stop."""
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(publisher.run(), name="telemetry:publisher")
-        try:
-            yield task
-        finally:
-            task.cancel()
 
 
 def state(i: int) -> StateChanged:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -28,30 +23,9 @@ from cellctl.telemetry.publisher import OutboxPublisher
 from cellctl.telemetry.recorder import Recorder
 from cellctl.telemetry.topics import topic_root
 from tests.fixtures.broker import Mosquitto, collect
+from tests.fixtures.telemetry import running
 
 WAIT_S = 20.0
-
-
-@pytest.fixture
-def identity() -> Identity:
-    return Identity(enterprise="acme", site="test", area="a1", line="l1", cell=f"r{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "cellctl.db")
-    yield s
-    await s.close()
-
-
-@contextlib.asynccontextmanager
-async def running(publisher: OutboxPublisher) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(publisher.run(), name="telemetry:publisher")
-        try:
-            yield
-        finally:
-            task.cancel()
 
 
 def part() -> PartProduced:

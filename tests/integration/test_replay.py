@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
 import time
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +16,7 @@ from cellctl.telemetry.recorder import Recorder
 from cellctl.telemetry.topics import topic_root
 from tests.fixtures.backlog import check_stream, envelopes, fill_backlog
 from tests.fixtures.broker import Mosquitto, Received, collect
+from tests.fixtures.telemetry import running
 
 pytestmark = pytest.mark.broker
 
@@ -27,31 +24,9 @@ WAIT_S = 30.0
 SEED = 6
 
 
-@pytest.fixture
-def identity() -> Identity:
-    return Identity(enterprise="acme", site="test", area="a1", line="l1", cell=f"r{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "cellctl.db", synchronous="NORMAL")
-    yield s
-    await s.close()
-
-
 def publisher_for(store: Store, identity: Identity, broker: Mosquitto, **mqtt: object) -> OutboxPublisher:
     config = MqttConfig.model_validate({"host": broker.host, "port": broker.port, "keepalive_s": 5, **mqtt})
     return OutboxPublisher(store, config, identity, backoff_base_s=0.05, backoff_cap_s=0.5)
-
-
-@contextlib.asynccontextmanager
-async def running(publisher: OutboxPublisher) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(publisher.run(), name="telemetry:publisher")
-        try:
-            yield
-        finally:
-            task.cancel()
 
 
 def count_on(stream: str, root: str, n: int) -> object:

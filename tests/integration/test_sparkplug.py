@@ -7,12 +7,11 @@ published by another test shows up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from cellctl.telemetry.sparkplug import (
 from tests.fixtures.broker import Mosquitto, Received, collect
 from tests.fixtures.cellfolder import cell_folder
 from tests.fixtures.tcp_proxy import TcpProxy
+from tests.fixtures.telemetry import running
 
 pytestmark = pytest.mark.broker
 
@@ -76,13 +76,6 @@ def node() -> Node:
     return Node(identity, f"g{uuid.uuid4().hex[:10]}")
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "cellctl.db", synchronous="NORMAL")
-    yield s
-    await s.close()
-
-
 def sparkplug_publisher(
     store: Store, node: Node, host: str, port: int, *, primary_host: str | None = None
 ) -> OutboxPublisher:
@@ -99,17 +92,6 @@ def sparkplug_publisher(
     return OutboxPublisher(
         store, config, node.identity, backoff_base_s=0.05, backoff_cap_s=0.5, encoding=encoding
     )
-
-
-@contextlib.asynccontextmanager
-async def running(publisher: OutboxPublisher) -> AsyncIterator[asyncio.Task[None]]:
-    """Run the publisher in the background for the block; cancelling it is the clean stop."""
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(publisher.run(), name="telemetry:publisher")
-        try:
-            yield task
-        finally:
-            task.cancel()
 
 
 def part(characteristic: str) -> PartProduced:
