@@ -7,7 +7,9 @@ a. sustained messages per second through ``Recorder -> Store -> OutboxPublisher 
    parts recorded as fast as the store takes them while the publisher runs, until the outbox is empty;
    (a2) publish only, a pre-filled outbox drained. Baseline: raw paho-mqtt publishing the same payloads to
    the same topics at QoS 1 with the same window (``max_inflight_messages``), PUBACKs counted in
-   ``on_publish``. Rounds alternate; medians and the ratio (target >= 0.5) are reported.
+   ``on_publish``. Rounds alternate; medians and the ratio (target >= 0.5) are reported. A pre-filled
+   outbox is backlog: its drain goes at most ``mqtt.replay_rate`` (default 5,000 msg/s); ``--replay-rate``
+   raises it to measure what the publisher itself can do.
 b. the time to drain a 10,000-message backlog (filled while no publisher was connected) while live alarms
    keep being recorded at a fixed rate on a stream without backlog, and those live messages' latency
    (event_ts and publish_ts -> receipt by a subscriber in a child process).
@@ -123,8 +125,14 @@ def wire_sample(cell: Identity) -> list[tuple[str, bytes]]:
     return out
 
 
+REPLAY_RATE = MqttConfig().replay_rate
+"""``mqtt.replay_rate`` of every publisher here (``--replay-rate``): it caps the backlog drain (a2, b)."""
+
+
 def mqtt_config(broker: PrivateBroker, window: int) -> MqttConfig:
-    return MqttConfig(host=broker.host, port=broker.port, window=window, keepalive_s=10)
+    return MqttConfig(
+        host=broker.host, port=broker.port, window=window, keepalive_s=10, replay_rate=REPLAY_RATE
+    )
 
 
 def rss_bytes() -> int:
@@ -489,7 +497,7 @@ async def bench(
     broker.start()
     try:
         with _util.temp_folder() as folder:
-            result: dict[str, Any] = {"window": window, "rounds": rounds}
+            result: dict[str, Any] = {"window": window, "rounds": rounds, "replay_rate": REPLAY_RATE}
             result["throughput"] = await throughput(broker, folder, messages, window, rounds)
             result["drain_with_live"] = await drain_with_live(broker, folder, backlog, rate, window)
             result["memory"] = await memory_with_backlog(broker, folder, window) if memory else None
@@ -524,7 +532,8 @@ def _print(result: dict[str, Any]) -> None:
         f"load {env['load_average_at_start']}"
     )
     print(
-        f"window {result['window']} in flight, QoS 1, {t['messages']} messages per run "
+        f"window {result['window']} in flight, QoS 1, replay_rate {result['replay_rate']:g} msg/s, "
+        f"{t['messages']} messages per run "
         f"(payloads {t['payload_bytes']} bytes), {result['rounds']} rounds, medians"
     )
     print(f"{'a. throughput':<44}{'msg/s':>10}{'min':>9}{'max':>9}{'x raw':>8}")
@@ -628,6 +637,7 @@ def subscriber_main(host: str, port: int, topic: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global REPLAY_RATE  # one setting for every publisher of the run
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--messages", type=int, default=20_000, help="messages per throughput run (>= 20000)")
@@ -636,6 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=10_000, help="backlog to drain in b (default 10000)")
     parser.add_argument(
         "--rate", type=float, default=200.0, help="live messages per second in b (default 200)"
+    )
+    parser.add_argument(
+        "--replay-rate",
+        type=float,
+        default=REPLAY_RATE,
+        help=f"mqtt.replay_rate (default {REPLAY_RATE:g}: the drain cannot go faster)",
     )
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="run c")
     parser.add_argument("--subscriber", nargs=3, metavar=("HOST", "PORT", "TOPIC"), help=argparse.SUPPRESS)
@@ -647,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--window 1..1000, --rounds 1..20, --rate in (0, 5000]")
     if not 1 <= args.messages <= 1_000_000 or not 1 <= args.backlog <= 1_000_000:
         parser.error("--messages and --backlog in 1..1000000")
+    if not 0 < args.replay_rate <= 1_000_000:
+        parser.error("--replay-rate in (0, 1000000]")
+    REPLAY_RATE = args.replay_rate
     _util.quiet_logs()
     result = asyncio.run(bench(args.messages, args.window, args.rounds, args.backlog, args.rate, args.memory))
     if args.json:

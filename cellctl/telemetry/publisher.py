@@ -167,6 +167,10 @@ class OutboxPublisher:
         self._progress = asyncio.Event()
         self._pending_acks: list[int] = []
         self._pending_slots: list[asyncio.Semaphore] = []
+        self._lanes: _Lanes | None = None
+        """The session's read-ahead (None between sessions): rows in it are known to be queued."""
+        self._unsettled = 0
+        """Rows handed to paho in this session and not deleted yet."""
         self._wake_read_at = 0.0
         self._acks_ready = asyncio.Event()
         self._connected = False
@@ -240,7 +244,9 @@ class OutboxPublisher:
                 while True:
                     await self._progress.wait()
                     self._progress.clear()
-                    if await self._store.outbox_count() == 0:
+                    # Counting reads the whole outbox on the store thread, where the deletes queue behind
+                    # it: not while rows are known to be waiting (read ahead, or sent and not deleted).
+                    if not self._holds_rows() and await self._store.outbox_count() == 0:
                         return True
         except TimeoutError:
             return False
@@ -279,6 +285,11 @@ class OutboxPublisher:
             await asyncio.sleep(delay)
 
     # --- internals -----------------------------------------------------------------------------------
+
+    def _holds_rows(self) -> bool:
+        """True while some row is read ahead or sent and not deleted: the outbox is not empty then."""
+        lanes = self._lanes
+        return lanes is not None and (self._unsettled > 0 or lanes.has_rows())
 
     def _backoff(self, failures: int) -> float:
         """Exponential from ``backoff_base_s`` up to the cap, with half of it jittered."""
@@ -400,6 +411,7 @@ class OutboxPublisher:
             finally:
                 self._connected = False
                 self._ready.clear()
+                self._lanes = None
                 await self._commit_acks()
 
     async def _probe(self, client: aiomqtt.Client) -> None:
@@ -463,8 +475,10 @@ class OutboxPublisher:
         # Rows queued before this session came up are replayed backlog, marked historical on the wire.
         # A new session starts every lane at its oldest unacknowledged row.
         lanes = _Lanes(mark=await self._store.last_outbox_id(), batch=max(self._mqtt.window, _MIN_BATCH))
+        self._lanes, self._unsettled = lanes, 0
         pace = _ReplayPace(self._mqtt.replay_rate)
         inbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=_INBOX_SIZE)
+        direct = _DirectPublish(client)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(client, inbox), name="telemetry:watch")
             tg.create_task(self._dispatch(client, inbox), name="telemetry:inbound")
@@ -496,12 +510,9 @@ class OutboxPublisher:
                 await window.acquire()
                 await self._ready.wait()
                 lanes.pop(row)
-                # Tasks start in creation order and hand their message to paho in their first step,
-                # so the wire order is the order picked here.
-                tg.create_task(
-                    self._publish(client, row, slots, historical=row.id <= lanes.mark),
-                    name=f"telemetry:publish:{row.id}",
-                )
+                self._unsettled += 1
+                # Handed to paho right here, so the wire order is the order picked here.
+                await self._publish(client, direct, row, slots, historical=row.id <= lanes.mark)
 
     async def _read_lanes(self, lanes: _Lanes) -> None:
         """Read ahead the lanes that ran dry, and every stream after a wake (one store call, if any).
@@ -533,19 +544,32 @@ class OutboxPublisher:
     async def _publish(
         self,
         client: aiomqtt.Client,
+        direct: _DirectPublish,
         row: OutboxRow,
         slots: tuple[asyncio.Semaphore, ...],
         *,
         historical: bool,
     ) -> None:
-        await self._send_in_order(
-            client,
-            lambda: self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical),
-            bounded=False,
-        )
+        """Hand a row's message(s) to paho; the row is queued for deletion at its (last message's) PUBACK.
+
+        No task and no wait per row: the last message (the only one, but for an encoding's births before
+        a row's data) goes to paho directly and its PUBACK calls :meth:`_acked`. The messages before it are
+        awaited under the wire-order lock, as in :meth:`_send_in_order`. Taking the free lock does not
+        suspend, so a single-message row is encoded and handed over in one step.
+        """
+        async with self._wire_order:
+            messages = self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical)
+            for message in messages[:-1]:
+                await _send(client, message, bounded=False)
+            if messages:
+                direct.publish(messages[-1], lambda: self._acked(row.id, slots))
+                return
+        self._acked(row.id, slots)  # nothing to send: the row is done
+
+    def _acked(self, row_id: int, slots: tuple[asyncio.Semaphore, ...]) -> None:
         # The slots are freed once the row is deleted, not at its PUBACK: what a crash can send again (in
         # flight, or acknowledged but not yet deleted) stays within the window.
-        self._pending_acks.append(row.id)
+        self._pending_acks.append(row_id)
         self._pending_slots.extend(slots)
         self._acks_ready.set()
 
@@ -589,6 +613,7 @@ class OutboxPublisher:
             return
         await self._store.ack(ids)
         self._delivered += len(ids)
+        self._unsettled -= len(ids)
         for slot in slots:
             slot.release()
         self._progress.set()
@@ -618,6 +643,55 @@ async def _send(client: aiomqtt.Client, message: Outgoing, *, bounded: bool = Tr
     )
     # aiomqtt can swallow a cancellation that lands with the PUBACK (see _raise_if_cancelling).
     _raise_if_cancelling()
+
+
+class _DirectPublish:
+    """Outbox messages handed to paho directly, each PUBACK calling back: no task, event or timer each.
+
+    aiomqtt's ``publish`` costs an ``asyncio.Event``, a wait and a scan of its pending calls per message,
+    most of the drain's time. This is the one place that reaches into aiomqtt's private paho client
+    (``Client._client``, aiomqtt 2.5; ``tests/integration/test_publisher_direct.py`` fails if that
+    changes). paho calls ``on_publish`` from aiomqtt's socket reader, on the event loop's thread; the
+    wrapper settles our messages, and hands the others to aiomqtt's handler (births, replies, goodbye).
+
+    A PUBACK that never comes (the link dropped) calls nothing: the session ends through the message stream
+    or the liveness probe, this object goes with it, and the rows not deleted are sent again next session.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        """Install the PUBACK hook on ``client``'s paho client (connected: its callbacks are set)."""
+        self._paho = client._client  # private: see the class docstring
+        self._on_acked: dict[int, Callable[[], None]] = {}
+        aiomqtt_on_publish = self._paho.on_publish
+        on_acked = self._on_acked
+
+        def on_publish(*args: Any, **kwargs: Any) -> None:
+            # paho's on_publish(client, userdata, mid, reason_code, properties) for its VERSION2 callbacks.
+            done = on_acked.pop(args[2], None)
+            if done is not None:
+                done()
+            elif aiomqtt_on_publish is not None:
+                aiomqtt_on_publish(*args, **kwargs)
+
+        self._paho.on_publish = on_publish
+
+    def publish(self, message: Outgoing, on_acked: Callable[[], None]) -> None:
+        """Hand ``message`` to paho now; ``on_acked`` is called at its PUBACK. MqttCodeError if paho refused.
+
+        paho may already count it published when this returns (QoS 0): then ``on_acked`` is called at once.
+        """
+        info = self._paho.publish(message.topic, message.payload, message.qos, message.retain)
+        if info.rc != 0:  # MQTT_ERR_SUCCESS; MQTT_ERR_NO_CONN when the link is gone
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if info.is_published():
+            on_acked()
+        else:
+            self._on_acked[info.mid] = on_acked
+
+    @property
+    def waiting(self) -> int:
+        """Messages handed over whose PUBACK has not come yet."""
+        return len(self._on_acked)
 
 
 def _password(mqtt: MqttConfig, resolve_path: Callable[[str], Path]) -> str | None:
