@@ -30,7 +30,7 @@ from cellctl.errors import ApiError, CellctlError
 from cellctl.schema.load import load_config
 from device_sims.harness import SimCell
 
-pytestmark = [pytest.mark.kill, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.kill, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -68,13 +68,14 @@ def sim_time_scale() -> float:
 
 @pytest.fixture
 def sim_sims_file(tmp_path: Path) -> Path:
-    """The example's simulators with a slow tool change and program load (1.2 s and 1.0 s at this scale):
-    longer than a restart, so a kill during one leaves a step that does not read back yet and needs the
-    operator, as well as steps that do. No gauge outliers."""
+    """The example's simulators with a slow tool change and program load (4.0 s and 3.5 s at this scale):
+    longer than a restart (2.0-2.7 s from spawn to the control socket on the 2-core CI box, mostly asyncua's
+    import), so a kill during one leaves a step that does not read back yet and needs the operator, as well as
+    steps that do. No gauge outliers."""
     yaml = YAML()
     data: Any = yaml.load((CONFIG / "sims.yaml").read_text())
-    data["tool_changer"]["change_s"] = 12.0
-    data["robot"]["program_load_s"] = 10.0
+    data["tool_changer"]["change_s"] = 40.0
+    data["robot"]["program_load_s"] = 35.0
     # Quality is not under test here: with no outliers every first article passes, so no gate holds the cell.
     data["gauge"]["outlier_rate"] = 0.0
     path = tmp_path / "sims.yaml"
