@@ -4,6 +4,8 @@ what the publisher refuses at start, and how the runtime turns link reports into
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -204,29 +206,28 @@ def link(state: BrokerLinkState, reason: str = "", at: float = 1_800_000_000.0) 
     return BrokerLink(state, BROKER, at, reason, attempt=0 if retry is None else 1, retry_s=retry)
 
 
-async def running_alarm(alarm: BrokerAlarm) -> asyncio.Task[None]:
-    return asyncio.create_task(alarm.run(), name="test:alarm:mqtt")
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.wait({task})
+@contextlib.asynccontextmanager
+async def alarm_running(outage_after_s: float) -> AsyncIterator[tuple[Journal, AlarmManager, BrokerAlarm]]:
+    """A BrokerAlarm over an alarm manager journaling into a Journal, its task running for the block."""
+    journal = Journal()
+    manager = AlarmManager(journal.record, SystemClock())
+    alarm = BrokerAlarm(manager, outage_after_s=outage_after_s)
+    task = asyncio.create_task(alarm.run(), name="test:alarm:mqtt")
+    try:
+        yield journal, manager, alarm
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
 
 
 async def test_a_refused_login_raises_the_mqtt_alarm_at_once_and_the_link_up_clears_it() -> None:
-    journal = Journal()
-    manager = AlarmManager(journal.record, SystemClock())
-    alarm = BrokerAlarm(manager, outage_after_s=3600)
-    task = await running_alarm(alarm)
-    try:
+    async with alarm_running(3600) as (journal, manager, alarm):
         alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
         alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
         await journal.wait_for(1)
         shown = manager.shown()
         alarm.report(link(BrokerLinkState.UP))
         await journal.wait_for(2)
-    finally:
-        await stop(task)
 
     assert [(a.id, a.severity, a.source) for a in shown] == [(BROKER_ALARM, Severity.WARNING, "telemetry")]
     assert shown[0].message == (
@@ -238,17 +239,11 @@ async def test_a_refused_login_raises_the_mqtt_alarm_at_once_and_the_link_up_cle
 
 
 async def test_an_outage_raises_the_alarm_only_once_it_lasted_long_enough_saying_since_when() -> None:
-    journal = Journal()
-    manager = AlarmManager(journal.record, SystemClock())
-    alarm = BrokerAlarm(manager, outage_after_s=0.05)
-    task = await running_alarm(alarm)
-    try:
+    async with alarm_running(0.05) as (journal, manager, alarm):
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused", at=1_800_000_000.0))
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused", at=1_800_000_001.0))
         await journal.wait_for(1)
         shown = manager.shown()
-    finally:
-        await stop(task)
 
     assert [a.message for a in shown] == [
         f"telemetry link to {BROKER} down since 2027-01-15 08:00:00 UTC (MqttError: Connection refused); "
@@ -258,11 +253,7 @@ async def test_an_outage_raises_the_alarm_only_once_it_lasted_long_enough_saying
 
 
 async def test_an_outage_shorter_than_the_grace_raises_nothing() -> None:
-    journal = Journal()
-    manager = AlarmManager(journal.record, SystemClock())
-    alarm = BrokerAlarm(manager, outage_after_s=3600)
-    task = await running_alarm(alarm)
-    try:
+    async with alarm_running(3600) as (journal, _manager, alarm):
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: session ended"))
         alarm.report(link(BrokerLinkState.UP))
         # A refusal after that still raises at once: the queue is worked in order, so it proves the rest ran.
@@ -270,8 +261,6 @@ async def test_an_outage_shorter_than_the_grace_raises_nothing() -> None:
             link(BrokerLinkState.REFUSED, "the broker's certificate failed verification: unknown CA")
         )
         await journal.wait_for(1)
-    finally:
-        await stop(task)
 
     ((action, message),) = journal.actions()
     assert action is AlarmAction.RAISED
@@ -301,34 +290,22 @@ def test_ctl_status_shows_the_broker_link_with_since_when_and_why() -> None:
 
 
 async def test_a_refusal_stays_raised_through_a_short_outage_until_the_link_is_up() -> None:
-    journal = Journal()
-    manager = AlarmManager(journal.record, SystemClock())
-    alarm = BrokerAlarm(manager, outage_after_s=3600)
-    task = await running_alarm(alarm)
-    try:
+    async with alarm_running(3600) as (journal, _manager, alarm):
         alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused"))
         alarm.report(link(BrokerLinkState.UP))
         await journal.wait_for(2)
-    finally:
-        await stop(task)
 
     assert [action for action, _ in journal.actions()] == [AlarmAction.RAISED, AlarmAction.CLEARED]
     assert journal.actions()[1][1] == f"telemetry link to {BROKER} up again"
 
 
 async def test_a_refusal_followed_by_a_long_outage_becomes_the_outage_alarm() -> None:
-    journal = Journal()
-    manager = AlarmManager(journal.record, SystemClock())
-    alarm = BrokerAlarm(manager, outage_after_s=0.05)
-    task = await running_alarm(alarm)
-    try:
+    async with alarm_running(0.05) as (journal, manager, alarm):
         alarm.report(link(BrokerLinkState.REFUSED, "the broker refused the login: Not authorized"))
         alarm.report(link(BrokerLinkState.DOWN, "MqttError: Connection refused"))
         await journal.wait_for(3)
         shown = manager.shown()
-    finally:
-        await stop(task)
 
     assert [action for action, _ in journal.actions()] == [
         AlarmAction.RAISED,
