@@ -169,6 +169,9 @@ async def test_a_dropped_link_fires_the_ndeath_will_with_its_bdseq_and_the_next_
                 await c.wait_until(count("NBIRTH", 1), timeout=WAIT_S)
                 await recorder.record(state(1))
                 await c.wait_until(count("NDATA", 1), timeout=WAIT_S)
+                # Acknowledged and deleted before the cut (the subscriber sees a message before its PUBACK
+                # reaches the publisher; a row still in flight would be sent again after the reconnect)
+                assert await publisher.flush(WAIT_S)
                 # When the link drops without a DISCONNECT
                 await proxy.cut()
                 await c.wait_until(count("NDEATH", 1), timeout=WAIT_S)
