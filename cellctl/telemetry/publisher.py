@@ -432,9 +432,7 @@ class OutboxPublisher:
     async def _births(self, client: aiomqtt.Client) -> None:
         await self._send_in_order(client, lambda: self._encoding.births(self._clock.wall()))
 
-    async def _send_in_order(
-        self, client: aiomqtt.Client, encode: Callable[[], list[Outgoing]], *, bounded: bool = True
-    ) -> None:
+    async def _send_in_order(self, client: aiomqtt.Client, encode: Callable[[], list[Outgoing]]) -> None:
         """Encode, then hand the messages to paho with no other encoding or hand-off in between.
 
         An encoding may number its messages as it builds them (Sparkplug ``seq``), and one call may build
@@ -446,9 +444,9 @@ class OutboxPublisher:
         async with self._wire_order:
             messages = encode()
             for message in messages[:-1]:
-                await _send(client, message, bounded=bounded)
+                await _send(client, message)
         if messages:
-            await _send(client, messages[-1], bounded=bounded)
+            await _send(client, messages[-1])
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         """Clean stop: a graceful disconnect suppresses the will, so the encoding says goodbye itself."""
