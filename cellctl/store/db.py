@@ -330,7 +330,7 @@ class Store:
                 conn.execute("PRAGMA synchronous = NORMAL")
                 self._synchronous = "NORMAL"
             with _transaction(conn):
-                removed = outbox.delete_returning(conn, id_list)
+                removed = outbox.delete_acked(conn, id_list)
             bound.committed(removed=removed)
 
         await self._call("ack outbox", work)

@@ -362,18 +362,18 @@ class OutboxBound:
     def committed(
         self,
         added: Sequence[tuple[str, int]] = (),
-        removed: Sequence[tuple[str, int]] = (),
+        removed: dict[str, StreamTotals] | None = None,
         dropped: dict[str, StreamTotals] | None = None,
     ) -> None:
-        """Apply a committed transaction: rows (stream, size) added and removed, telemetry dropped."""
+        """Apply a committed transaction: rows (stream, size) added, totals removed and dropped per stream."""
         for stream, row_size in added:
             total = self._waiting.setdefault(stream, StreamTotals())
             total.rows += 1
             total.bytes += row_size
-        for stream, row_size in removed:
+        for stream, gone in (removed or {}).items():
             total = self._waiting.setdefault(stream, StreamTotals())
-            total.rows -= 1
-            total.bytes -= row_size
+            total.rows -= gone.rows
+            total.bytes -= gone.bytes
         for stream, drop in (dropped or {}).items():
             total = self._waiting.setdefault(stream, StreamTotals())
             total.rows -= drop.rows
@@ -383,13 +383,20 @@ class OutboxBound:
             counted.bytes += drop.bytes
 
 
-def delete_returning(conn: sqlite3.Connection, ids: Sequence[int]) -> list[tuple[str, int]]:
-    """Delete acknowledged rows inside the caller's transaction; (stream, size) of each row deleted (unknown
-    ids, e.g. telemetry dropped meanwhile, are ignored)."""
-    return [
-        (str(stream), int(size))
-        for stream, size in conn.execute(
-            f"DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?)) RETURNING stream, {_SIZE}",
-            (json.dumps(list(ids)),),
+def delete_acked(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[str, StreamTotals]:
+    """Delete acknowledged rows inside the caller's transaction; the rows and bytes deleted per stream
+    (unknown ids, e.g. telemetry dropped meanwhile, are ignored)."""
+    # Totals by one grouped query, not RETURNING: every row stepped out of SQLite releases and takes back the
+    # GIL, and the publisher's event loop holds it most of the time (an ack group of 50 rows cost ~1.5 ms).
+    id_json = json.dumps(list(ids))
+    totals = {
+        str(stream): StreamTotals(int(rows), int(size))
+        for stream, rows, size in conn.execute(
+            f"SELECT stream, COUNT(*), COALESCE(SUM({_SIZE}), 0) FROM outbox "
+            "WHERE id IN (SELECT value FROM json_each(?)) GROUP BY stream",
+            (id_json,),
         )
-    ]
+    }
+    if totals:
+        conn.execute("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (id_json,))
+    return totals
