@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, ClassVar
 
 
@@ -43,10 +43,47 @@ class Event:
         return None
 
     def to_data(self) -> dict[str, Any]:
-        """The event's fields as JSON-ready data (without the timestamp)."""
-        data = dataclasses.asdict(self)
-        data.pop("ts")
-        return data
+        """The event's fields as JSON-ready data (without the timestamp): ``dataclasses.asdict`` but cheap."""
+        # asdict deep-copies every leaf, a quarter of a part's recording cost; _plain copies the containers
+        # and shares the immutable leaves, which gives an equal result (tests/unit/test_events.py proves it).
+        return {name: _plain(getattr(self, name)) for name in _field_names(type(self)) if name != "ts"}
+
+
+_ATOMS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+"""Leaves that deepcopy returns as they are; Enum members are such leaves too."""
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as ``dataclasses.asdict`` turns a field: dataclasses to dicts, containers copied."""
+    kind = type(value)
+    if kind in _ATOMS or isinstance(value, Enum):
+        return value
+    if kind is tuple:
+        return tuple([_plain(v) for v in value])
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(kind)}
+    # Anything else (a namedtuple, a dict subclass, a set...) in an untyped field: asdict's own way.
+    return dataclasses.asdict(_Box(value))["value"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Box:
+    """Carries an unusual value through ``dataclasses.asdict``."""
+
+    value: Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

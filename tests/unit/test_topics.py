@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cellctl.core.events import (
     ALL_EVENT_TYPES,
@@ -47,7 +51,15 @@ from cellctl.telemetry.payloads import (
     StepData,
     parse_message,
 )
-from cellctl.telemetry.topics import envelope_json, messages_for, status_topic, topic_root
+from cellctl.telemetry.topics import (
+    _is_plain_part,
+    _part_bodies,
+    _part_bodies_fast,
+    envelope_json,
+    messages_for,
+    status_topic,
+    topic_root,
+)
 
 IDENTITY = Identity(enterprise="nordform", site="lyon", area="upholstery", line="line1", cell="cell3")
 ROOT = "nordform/lyon/upholstery/line1/cell3"
@@ -387,3 +399,68 @@ def test_the_status_message_has_its_own_schema() -> None:
         "streams": None,
         "started_ts": None,
     }
+
+
+# --- the part's bodies built without the payload models -----------------------------------------------
+
+TOPIC_SAFE = st.text(alphabet=st.characters(blacklist_characters="/+#\x00"), min_size=1, max_size=8)
+FLOATS = st.floats() | st.sampled_from([math.nan, math.inf, -math.inf, -0.0])
+ANY_VERDICT = st.sampled_from(Verdict)
+
+
+def _measurements(floats: st.SearchStrategy[Any]) -> st.SearchStrategy[Measurement]:
+    return st.builds(
+        Measurement,
+        characteristic=st.sampled_from(["width_mm", "depth_mm"]) | TOPIC_SAFE,
+        value=st.none() | floats,
+        quality=st.text(max_size=5),
+        units=st.text(max_size=5),
+        nominal=floats,
+        lsl=floats,
+        usl=floats,
+        verdict=ANY_VERDICT,
+        reason=st.text(max_size=5),
+    )
+
+
+def _parts(floats: st.SearchStrategy[Any], ints: st.SearchStrategy[Any]) -> st.SearchStrategy[PartProduced]:
+    return st.builds(
+        PartProduced,
+        ts=st.floats(min_value=0, max_value=2e9),
+        part=st.text(max_size=8),
+        job=st.text(max_size=8),
+        variant=st.text(max_size=8),
+        index=ints,
+        verdict=ANY_VERDICT,
+        measurements=st.lists(_measurements(floats), max_size=5).map(tuple),
+        parameters=st.dictionaries(st.text(max_size=5), floats, max_size=3),
+        cycle_s=floats,
+        first_article=st.booleans(),
+    )
+
+
+def _text(bodies: list[dict[str, Any]]) -> list[str]:
+    # JSON text tells 1 from 1.0 and keeps key order, which == on dicts does not.
+    return [json.dumps(b) for b in bodies]
+
+
+@given(_parts(FLOATS, st.integers()))
+def test_the_direct_part_bodies_are_the_payload_models_dumps(event: PartProduced) -> None:
+    assert _is_plain_part(event)
+    assert _text(_part_bodies_fast(event)) == _text(_part_bodies(event))
+
+
+@given(_parts(FLOATS | st.integers(-(2**40), 2**40) | st.booleans(), st.integers() | st.booleans()))
+def test_a_part_is_sent_as_the_payload_models_dump_it_whatever_its_field_types(event: PartProduced) -> None:
+    # Ints where floats belong (or bools) take the models' path, which converts them; plain parts do not.
+    bodies = [m.body for m in messages_for(event, IDENTITY)]
+    assert _text(bodies) == _text(_part_bodies(event))
+
+
+def test_a_part_with_an_int_where_a_float_belongs_is_converted_by_the_models() -> None:
+    sample = SAMPLES[PartProduced]
+    assert isinstance(sample, PartProduced)
+    event = dataclasses.replace(sample, cycle_s=31)
+    assert not _is_plain_part(event)
+    (part, *_) = messages_for(event, IDENTITY)
+    assert json.dumps(part.body["cycle_s"]) == "31.0"
