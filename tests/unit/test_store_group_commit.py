@@ -181,3 +181,20 @@ async def test_close_answers_every_pending_append(store: Store) -> None:
     assert all(isinstance(r, StoreError) and "closed" in str(r) for r in results[5:])
     with pytest.raises(StoreError, match="closed"):
         await store.append(job(99), [])
+
+
+async def test_one_fact_takes_each_streams_next_seqs_in_message_order(store: Store) -> None:
+    await store.append(health(0), [message("state", 0)])
+
+    await store.append(
+        job(1), [message("state", 1), message("job", 2), message("state", 3), message("job", 4)]
+    )
+
+    assert [(s, q, n) for _, s, q, n in queued(store.path)] == [
+        ("state", 1, 0),
+        ("state", 2, 1),
+        ("job", 1, 2),
+        ("state", 3, 3),
+        ("job", 2, 4),
+    ]
+    assert await store.sequences() == {"state": 3, "job": 2}
