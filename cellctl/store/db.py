@@ -92,6 +92,16 @@ class StorePolicy:
         return any(str(m.stream) not in telemetry for m in messages)
 
 
+@dataclass(slots=True)
+class _Append:
+    """An append waiting for its group's commit."""
+
+    event: Event
+    messages: Sequence[OutboxMessage]
+    what: str
+    future: asyncio.Future[int]
+
+
 class Store:
     """The journal and the outbox in one SQLite file; every call runs on the store's own thread."""
 
@@ -114,6 +124,9 @@ class Store:
         self._synchronous = policy.records_synchronous  # what the connection is set to now
         # Set by a corrupt or I/O failure: the next call opens the file anew (it may have been replaced).
         self._reopen_due = False
+        self._pending: list[_Append] = []  # appends waiting for the next group commit
+        self._writer: asyncio.Task[None] | None = None
+        self._append_commits = 0
 
     @property
     def path(self) -> Path:
@@ -175,44 +188,133 @@ class Store:
         await self._call("reopen", lambda _conn: None, reopen=True)
 
     async def append(self, event: Event, messages: Sequence[OutboxMessage]) -> int:
-        """Journal ``event`` and queue its messages in one transaction; return the journal id.
+        """Journal ``event`` and queue its messages in one transaction; return the journal id once committed.
 
         A job's queued entry also takes its order id (OrderConflict, nothing written, if another job has it).
+        Appends arriving while the store thread writes the previous ones are committed together, each fact
+        still all or nothing on its own.
         """
+        what = f"append {event.kind}"
+        if self._closing:
+            raise StoreError(f"{self._path}: {what}: the store is closed")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(event, messages, what, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_appends(), name="store:group-commit")
+        return await future
 
-        policy, bound = self._policy, self._bound
+    @property
+    def append_commits(self) -> int:
+        """Transactions that committed appends so far (one per group): a diagnostics and test counter."""
+        return self._append_commits
 
-        def work(conn: sqlite3.Connection) -> int:
+    async def _write_appends(self) -> None:
+        """The one writer of appends: each round commits every append queued while the last one ran."""
+        while self._pending:
+            group = [a for a in self._pending if not a.future.done()]  # a cancelled caller is not written
+            self._pending = []
+            if not group:
+                continue
+            try:
+                outcomes = await self._append_group(group)
+            except BaseException:
+                for a in group:
+                    if not a.future.done():
+                        a.future.set_exception(StoreError(f"{self._path}: {a.what}: interrupted"))
+                raise
+            for a, outcome in zip(group, outcomes, strict=True):
+                if a.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    a.future.set_exception(outcome)
+                else:
+                    a.future.set_result(outcome)
+
+    async def _append_group(self, group: Sequence[_Append]) -> list[int | BaseException]:
+        """Write ``group`` in one transaction on the store thread: per fact its journal id or its error."""
+        policy, bound, path = self._policy, self._bound, self._path
+        loop = asyncio.get_running_loop()
+
+        def fact(conn: sqlite3.Connection, a: _Append) -> int:
+            event, messages = a.event, a.messages
             data_json = _dumps(event.to_data(), f"{event.kind} event")
             bodies = [_dumps(m.body, f"message to {m.topic}") for m in messages]
             added = [(str(m.stream), outbox.size_of(m, b)) for m, b in zip(messages, bodies, strict=True)]
-            mode = (
-                policy.records_synchronous
-                if policy.is_record(event, messages)
-                else policy.telemetry_synchronous
-            )
-            if mode != self._synchronous:
-                # Per transaction, set outside it: records reach the disk at COMMIT, telemetry may lag.
-                conn.execute(f"PRAGMA synchronous = {mode}")
-                self._synchronous = mode
-            with _transaction(conn):
+            conn.execute("SAVEPOINT fact")
+            try:
                 # The bound first: a fact that cannot fit writes nothing, its journal entry included.
                 dropped = bound.make_room(conn, len(added), sum(size for _, size in added)) if added else {}
                 journal_id = journal.insert(conn, event, data_json)
                 if isinstance(event, JobEvent):
                     orders.claim(conn, event, journal_id)
                 outbox.insert(conn, journal_id, event.ts, messages, bodies)
+            except BaseException:
+                # A failed statement may have ended the whole transaction (disk full): then the group fails.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO fact")
+                    conn.execute("RELEASE fact")
+                raise
+            conn.execute("RELEASE fact")
+            # Applied now so the next fact's make_room counts these rows; undone if the COMMIT fails.
             bound.committed(added=added, dropped=dropped)
             if dropped:
-                _log.warning(
-                    "outbox full: oldest telemetry dropped",
-                    path=str(self._path),
-                    dropped={s: t.rows for s, t in dropped.items()},
-                    dropped_total=bound.stats().dropped_total,
-                )
+                drops.append((dropped, bound.stats().dropped_total))
             return journal_id
 
-        return await self._call(f"append {event.kind}", work)
+        drops: list[tuple[dict[str, outbox.StreamTotals], int]] = []  # logged once committed
+
+        def work() -> list[int | BaseException]:
+            if self._reopen_due:
+                self._reopen()
+            conn = self._conn
+            if conn is None:
+                return [StoreError(f"{path}: {a.what}: the store is closed") for a in group]
+            records = any(policy.is_record(a.event, a.messages) for a in group)
+            mode = policy.records_synchronous if records else policy.telemetry_synchronous
+            if mode != self._synchronous:
+                # Per transaction, set outside it: records reach the disk at COMMIT, telemetry may lag.
+                conn.execute(f"PRAGMA synchronous = {mode}")
+                self._synchronous = mode
+            saved = bound.checkpoint()
+            outcomes: list[int | BaseException] = []
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for a in group:
+                    try:
+                        outcomes.append(fact(conn, a))
+                    except Exception as exc:
+                        if not conn.in_transaction:
+                            raise
+                        outcomes.append(exc)
+                if all(isinstance(o, BaseException) for o in outcomes):
+                    conn.execute("ROLLBACK")  # nothing to keep: no commit, no sync
+                else:
+                    conn.execute("COMMIT")
+            except BaseException:
+                bound.restore(saved)
+                drops.clear()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return outcomes
+
+        try:
+            outcomes = await loop.run_in_executor(self._executor, work)
+        except Exception as exc:
+            return [self._failure(exc, a.what) for a in group]
+        if any(not isinstance(o, BaseException) for o in outcomes):
+            self._append_commits += 1
+        for dropped, dropped_total in drops:
+            _log.warning(
+                "outbox full: oldest telemetry dropped",
+                path=str(path),
+                dropped={s: t.rows for s, t in dropped.items()},
+                dropped_total=dropped_total,
+            )
+        return [
+            o if isinstance(o, int) else self._failure(o, a.what)
+            for o, a in zip(outcomes, group, strict=True)
+        ]
 
     async def journal(
         self,
@@ -385,6 +487,10 @@ class Store:
         if self._closing:
             return
         self._closing = True
+        pending, self._pending = self._pending, []
+        for a in pending:
+            if not a.future.done():
+                a.future.set_exception(StoreError(f"{self._path}: {a.what}: the store is closed"))
         loop = asyncio.get_running_loop()
         conn, self._conn = self._conn, None
         try:
@@ -394,6 +500,9 @@ class Store:
             raise StoreError(f"{self._path}: close failed: {exc}") from exc
         finally:
             self._executor.shutdown(wait=False)
+            if self._writer is not None:
+                # Its group ran before the close on the store thread: it only has answers left to hand out.
+                await asyncio.wait({self._writer})
         _log.info("store closed", path=str(self._path))
 
     async def set_page_limit(self, pages: int) -> int:
@@ -421,13 +530,23 @@ class Store:
 
         try:
             return await loop.run_in_executor(self._executor, run)
-        except OutboxFullError as exc:
-            raise OutboxFull(f"{self._path}: {what} refused: {exc}; {OutboxFull.advice}") from exc
-        except sqlite3.Error as exc:
+        except (OutboxFullError, sqlite3.Error) as exc:
+            raise self._failure(exc, what) from exc
+
+    def _failure(self, exc: BaseException, what: str) -> BaseException:
+        """The error a caller gets for ``exc`` raised by ``what``: the outbox's refusal and SQLite's errors
+        classified (a corrupt file or an I/O error makes the next call reopen it), others as they are."""
+        error: BaseException
+        if isinstance(exc, OutboxFullError):
+            error = OutboxFull(f"{self._path}: {what} refused: {exc}; {OutboxFull.advice}")
+        elif isinstance(exc, sqlite3.Error):
             error = classify(exc, self._path, f"{what} failed")
             if isinstance(error, StoreCorrupt | StoreIOError):
                 self._reopen_due = True
-            raise error from exc
+        else:
+            return exc
+        error.__cause__ = exc
+        return error
 
     def _reopen(self) -> None:
         """On the store thread: a new connection to the file and totals read again from it."""

@@ -6,7 +6,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 SCHEMA_V1: tuple[str, ...] = (
@@ -43,9 +43,9 @@ SCHEMA_V4: tuple[str, ...] = (
 )
 """Statements of schema version 4: the per-stream read index."""
 
-_NEXT_SEQ = (
-    "INSERT INTO streams (stream, seq) VALUES (?, 1) "
-    "ON CONFLICT (stream) DO UPDATE SET seq = seq + 1 RETURNING seq"
+_TAKE_SEQS = (
+    "INSERT INTO streams (stream, seq) VALUES (?, ?) "
+    "ON CONFLICT (stream) DO UPDATE SET seq = seq + ? RETURNING seq"
 )
 _INSERT = (
     "INSERT INTO outbox (journal_id, topic, stream, seq, msg_id, event_ts, body, retain, qos) "
@@ -93,11 +93,23 @@ def insert(
     bodies: Sequence[str],
 ) -> None:
     """Queue messages inside the caller's transaction, each with a new msg_id and its stream's next seq."""
+    if not messages:
+        return
+    wanted: dict[str, int] = {}
+    for message in messages:
+        stream = str(message.stream)
+        wanted[stream] = wanted.get(stream, 0) + 1
+    # One sequence update per stream: take the whole run of seqs at once, hand them out in message order.
+    next_seq: dict[str, int] = {}
+    for stream, n in wanted.items():
+        (last,) = conn.execute(_TAKE_SEQS, (stream, n, n)).fetchone()
+        next_seq[stream] = int(last) - n + 1
+    rows = []
     for message, body in zip(messages, bodies, strict=True):
         stream = str(message.stream)
-        (seq,) = conn.execute(_NEXT_SEQ, (stream,)).fetchone()
-        conn.execute(
-            _INSERT,
+        seq = next_seq[stream]
+        next_seq[stream] = seq + 1
+        rows.append(
             (
                 journal_id,
                 message.topic,
@@ -108,8 +120,9 @@ def insert(
                 body,
                 int(message.retain),
                 message.qos,
-            ),
+            )
         )
+    conn.executemany(_INSERT, rows)
 
 
 STREAM_BATCH_SQL = f"SELECT {_COLUMNS} FROM outbox WHERE stream = ? AND id > ? ORDER BY id LIMIT ?"
@@ -358,6 +371,17 @@ class OutboxBound:
                 horizon = last if horizon is None else min(horizon, last)
         merged.sort()
         return merged if horizon is None else [v for v in merged if v[0] <= horizon]
+
+    def checkpoint(self) -> tuple[dict[str, StreamTotals], dict[str, StreamTotals]]:
+        """A copy of the totals, for ``restore`` when a group's changes applied per fact do not commit."""
+        return (
+            {s: replace(t) for s, t in self._waiting.items()},
+            {s: replace(t) for s, t in self._dropped.items()},
+        )
+
+    def restore(self, saved: tuple[dict[str, StreamTotals], dict[str, StreamTotals]]) -> None:
+        """Put back the totals of a ``checkpoint``."""
+        self._waiting, self._dropped = saved
 
     def committed(
         self,
