@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,14 +279,62 @@ async def run_demo(
     Telemetry goes to ``broker`` (default: the cell file's) where it answers, else to a private mosquitto.
     """
     console = console or Console()
-    loaded = load_config(config_dir)
     summary = DemoSummary()
     started = time.monotonic()
+
+    async def script(controller: Controller, broker_name: str) -> None:
+        summary.broker = broker_name
+        await _drive(controller, summary, console, orders, broker_name, timeout)
+
+    await _run_cell(config_dir, time_scale, broker, use_broker, script)
+    summary.wall_s = time.monotonic() - started
+    return summary
+
+
+OperatorUi = Callable[[Path], Awaitable[None]]
+"""Runs an operator's user interface against the control socket at the given path until the operator quits."""
+
+
+async def run_demo_for_operator(
+    config_dir: str | Path,
+    ui: OperatorUi,
+    *,
+    time_scale: float = 0.2,
+    use_broker: bool = True,
+    broker: MqttConfig | None = None,
+    orders: tuple[OrderRequest, ...] = ORDER_BOOK,
+) -> None:
+    """The demo cell with a person at the controls: ``orders`` are queued (as the plant's MES would) once the
+    equipment answers, and ``ui`` runs against the control socket; nothing is scripted. The cell stops in
+    order when ``ui`` returns."""
+
+    async def operate(controller: Controller, _broker_name: str) -> None:
+        await _links_up(controller)
+        for order in orders:
+            await controller.engine.submit(order, by=DEMO_MES)
+        await ui(controller.config.resolve(controller.config.cell.api.socket))
+
+    await _run_cell(config_dir, time_scale, broker, use_broker, operate)
+
+
+DEMO_MES = "demo-mes"
+"""Who queues the demo's order book when a person runs it."""
+
+
+async def _run_cell(
+    config_dir: str | Path,
+    time_scale: float,
+    broker: MqttConfig | None,
+    use_broker: bool,
+    script: Callable[[Controller, str], Awaitable[None]],
+) -> None:
+    """Simulators and controller in this process; ``script`` runs once the controller is ready, then the cell
+    stops in order."""
+    loaded = load_config(config_dir)
     async with (
         _broker_for(broker or loaded.cell.mqtt, use_broker) as (mqtt, broker_name),
         SimCell.from_config_dir(config_dir, time_scale=time_scale, seed=7) as sims,
     ):
-        summary.broker = broker_name
         with tempfile.TemporaryDirectory(prefix="cellctl-demo-") as tmp:
             cell = sims.cell_config().model_copy(
                 update={
@@ -299,15 +347,13 @@ async def run_demo(
             app = CellApp(_scaled_recipes(loaded, time_scale).with_cell(cell), publish=mqtt is not None)
             stop = asyncio.Event()
 
-            async def script(controller: Controller) -> None:
+            async def on_ready(controller: Controller) -> None:
                 try:
-                    await _drive(controller, summary, console, orders, broker_name, timeout)
+                    await script(controller, broker_name)
                 finally:
                     stop.set()
 
-            await app.run(stop, on_ready=script)
-    summary.wall_s = time.monotonic() - started
-    return summary
+            await app.run(stop, on_ready=on_ready)
 
 
 async def _drive(
