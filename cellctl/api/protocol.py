@@ -66,6 +66,28 @@ class ErrorCode(StrEnum):
     """The caller may not send this command (an MES over MQTT may only submit and cancel)."""
     RETAINED = "retained"
     """A command that arrived as a retained MQTT message: never executed (it would run at every reconnect)."""
+    LEASE_HELD = "lease_held"
+    """Another connection holds the control lease; the message names the holder and how to take over."""
+
+
+class Role(StrEnum):
+    """What a caller on the control socket may do, lowest first: viewer < operator < integrator."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    INTEGRATOR = "integrator"
+
+    @property
+    def rank(self) -> int:
+        """Position in the order viewer < operator < integrator."""
+        return _ROLE_ORDER.index(self)
+
+    def at_least(self, other: Role) -> bool:
+        """True when this role may do what ``other`` may."""
+        return self.rank >= other.rank
+
+
+_ROLE_ORDER: Final = (Role.VIEWER, Role.OPERATOR, Role.INTEGRATOR)
 
 
 PACKML_COMMANDS: tuple[str, ...] = (
@@ -246,6 +268,12 @@ class WatchArgs(Args):
     epoch: Annotated[str, Field(max_length=64)] | None = None
 
 
+class LeaseArgs(Args):
+    """``lease``: ``show`` who holds the control lease, ``take`` it (higher roles take over), ``release``."""
+
+    action: Literal["take", "release", "show"] = "show"
+
+
 class JournalArgs(Args):
     """``journal``: entries with id > ``after_id``, at most ``limit`` of them, oldest first."""
 
@@ -268,8 +296,42 @@ COMMANDS: dict[str, type[Args]] = {
     "spc": SpcArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
+    "devices": NoArgs,
+    "lease": LeaseArgs,
 }
 """Every command the server knows, with the model of its arguments."""
+
+MIN_ROLE: dict[str, Role] = {
+    "hello": Role.VIEWER,
+    "status": Role.VIEWER,
+    "watch": Role.VIEWER,
+    "journal": Role.VIEWER,
+    "spc": Role.VIEWER,
+    "devices": Role.VIEWER,
+    "lease": Role.VIEWER,  # show; take and release need an operator (``required_role``)
+    "command": Role.OPERATOR,  # every PackML command, Abort included: stopping the cell is an operator's job
+    "submit": Role.OPERATOR,
+    "cancel": Role.OPERATOR,
+    "reorder": Role.OPERATOR,
+    "apply_proposal": Role.OPERATOR,
+    "confirm": Role.OPERATOR,
+    "ack": Role.OPERATOR,
+    "sign_off": Role.OPERATOR,
+    "mode": Role.INTEGRATOR,  # maintenance and manual modes bypass production rules
+}
+"""The lowest role that may send each command on the control socket (the one table of who may do what)."""
+
+
+def required_role(cmd: str, args: Any) -> Role:
+    """The lowest role that may send ``cmd`` with these raw ``args`` (lease take and release: operator)."""
+    if cmd == "lease" and isinstance(args, dict) and args.get("action") in ("take", "release"):
+        return Role.OPERATOR
+    return MIN_ROLE.get(cmd, Role.INTEGRATOR)
+
+
+def changes_state(cmd: str) -> bool:
+    """True for a command that changes the cell or its orders: it needs the control lease."""
+    return MIN_ROLE.get(cmd, Role.INTEGRATOR) is not Role.VIEWER
 
 
 # --- messages -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from cellctl.api.protocol import (
     COMMANDS,
     MAX_LINE,
+    MIN_ROLE,
     PACKML_COMMANDS,
     CancelArgs,
     CommandArgs,
@@ -22,11 +23,14 @@ from cellctl.api.protocol import (
     ProtocolError,
     Reply,
     Request,
+    Role,
     SubmitArgs,
     WatchArgs,
+    changes_state,
     parse_args,
     parse_request,
     parse_server_line,
+    required_role,
 )
 from cellctl.core.packml import Command
 from cellctl.errors import ApiError
@@ -157,7 +161,40 @@ def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
         "spc",
         "watch",
         "journal",
+        "devices",
+        "lease",
     }
+
+
+def test_every_command_has_a_minimum_role() -> None:
+    assert set(MIN_ROLE) == set(COMMANDS)
+
+
+def test_reads_are_a_viewers_orders_and_packml_an_operators_and_modes_an_integrators() -> None:
+    viewer = {c for c, r in MIN_ROLE.items() if r is Role.VIEWER}
+    assert viewer == {"hello", "status", "watch", "journal", "spc", "devices", "lease"}
+    assert required_role("command", {"name": "abort"}) is Role.OPERATOR
+    assert required_role("ack", {}) is Role.OPERATOR
+    assert required_role("mode", {"name": "manual"}) is Role.INTEGRATOR
+
+
+def test_showing_the_lease_is_a_viewers_and_taking_or_releasing_it_an_operators() -> None:
+    assert required_role("lease", {}) is Role.VIEWER
+    assert required_role("lease", {"action": "show"}) is Role.VIEWER
+    assert required_role("lease", {"action": "take"}) is Role.OPERATOR
+    assert required_role("lease", {"action": "release"}) is Role.OPERATOR
+    assert required_role("lease", ["take"]) is Role.VIEWER  # malformed args: refused by parse_args later
+
+
+def test_roles_are_ordered_viewer_operator_integrator() -> None:
+    assert Role.INTEGRATOR.at_least(Role.OPERATOR) and Role.OPERATOR.at_least(Role.VIEWER)
+    assert not Role.VIEWER.at_least(Role.OPERATOR)
+    assert Role.OPERATOR.at_least(Role.OPERATOR)
+
+
+def test_only_commands_above_viewer_change_state() -> None:
+    assert changes_state("command") and changes_state("submit") and changes_state("mode")
+    assert not changes_state("status") and not changes_state("watch")
 
 
 def test_the_command_names_are_the_packml_commands() -> None:
