@@ -47,14 +47,14 @@ class RolePolicy:
     users: Mapping[str, Role] = field(default_factory=dict)
     groups: Mapping[str, Role] = field(default_factory=dict)
     default: Role = Role.VIEWER
-    owner_uid: int = field(default_factory=os.getuid)
-    """The controller's own uid: an integrator."""
+    integrator_uids: frozenset[int] = field(default_factory=lambda: frozenset({0, os.getuid()}))
+    """Root and the controller's own user: integrators whatever the tables say."""
     groups_of: GroupsOf = system_groups
     _cache: dict[tuple[str, int], Role] = field(default_factory=dict, repr=False)
 
     async def role_of(self, uid: int, gid: int, user: str) -> Role:
         """The role of the peer ``uid`` (login ``user``, primary group ``gid``)."""
-        if uid in (0, self.owner_uid):
+        if uid in self.integrator_uids:
             return Role.INTEGRATOR
         if user in self.users:
             return self.users[user]

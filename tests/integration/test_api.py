@@ -25,15 +25,17 @@ import pytest
 
 from cellctl.api.client import ControlClient, NotReachable, WatchDropped
 from cellctl.api.protocol import MAX_LINE, EventBody
+from cellctl.api.roles import RolePolicy
 from cellctl.api.server import WATCH_QUEUE, ControlServer
 from cellctl.api.service import ControlService
 from cellctl.cli import ctl
-from cellctl.core.clock import Clock
+from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.events import Event, OperatorAction, StateChanged
 from cellctl.core.packml import Command, State, allowed_commands, completion, is_acting, next_state
-from cellctl.core.tags import TagBackend
+from cellctl.core.ports import Driver
 from cellctl.engine import Engine, OrderRequest
 from cellctl.errors import ApiError, JobError
+from cellctl.runtime.app import device_views
 from cellctl.schema.cell import Identity
 from cellctl.schema.load import LoadedConfig, load_config
 from tests.softcell import soft_cell
@@ -698,18 +700,24 @@ class Cell:
 @asynccontextmanager
 async def serving(
     config: LoadedConfig,
-    devices: Mapping[str, TagBackend],
+    devices: Mapping[str, Driver],
     tmp_path: Path,
     clock: Clock | None = None,
+    roles: RolePolicy | None = None,
 ) -> AsyncIterator[Cell]:
     """The real Engine on ``devices``, served on a control socket in ``tmp_path``; stopped on exit."""
     sink = ListSink()
     engine = Engine(config, devices, sink, clock)
     engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
     await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
+    views = clock or SystemClock()
+    service = ControlService(
+        engine,
+        identity=config.cell.identity,
+        sink=sink,
+        devices=lambda: device_views(config.cell, devices, views),
     )
+    server = ControlServer(tmp_path / "cell.sock", service, roles=roles)
     server_task = await start(server)
     try:
         yield Cell(server.path, engine, sink)
