@@ -26,7 +26,7 @@ import pytest
 from cellctl.api.client import ControlClient, NotReachable, WatchDropped
 from cellctl.api.protocol import MAX_LINE, EventBody
 from cellctl.api.roles import RolePolicy
-from cellctl.api.server import WATCH_QUEUE, ControlServer
+from cellctl.api.server import WATCH_QUEUE, ControlServer, EventHub
 from cellctl.api.service import ControlService
 from cellctl.cli import ctl
 from cellctl.core.clock import Clock, SystemClock
@@ -438,6 +438,52 @@ async def test_a_watcher_resumes_after_its_last_seq_without_resync(served: Serve
 
     assert again["resync"] is False and "status" not in again
     assert seqs == [first["seq"] + 1, first["seq"] + 2, first["seq"] + 3]
+
+
+async def test_a_watcher_that_reconnects_gets_exactly_the_events_it_missed(served: Served) -> None:
+    async with ControlClient(served.path) as witness:
+        await witness.watch()
+        async with ControlClient(served.path) as client:
+            first = await client.watch()
+        async with ControlClient(served.path) as operator:
+            await operator.request("command", name="reset")
+            await operator.request("command", name="stop")
+        async with ControlClient(served.path) as client:
+            again = await client.watch(since_seq=first["seq"], epoch=first["epoch"])
+            missed = again["seq"] - first["seq"]
+            async with asyncio.timeout(WAIT_S):
+                resumed = [p async for p in _take(client, missed)]
+                seen = [p async for p in _take(witness, missed)]
+            # Nothing else was queued: the next push is the next event.
+            async with ControlClient(served.path) as operator:
+                await operator.request("command", name="reset")
+            async with asyncio.timeout(WAIT_S):
+                (after,) = [p async for p in _take(client, 1)]
+
+    assert again["resync"] is False and missed == 8  # lease take, 4 state changes, 2 actions, release
+    assert [p.model_dump() for p in resumed] == [p.model_dump() for p in seen]
+    assert [p.seq for p in resumed] == list(range(first["seq"] + 1, again["seq"] + 1))
+    assert after.seq == again["seq"] + 1
+
+
+async def test_a_watcher_whose_seq_is_no_longer_kept_gets_a_fresh_snapshot(tmp_path: Path) -> None:
+    engine = ScriptedEngine()
+    server = ControlServer(tmp_path / "ctl.sock", ControlService(engine, identity=IDENTITY))
+    server.hub = EventHub(ring_size=2)
+    task = await start(server)
+    try:
+        async with ControlClient(server.path) as client:
+            first = await client.watch()
+            await client.request("command", name="reset")  # more events than the ring keeps
+        async with ControlClient(server.path) as client:
+            again = await client.watch(since_seq=first["seq"], epoch=first["epoch"])
+            ahead = await client.watch(since_seq=again["seq"] + 100, epoch=first["epoch"])
+    finally:
+        await stop(task)
+
+    assert again["resync"] is True and again["status"]["state"] == "Idle"
+    assert again["seq"] > first["seq"] + 2
+    assert ahead["resync"] is True  # a seq this server never sent: another run's, so a snapshot
 
 
 async def test_a_watcher_of_another_epoch_must_resync(served: Served) -> None:
