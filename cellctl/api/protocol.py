@@ -33,6 +33,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticSerializationError
 
 from cellctl.errors import ApiError
 
@@ -390,8 +391,7 @@ class Reply(BaseModel):
 
     def encode(self) -> bytes:
         """The reply as one line; values JSON cannot hold (NaN, objects) are sent as null / their text."""
-        text = self.model_dump_json(exclude={"error"} if self.ok else {"result"}, fallback=str)
-        return text.encode() + b"\n"
+        return _json_line(self, exclude={"error"} if self.ok else {"result"})
 
 
 class EventBody(BaseModel):
@@ -419,15 +419,27 @@ class EventPush(BaseModel):
 
     def encode(self) -> bytes:
         """The push as one line."""
-        return self.model_dump_json(fallback=str).encode() + b"\n"
+        return _json_line(self)
 
 
 # --- parsing --------------------------------------------------------------------------------------------
 
 
+def _json_line(model: BaseModel, exclude: set[str] | None = None) -> bytes:
+    """``model`` as one JSON line; text that UTF-8 cannot carry (a lone surrogate, which JSON's ``\\ud800``
+    escape lets a client send) is sent escaped rather than failing the reply."""
+    try:
+        text = model.model_dump_json(exclude=exclude, fallback=str)
+    except PydanticSerializationError:
+        data = model.model_dump(mode="json", exclude=exclude, fallback=str)
+        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    return text.encode() + b"\n"
+
+
 def _load_json(line: bytes) -> Any:
     try:
-        return json.loads(line)
+        # Strict UTF-8 first: json.loads(bytes) would let encoded surrogates (CESU-8) through.
+        return json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # JSONDecodeError is a ValueError; absurd nesting exhausts the recursion limit.
         raise ProtocolError(ErrorCode.BAD_JSON, f"line is not valid JSON: {_short(exc)}") from exc

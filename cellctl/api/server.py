@@ -335,6 +335,9 @@ class ControlServer:
             caller = Caller(uid=uid, gid=gid, pid=pid, user=user, role=role, connection=connection)
             log.debug("client connected", caller=caller.by, pid=pid, role=role.value)
             await _Connection(self, reader, writer, caller).serve()
+        except Exception:
+            # A bug met by one connection ends that connection, never the server and the controller.
+            log.exception("control connection failed", connection=connection)
         finally:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):

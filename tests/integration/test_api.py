@@ -270,6 +270,28 @@ async def test_malformed_json_gets_bad_json_with_a_null_id_and_the_connection_ke
     assert (await raw.ask(req(2, "status")))["ok"] is True
 
 
+async def test_a_lone_surrogate_id_is_echoed_escaped_and_the_server_keeps_serving(
+    raw: Raw, served: Served
+) -> None:
+    # Regression (fuzz): JSON's \\ud800 escape is valid, UTF-8 cannot carry it, and the reply used to fail
+    # to encode, which took the server down.
+    await raw.send(b'{"v": 1, "id": "\\ud800", "cmd": "status"}\n')
+    error = await raw.line()
+
+    assert error["id"] == "\ud800" and error["error"]["code"] == "bad_request"
+    assert (await raw.ask(req(2, "status")))["ok"] is True
+    async with ControlClient(served.path) as client:
+        assert (await client.request("status"))["state"] == "Stopped"
+
+
+async def test_utf8_encoded_surrogates_are_not_utf8_and_get_bad_json(raw: Raw) -> None:
+    # Regression (fuzz): json.loads(bytes) decodes CESU-8 surrogates instead of refusing them.
+    await raw.send(b'{"v": 1, "id": 1, "cmd": "stat\xed\xa0\x80us"}\n')
+    error = await raw.line()
+
+    assert (error["id"], error["error"]["code"]) == (None, "bad_json")
+
+
 async def test_an_unknown_command_gets_unknown_command_with_its_id(raw: Raw) -> None:
     reply = await raw.ask(req(7, "launch"))
 

@@ -350,3 +350,27 @@ def test_an_unterminated_last_line_is_returned_at_the_end() -> None:
     buffer.feed(b'{"v": 1}')
 
     assert buffer.finish() == b'{"v": 1}'
+
+
+def test_a_reply_whose_id_utf8_cannot_carry_is_encoded_escaped() -> None:
+    line = Reply.failure("\ud800", ErrorCode.BAD_REQUEST, "id \udfff").encode()
+
+    assert json.loads(line) == {
+        "v": 1,
+        "id": "\ud800",
+        "ok": False,
+        "error": {"code": "bad_request", "message": "id \udfff"},
+    }
+
+
+def test_a_pushed_event_with_a_lone_surrogate_is_encoded_escaped() -> None:
+    push = EventPush(seq=1, event=EventBody(kind="k", stream="s", ts=1.0, data={"tag": "\ud800"}))
+
+    assert json.loads(push.encode())["event"]["data"]["tag"] == "\ud800"
+
+
+def test_deep_nesting_is_bad_json_not_a_crash() -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse_request(b"[" * 60_000)
+
+    assert refused.value.code == "bad_json"
