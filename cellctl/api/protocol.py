@@ -11,6 +11,18 @@ One message per line (UTF-8 JSON, ``\\n``-terminated, at most ``MAX_LINE`` bytes
   ``seq`` increases by one per event of this server instance (``epoch``). ``seq`` 0 marks a notice about
   this connection only (``kind: "watch_dropped"`` when the watcher fell behind and was dropped).
 
+Who may send what: the peer's ``Role`` (viewer < operator < integrator, from the cell file's ``api.roles``)
+against ``MIN_ROLE``; below it a request gets ``not_allowed`` naming the role it needs. ``hello`` tells the
+caller its role. A state-changing command (above viewer) also needs the control lease, held by one connection
+at a time: taken when free, ``lease_held`` (naming the holder) otherwise; ``lease`` with ``{"action": "take" |
+"release" | "show"}`` manages it (a strictly higher role takes it over) and ``status.lease`` shows the holder.
+``devices`` answers ``{"devices": [{"device", "protocol", "state", "state_for_s", "error", "tags": [{"tag",
+"value", "quality", "age_s"}]}]}``.
+
+Robustness: a line that is not strict UTF-8 JSON (encoded surrogates and absurd nesting included) is
+``bad_json``; text UTF-8 cannot carry (a lone ``\\ud800`` escape) is sent back escaped; no line stops the
+server.
+
 This module is shared by the server and every client (CLI, TUI): it imports nothing of the engine or schema.
 """
 
