@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cellctl.api.protocol import (
     COMMANDS,
@@ -374,3 +377,50 @@ def test_deep_nesting_is_bad_json_not_a_crash() -> None:
         parse_request(b"[" * 60_000)
 
     assert refused.value.code == "bad_json"
+
+
+# --- properties: no line breaks the parser or the reply --------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+ENVELOPES = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": JSON_VALUES | st.just(1),
+        "id": JSON_VALUES,
+        "cmd": st.sampled_from(list(COMMANDS)) | st.text(max_size=8),
+        "args": JSON_VALUES,
+    },
+)
+
+
+def _answer(line: bytes) -> bytes:
+    """What the server would send for ``line`` before any handler runs: the refusal, or an ok marker."""
+    try:
+        request = parse_request(line)
+        parse_args(request)
+    except ProtocolError as exc:
+        assert exc.code in {c.value for c in ErrorCode}
+        return Reply.failure(exc.request_id, exc.code, str(exc)).encode()
+    return Reply.success(request.id, {}).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_get_a_reply_that_encodes(line: bytes) -> None:
+    assert json.loads(_answer(line))["v"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(ENVELOPES)
+def test_any_json_envelope_gets_a_reply_with_its_id_when_it_has_a_usable_one(obj: dict[str, Any]) -> None:
+    line = json.dumps(obj).encode()
+
+    reply = json.loads(_answer(line))
+
+    raw = obj.get("id")
+    usable = isinstance(raw, int | str) and not isinstance(raw, bool)
+    assert reply["id"] == (raw if usable else None)
