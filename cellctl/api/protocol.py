@@ -11,6 +11,18 @@ One message per line (UTF-8 JSON, ``\\n``-terminated, at most ``MAX_LINE`` bytes
   ``seq`` increases by one per event of this server instance (``epoch``). ``seq`` 0 marks a notice about
   this connection only (``kind: "watch_dropped"`` when the watcher fell behind and was dropped).
 
+Who may send what: the peer's ``Role`` (viewer < operator < integrator, from the cell file's ``api.roles``)
+against ``MIN_ROLE``; below it a request gets ``not_allowed`` naming the role it needs. ``hello`` tells the
+caller its role. A state-changing command (above viewer) also needs the control lease, held by one connection
+at a time: taken when free, ``lease_held`` (naming the holder) otherwise; ``lease`` with ``{"action": "take" |
+"release" | "show"}`` manages it (a strictly higher role takes it over) and ``status.lease`` shows the holder.
+``devices`` answers ``{"devices": [{"device", "protocol", "state", "state_for_s", "error", "tags": [{"tag",
+"value", "quality", "age_s"}]}]}``.
+
+Robustness: a line that is not strict UTF-8 JSON (encoded surrogates and absurd nesting included) is
+``bad_json``; text UTF-8 cannot carry (a lone ``\\ud800`` escape) is sent back escaped; no line stops the
+server.
+
 This module is shared by the server and every client (CLI, TUI): it imports nothing of the engine or schema.
 """
 
@@ -33,6 +45,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticSerializationError
 
 from cellctl.errors import ApiError
 
@@ -66,6 +79,28 @@ class ErrorCode(StrEnum):
     """The caller may not send this command (an MES over MQTT may only submit and cancel)."""
     RETAINED = "retained"
     """A command that arrived as a retained MQTT message: never executed (it would run at every reconnect)."""
+    LEASE_HELD = "lease_held"
+    """Another connection holds the control lease; the message names the holder and how to take over."""
+
+
+class Role(StrEnum):
+    """What a caller on the control socket may do, lowest first: viewer < operator < integrator."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    INTEGRATOR = "integrator"
+
+    @property
+    def rank(self) -> int:
+        """Position in the order viewer < operator < integrator."""
+        return _ROLE_ORDER.index(self)
+
+    def at_least(self, other: Role) -> bool:
+        """True when this role may do what ``other`` may."""
+        return self.rank >= other.rank
+
+
+_ROLE_ORDER: Final = (Role.VIEWER, Role.OPERATOR, Role.INTEGRATOR)
 
 
 PACKML_COMMANDS: tuple[str, ...] = (
@@ -246,6 +281,12 @@ class WatchArgs(Args):
     epoch: Annotated[str, Field(max_length=64)] | None = None
 
 
+class LeaseArgs(Args):
+    """``lease``: ``show`` who holds the control lease, ``take`` it (higher roles take over), ``release``."""
+
+    action: Literal["take", "release", "show"] = "show"
+
+
 class JournalArgs(Args):
     """``journal``: entries with id > ``after_id``, at most ``limit`` of them, oldest first."""
 
@@ -268,8 +309,42 @@ COMMANDS: dict[str, type[Args]] = {
     "spc": SpcArgs,
     "watch": WatchArgs,
     "journal": JournalArgs,
+    "devices": NoArgs,
+    "lease": LeaseArgs,
 }
 """Every command the server knows, with the model of its arguments."""
+
+MIN_ROLE: dict[str, Role] = {
+    "hello": Role.VIEWER,
+    "status": Role.VIEWER,
+    "watch": Role.VIEWER,
+    "journal": Role.VIEWER,
+    "spc": Role.VIEWER,
+    "devices": Role.VIEWER,
+    "lease": Role.VIEWER,  # show; take and release need an operator (``required_role``)
+    "command": Role.OPERATOR,  # every PackML command, Abort included: stopping the cell is an operator's job
+    "submit": Role.OPERATOR,
+    "cancel": Role.OPERATOR,
+    "reorder": Role.OPERATOR,
+    "apply_proposal": Role.OPERATOR,
+    "confirm": Role.OPERATOR,
+    "ack": Role.OPERATOR,
+    "sign_off": Role.OPERATOR,
+    "mode": Role.INTEGRATOR,  # maintenance and manual modes bypass production rules
+}
+"""The lowest role that may send each command on the control socket (the one table of who may do what)."""
+
+
+def required_role(cmd: str, args: Any) -> Role:
+    """The lowest role that may send ``cmd`` with these raw ``args`` (lease take and release: operator)."""
+    if cmd == "lease" and isinstance(args, dict) and args.get("action") in ("take", "release"):
+        return Role.OPERATOR
+    return MIN_ROLE.get(cmd, Role.INTEGRATOR)
+
+
+def changes_state(cmd: str) -> bool:
+    """True for a command that changes the cell or its orders: it needs the control lease."""
+    return MIN_ROLE.get(cmd, Role.INTEGRATOR) is not Role.VIEWER
 
 
 # --- messages -------------------------------------------------------------------------------------------
@@ -328,8 +403,7 @@ class Reply(BaseModel):
 
     def encode(self) -> bytes:
         """The reply as one line; values JSON cannot hold (NaN, objects) are sent as null / their text."""
-        text = self.model_dump_json(exclude={"error"} if self.ok else {"result"}, fallback=str)
-        return text.encode() + b"\n"
+        return _json_line(self, exclude={"error"} if self.ok else {"result"})
 
 
 class EventBody(BaseModel):
@@ -357,15 +431,27 @@ class EventPush(BaseModel):
 
     def encode(self) -> bytes:
         """The push as one line."""
-        return self.model_dump_json(fallback=str).encode() + b"\n"
+        return _json_line(self)
 
 
 # --- parsing --------------------------------------------------------------------------------------------
 
 
+def _json_line(model: BaseModel, exclude: set[str] | None = None) -> bytes:
+    """``model`` as one JSON line; text that UTF-8 cannot carry (a lone surrogate, which JSON's ``\\ud800``
+    escape lets a client send) is sent escaped rather than failing the reply."""
+    try:
+        text = model.model_dump_json(exclude=exclude, fallback=str)
+    except PydanticSerializationError:
+        data = model.model_dump(mode="json", exclude=exclude, fallback=str)
+        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    return text.encode() + b"\n"
+
+
 def _load_json(line: bytes) -> Any:
     try:
-        return json.loads(line)
+        # Strict UTF-8 first: json.loads(bytes) would let encoded surrogates (CESU-8) through.
+        return json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # JSONDecodeError is a ValueError; absurd nesting exhausts the recursion limit.
         raise ProtocolError(ErrorCode.BAD_JSON, f"line is not valid JSON: {_short(exc)}") from exc

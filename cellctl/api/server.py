@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import grp
 import os
 import pwd
 import socket
@@ -33,6 +34,7 @@ from cellctl.api.protocol import (
     parse_args,
     parse_request,
 )
+from cellctl.api.roles import RolePolicy
 from cellctl.api.service import Caller, ControlService
 from cellctl.core.events import Event
 from cellctl.errors import ApiError
@@ -182,6 +184,11 @@ class _Connection:
             log.info("client connection lost", caller=self._caller.by, error=str(group.exceptions[0]))
         finally:
             self._server.hub.unsubscribe(self._watcher)
+            # The lease belongs to this connection: free it so the next operator is not locked out.
+            try:
+                await self._server.service.connection_closed(self._caller)
+            except Exception:
+                log.exception("lease release on disconnect failed", caller=self._caller.by)
 
     async def _answer_requests(self) -> None:
         lines = LineBuffer()
@@ -264,12 +271,24 @@ class _Connection:
 class ControlServer:
     """Serves the control API on a Unix socket until cancelled; ``ready`` is set once it is listening."""
 
-    def __init__(self, path: Path, service: ControlService, *, mode: int = SOCKET_MODE) -> None:
+    def __init__(
+        self,
+        path: Path,
+        service: ControlService,
+        *,
+        mode: int = SOCKET_MODE,
+        group: str | None = None,
+        roles: RolePolicy | None = None,
+    ) -> None:
+        """``group``: the socket file's group (the operators), set before listening; ``roles``: who may do
+        what (default: the controller's user and root are integrators, everyone else a viewer)."""
         self.path = Path(path)
         self.service = service
         self.hub = EventHub()
         self.ready = asyncio.Event()
+        self.roles = roles or RolePolicy()
         self._mode = mode
+        self._group = group
         self._tg: asyncio.TaskGroup | None = None
         self._connections = 0
 
@@ -302,14 +321,23 @@ class ControlServer:
             writer.close()
             return
         self._connections += 1
-        self._tg.create_task(self._serve(reader, writer), name=f"api:conn:{self._connections}")
+        self._tg.create_task(
+            self._serve(reader, writer, self._connections), name=f"api:conn:{self._connections}"
+        )
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: int
+    ) -> None:
         try:
             pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
-            caller = Caller(uid=uid, gid=gid, pid=pid, user=await user_name(uid))
-            log.debug("client connected", caller=caller.by, pid=pid)
+            user = await user_name(uid)
+            role = await self.roles.role_of(uid, gid, user)
+            caller = Caller(uid=uid, gid=gid, pid=pid, user=user, role=role, connection=connection)
+            log.debug("client connected", caller=caller.by, pid=pid, role=role.value)
             await _Connection(self, reader, writer, caller).serve()
+        except Exception:
+            # A bug met by one connection ends that connection, never the server and the controller.
+            log.exception("control connection failed", connection=connection)
         finally:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
@@ -319,17 +347,42 @@ class ControlServer:
     async def _bind(self) -> tuple[socket.socket, int]:
         """A bound (not yet listening) socket at ``path`` with its mode set, and the file's inode."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        gid = await self._group_id()
         await self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(self.path))
-            # Before listen(): nobody can connect while the file still has the umask's mode.
+            # Before listen(): nobody can connect while the file still has the umask's mode or group.
+            if gid is not None:
+                try:
+                    os.chown(self.path, -1, gid)
+                except PermissionError as exc:
+                    raise ApiError(
+                        "socket_group",
+                        f"api.group: cannot give {self.path} the group {self._group!r}: the controller's "
+                        f"user must be a member of it ({exc.strerror})",
+                    ) from exc
             os.chmod(self.path, self._mode)
             inode = os.stat(self.path).st_ino
         except BaseException:
             sock.close()
             raise
         return sock, inode
+
+    async def _group_id(self) -> int | None:
+        """The gid of the configured socket group (looked up off the loop: NSS may block); ApiError naming
+        it when the host has no such group."""
+        if self._group is None:
+            return None
+        name = self._group
+        try:
+            return (await asyncio.to_thread(grp.getgrnam, name)).gr_gid
+        except KeyError:
+            raise ApiError(
+                "socket_group",
+                f"api.group: there is no group {name!r} on this host: create it (groupadd {name}) and add "
+                "the operators to it, or leave api.group out",
+            ) from None
 
     async def _remove_stale(self) -> None:
         """Remove a socket file left by a controller that is gone; refuse a live one or a non-socket."""

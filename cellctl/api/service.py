@@ -6,14 +6,21 @@ Operator actions are journaled here: every ``command``, ``submit``, ``cancel``, 
 the same listeners as the engine's own events. The engine records the facts that follow (``StateChanged``
 with ``by``, ``JobEvent``...).
 
-Callers: a peer of the control socket (``Caller``, ``by`` = ``api:<user>``, may send everything) or an MES
-over MQTT (``MesCaller``, ``by`` = ``mqtt:<name>``, may only submit and cancel: others are ``not_allowed``).
+Callers: a peer of the control socket (``Caller``, ``by`` = ``api:<user>``, may send what its role allows,
+``protocol.MIN_ROLE``) or an MES over MQTT (``MesCaller``, ``by`` = ``mqtt:<name>``, may only submit and
+cancel). Anything else is ``not_allowed``, with a message naming the role it needs.
+
+The control lease: a state-changing command (above viewer) from a socket connection needs the lease; a
+connection takes it when free, else ``lease_held`` names the holder. ``lease take`` from a strictly higher
+role takes it over; a disconnect or ``lease release`` frees it. Each take, take-over and release is an
+``OperatorAction`` (``action: lease``) with who and their role. MES submit and cancel are not lease-bound.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -29,15 +36,19 @@ from cellctl.api.protocol import (
     ConfirmArgs,
     ErrorCode,
     JournalArgs,
+    LeaseArgs,
     ModeArgs,
     ProtocolError,
     ReorderArgs,
     Reply,
     Request,
+    Role,
     SignOffArgs,
     SpcArgs,
     SubmitArgs,
+    changes_state,
     parse_args,
+    required_role,
 )
 from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.events import Event, OperatorAction
@@ -58,29 +69,44 @@ log = structlog.get_logger("cellctl.api")
 Listener = Callable[[Event], None]
 JournalReader = Callable[[int, int], Awaitable[list[dict[str, Any]]]]
 """(after_id, limit) -> journal entries as JSON-ready dicts, oldest first."""
+DevicesView = Callable[[], list[dict[str, Any]]]
+"""Every configured device with its link health and its tags' last readings, JSON-ready; no I/O."""
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is on the other end of a connection, as the kernel told us (SO_PEERCRED)."""
+    """Who is on the other end of a connection, as the kernel told us (SO_PEERCRED), with the role it has.
+
+    ``connection`` numbers the connection within the server: the control lease belongs to one connection,
+    not to a user, so the same person's TUI and a one-shot ``ctl`` are told apart.
+    """
 
     uid: int
     gid: int
     pid: int
     user: str
+    role: Role = Role.VIEWER
+    connection: int = 0
 
     @property
     def by(self) -> str:
         """How the engine and the journal name this caller: ``api:<user>``."""
         return f"api:{self.user}"
 
-    def may(self, cmd: str) -> bool:
-        """Whether this caller may send ``cmd``: a person on the control socket may send every command."""
-        return True
+    def may(self, cmd: str, args: Any = None) -> bool:
+        """Whether this caller's role may send ``cmd`` with these raw args (``MIN_ROLE``)."""
+        return self.role.at_least(required_role(cmd, args))
+
+    def refusal(self, cmd: str, args: Any = None) -> str:
+        """Why ``cmd`` is not allowed, naming the role it needs."""
+        needed = required_role(cmd, args)
+        return f"{cmd!r} needs the {needed.value} role; {self.by} is a {self.role.value}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return asdict(self)
+        data = asdict(self)
+        data["role"] = self.role.value
+        return data
 
 
 MES_COMMANDS: frozenset[str] = frozenset({"submit", "cancel"})
@@ -103,9 +129,13 @@ class MesCaller:
         """How the engine and the journal name this caller: ``mqtt:<name>``."""
         return f"mqtt:{self.name}"
 
-    def may(self, cmd: str) -> bool:
+    def may(self, cmd: str, args: Any = None) -> bool:
         """Only ``MES_COMMANDS``."""
         return cmd in MES_COMMANDS
+
+    def refusal(self, cmd: str, args: Any = None) -> str:
+        """Why ``cmd`` is not allowed."""
+        return f"{self.by} may not send {cmd!r}: an MES may only send {', '.join(sorted(MES_COMMANDS))}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (``via: mqtt`` tells it apart from a socket peer)."""
@@ -114,6 +144,26 @@ class MesCaller:
 
 Requester = Caller | MesCaller
 """Whoever sends a request to the service: a peer on the control socket or an MES over MQTT."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The control lease: the one connection whose state-changing commands are accepted, and since when."""
+
+    holder: Caller
+    since: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields: who holds it (user, role, pid, connection) and since when (epoch s)."""
+        holder = self.holder
+        return {
+            "user": holder.user,
+            "by": holder.by,
+            "role": holder.role.value,
+            "pid": holder.pid,
+            "connection": holder.connection,
+            "since": self.since,
+        }
 
 
 class View(Protocol):
@@ -192,9 +242,13 @@ class ControlService:
         sink: EventSink | None = None,
         clock: Clock | None = None,
         telemetry: Callable[[], dict[str, Any]] | None = None,
+        devices: DevicesView | None = None,
     ) -> None:
-        """``telemetry``: the broker link's state for the status (``OutboxPublisher.link_view``), if any."""
+        """``telemetry``: the broker link's state for the status (``OutboxPublisher.link_view``), if any;
+        ``devices``: the devices' health and last readings for ``devices`` (None: ``unavailable``)."""
         self._engine = engine
+        self._devices = devices
+        self._lease: Lease | None = None
         self._telemetry = telemetry
         self._identity = identity
         self._journal = journal
@@ -215,6 +269,8 @@ class ControlService:
             "ack": self._ack,
             "journal": self._read_journal,
             "spc": self._spc,
+            "devices": self._read_devices,
+            "lease": self._lease_command,
         }
 
     @property
@@ -228,7 +284,13 @@ class ControlService:
         status = self._engine.status().to_dict()
         if self._telemetry is not None:
             status["telemetry"] = self._telemetry()
+        status["lease"] = self._lease.to_dict() if self._lease is not None else None
         return status
+
+    @property
+    def lease(self) -> Lease | None:
+        """Who holds the control lease, if anyone."""
+        return self._lease
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call back on every event the engine records and every operator action; returns the unsubscribe."""
@@ -246,13 +308,13 @@ class ControlService:
         """Answer one request: a Reply with the result, or with an error code; never raises for a bad request,
         a refused command or a bug in a handler (logged, answered ``internal``)."""
         try:
-            if not caller.may(request.cmd):
+            if not caller.may(request.cmd, request.args):
                 raise ProtocolError(
-                    ErrorCode.NOT_ALLOWED,
-                    f"{caller.by} may not send {request.cmd!r}",
-                    request_id=request.id,
+                    ErrorCode.NOT_ALLOWED, caller.refusal(request.cmd, request.args), request_id=request.id
                 )
             args = parse_args(request)
+            if isinstance(caller, Caller) and request.cmd != "lease" and changes_state(request.cmd):
+                await self._hold_lease(caller)
             handler = self._handlers.get(request.cmd)
             if handler is None:
                 # Known to the protocol but served by the connection itself (``watch``).
@@ -289,6 +351,8 @@ class ControlService:
             "version": __version__,
             "identity": self._identity.model_dump(mode="json"),
             "caller": caller.to_dict(),
+            "role": caller.role.value if isinstance(caller, Caller) else None,
+            "lease": self._lease.to_dict() if self._lease is not None else None,
             "commands": list(COMMANDS),
         }
 
@@ -396,6 +460,77 @@ class ControlService:
         entries = await self._journal(args.after_id, args.limit)
         return {"entries": entries}
 
+    async def _read_devices(self, _args: Args, _caller: Requester) -> dict[str, Any]:
+        if self._devices is None:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "this controller shows no devices")
+        return {"devices": self._devices()}
+
+    # --- the control lease ------------------------------------------------------------------------------
+    # One connection at a time may change the cell, so two operators (a TUI beside the cell, a ctl over SSH)
+    # never fight over it unawares. MQTT MES submit/cancel do not need it: the order book is shared with the
+    # plant, and the MES is not a person at the cell who could be surprised by another one.
+
+    async def _hold_lease(self, caller: Caller) -> None:
+        """Let ``caller``'s state-changing command through: it holds the lease or takes the free one."""
+        lease = self._lease
+        if lease is None:
+            await self._set_lease(caller, "take", implicit=True)
+        elif lease.holder.connection != caller.connection:
+            raise self._held(lease)
+
+    def _held(self, lease: Lease) -> ProtocolError:
+        holder = lease.holder
+        since = datetime.fromtimestamp(lease.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return ProtocolError(
+            ErrorCode.LEASE_HELD,
+            f"the control lease is held by {holder.by} ({holder.role.value}, pid {holder.pid}) since {since} "
+            f"on another connection: wait until it is released (its client disconnects or sends lease "
+            f"release), or take it over with `lease take` from a role higher than {holder.role.value}",
+        )
+
+    async def _set_lease(
+        self, caller: Caller, action: str, *, implicit: bool = False, previous: Lease | None = None
+    ) -> None:
+        self._lease = Lease(caller, self._clock.wall())
+        args: dict[str, Any] = {"action": action, "role": caller.role.value, "caller": caller.to_dict()}
+        if implicit:
+            args["implicit"] = True
+        if previous is not None:
+            args["previous"] = previous.to_dict()
+        await self._record_action("lease", args, caller, accepted=True, reason="")
+
+    async def _release_lease(self, caller: Caller, reason: str) -> None:
+        self._lease = None
+        args = {"action": "release", "role": caller.role.value, "caller": caller.to_dict()}
+        await self._record_action("lease", args, caller, accepted=True, reason=reason)
+
+    async def _lease_command(self, args: Args, caller: Requester) -> dict[str, Any]:
+        assert isinstance(args, LeaseArgs)
+        assert isinstance(caller, Caller)  # an MES may not send ``lease`` (``MesCaller.may``)
+        lease = self._lease
+        mine = lease is not None and lease.holder.connection == caller.connection
+        if args.action == "take" and not mine:
+            if lease is None:
+                await self._set_lease(caller, "take")
+            elif caller.role.rank > lease.holder.role.rank:
+                await self._set_lease(caller, "take_over", previous=lease)
+                log.warning("control lease taken over", by=caller.by, previous=lease.holder.by)
+            else:
+                raise self._held(lease)
+        elif args.action == "release" and mine:
+            await self._release_lease(caller, "released")
+        current = self._lease
+        return {
+            "lease": current.to_dict() if current is not None else None,
+            "yours": current is not None and current.holder.connection == caller.connection,
+        }
+
+    async def connection_closed(self, caller: Caller) -> None:
+        """The server's note that ``caller``'s connection ended: its lease, if it held it, is released."""
+        lease = self._lease
+        if lease is not None and lease.holder.connection == caller.connection:
+            await self._release_lease(caller, "disconnected")
+
     # --- operator actions -------------------------------------------------------------------------------
 
     async def _act(
@@ -403,6 +538,8 @@ class ControlService:
     ) -> dict[str, Any]:
         """Run one engine call and journal it as an OperatorAction, accepted or refused."""
         recorded_args = {**args, "caller": caller.to_dict()}
+        if isinstance(caller, Caller):
+            recorded_args["role"] = caller.role.value
         try:
             view = await call()
         except (InvalidTransition, JobError, ConfirmError, InterlockTripped, AlarmError) as exc:

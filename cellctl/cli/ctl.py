@@ -1,6 +1,11 @@
 """``cellctl ctl``: talk to a running controller over its control socket (status, commands, orders, events).
 
 Exit codes: 0 done, 1 refused by the controller, 2 usage or configuration error, 3 no controller reachable.
+
+The control lease belongs to a connection, and each ``ctl`` run is one short connection: a state-changing
+action takes the lease for its own request when nobody holds it (and frees it as ctl exits), and is refused
+(``lease_held``) while another client, e.g. a TUI, holds it. ``ctl lease take`` from a higher role than the
+holder's takes it over from that client, which frees it as ctl exits.
 """
 
 from __future__ import annotations
@@ -127,6 +132,18 @@ def add_parser(sub: Any) -> None:
     watch.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
     watch.add_argument("--json", action="store_true", help="print each event as a JSON line")
 
+    lease = actions.add_parser(
+        "lease", help="show who holds the control lease; take it over (higher role) or release it"
+    )
+    lease.add_argument("lease_action", nargs="?", default="show", choices=("show", "take", "release"))
+    lease.add_argument("--json", action="store_true", help="print the lease as JSON")
+
+    whoami = actions.add_parser("whoami", help="who the controller sees: user, role, and who holds the lease")
+    whoami.add_argument("--json", action="store_true", help="print as JSON")
+
+    devices = actions.add_parser("devices", help="each device's link health and its tags' last values")
+    devices.add_argument("--json", action="store_true", help="print the devices as JSON")
+
     journal = actions.add_parser("journal", help="print journal entries, oldest first")
     journal.add_argument("--after", type=int, default=0, metavar="ID", help="entries after this id")
     journal.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries")
@@ -171,6 +188,11 @@ async def run_async(args: argparse.Namespace, *, out: TextIO | None = None, err:
         return EXIT_UNREACHABLE
     except ApiError as exc:
         stderr.write(f"refused ({exc.code}): {exc}\n")
+        if exc.code == "lease_held":
+            stderr.write(
+                "cellctl ctl: another client (a TUI?) has control; each ctl run holds the lease only for its "
+                "own request, so release it there, or `cellctl ctl lease take` from a higher role\n"
+            )
         return EXIT_REFUSED
     return EXIT_OK
 
@@ -344,6 +366,44 @@ async def _journal(client: ControlClient, args: argparse.Namespace, out: TextIO)
             out.write(format_entry(entry) + "\n")
 
 
+async def _lease(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    result = await _ask(client, args, "lease", action=args.lease_action)
+    if args.json:
+        _print_json(result, out)
+        return
+    lease = result.get("lease")
+    if args.lease_action == "take":
+        # This connection ends with ctl: the lease is free again once we exit.
+        role = lease.get("role", "?") if isinstance(lease, dict) else "?"
+        out.write(f"control lease taken as {role}; released again as ctl exits\n")
+    elif args.lease_action == "release" and lease is None:
+        out.write("control lease: free\n")
+    else:
+        out.write(f"control lease: {format_lease(lease)}\n")
+
+
+async def _whoami(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    hello = await _ask(client, args, "hello")
+    caller = hello.get("caller") or {}
+    view = {"user": caller.get("user"), "uid": caller.get("uid"), "role": hello.get("role")}
+    view["lease"] = hello.get("lease")
+    if args.json:
+        _print_json(view, out)
+        return
+    out.write(f"user   {view['user']} (uid {view['uid']})\nrole   {view['role']}\n")
+    out.write(f"lease  {format_lease(view['lease'])}\n")
+
+
+async def _devices(client: ControlClient, args: argparse.Namespace, out: TextIO) -> None:
+    result = await _ask(client, args, "devices")
+    devices = [d for d in result.get("devices") or [] if isinstance(d, dict)]
+    if args.json:
+        _print_json(devices, out)
+        return
+    for device in devices:
+        out.write(format_device(device))
+
+
 _ACTIONS: dict[str, Action] = {
     "status": _status,
     "submit": _submit,
@@ -358,6 +418,9 @@ _ACTIONS: dict[str, Action] = {
     "spc": _spc,
     "watch": _watch,
     "journal": _journal,
+    "lease": _lease,
+    "whoami": _whoami,
+    "devices": _devices,
     **dict.fromkeys(PACKML_COMMANDS, _command),
 }
 
@@ -470,6 +533,8 @@ def format_status(status: dict[str, Any]) -> str:
     telemetry = status.get("telemetry")
     if isinstance(telemetry, dict):
         rows.append(("telemetry", format_telemetry(telemetry)))
+    if "lease" in status:
+        rows.append(("control", format_lease(status["lease"])))
     for alarm in status.get("alarms") or []:
         if isinstance(alarm, dict):
             rows.append(("alarm", format_alarm(alarm)))
@@ -487,6 +552,30 @@ def format_status(status: dict[str, Any]) -> str:
         rows.append(("store", _format_store(store)))
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
+def format_lease(lease: Any) -> str:
+    """Who holds the control lease, on one line ("free" when nobody)."""
+    if not isinstance(lease, dict):
+        return "free"
+    since = f" since {_when(lease['since'])}" if isinstance(lease.get("since"), int | float) else ""
+    return f"{lease.get('by', '?')} ({lease.get('role', '?')}, pid {lease.get('pid', '?')}){since}"
+
+
+def format_device(device: dict[str, Any]) -> str:
+    """One device: its link state and how long, the last error, then one line per tag."""
+    state = f"{device.get('state', '?')} for {_num(device.get('state_for_s'), '.1f')} s"
+    lines = [f"{device.get('device', '?')} ({device.get('protocol', '?')}): {state}"]
+    if device.get("error"):
+        lines[0] += f" ({device['error']})"
+    for tag in device.get("tags") or []:
+        if isinstance(tag, dict):
+            value = _compact(tag.get("value"))
+            lines.append(
+                f"  {tag.get('tag', '?'):<24} {value:<16} {tag.get('quality', '?'):<9} "
+                f"{_num(tag.get('age_s'), '.1f')} s ago"
+            )
+    return "".join(f"{line}\n" for line in lines)
 
 
 def _format_store(store: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 import structlog
 
 from cellctl.api.mqtt_orders import MqttOrders
+from cellctl.api.protocol import Role
+from cellctl.api.roles import RolePolicy
 from cellctl.api.server import ControlServer
 from cellctl.api.service import ControlService
 from cellctl.core.clock import Clock, SystemClock
@@ -24,6 +26,7 @@ from cellctl.engine.recovery import read_recovery
 from cellctl.engine.spc_monitor import read_spc_history
 from cellctl.errors import StoreError
 from cellctl.runtime.systemd import Notifier, watchdog_interval
+from cellctl.schema.cell import ApiConfig, CellConfig
 from cellctl.schema.load import LoadedConfig
 from cellctl.schema.load import warnings as config_warnings
 from cellctl.store import Store, StorePolicy
@@ -153,12 +156,14 @@ class CellApp:
             # Read only when publishing: the publisher exists by then (it needs the service first).
             return publisher.link_view() if publisher is not None else {}
 
+        clock = self._clock
         service = ControlService(
             engine,
             identity=cell.identity,
             journal=journal,
             sink=engine,
             telemetry=link_view if self._publish else None,
+            devices=lambda: device_views(cell, drivers, clock),
         )
         broker_alarm = BrokerAlarm(engine.alarms, outage_after_s=cell.mqtt.outage_alarm_s)
         if self._publish:
@@ -181,7 +186,12 @@ class CellApp:
             unsubscribes_link = publisher.on_link(broker_alarm.report)
         else:
             unsubscribes_link = _nothing
-        server = ControlServer(self.config.resolve(cell.api.socket), service)
+        server = ControlServer(
+            self.config.resolve(cell.api.socket),
+            service,
+            group=cell.api.group,
+            roles=role_policy(cell.api),
+        )
         controller = Controller(self.config, store, engine, recorder, drivers, publisher, server)
         self.controller = controller
 
@@ -434,6 +444,48 @@ class BrokerAlarm:
 
 def _nothing() -> None:
     """An unsubscribe function with nothing to undo."""
+
+
+def role_policy(api: ApiConfig) -> RolePolicy:
+    """The control socket's roles as the cell file gives them."""
+    roles = api.roles
+    return RolePolicy(
+        users={user: Role(role) for user, role in roles.users.items()},
+        groups={group: Role(role) for group, role in roles.groups.items()},
+        default=Role(roles.default),
+    )
+
+
+def device_views(cell: CellConfig, drivers: Mapping[str, Driver], clock: Clock) -> list[dict[str, Any]]:
+    """Every configured device: link health and each tag's last reading, in file order (no I/O: the
+    ``devices`` request of the control API and the TUI's Devices pane)."""
+    now = clock.monotonic()
+    views = []
+    for name, device in cell.devices.items():
+        driver = drivers[name]
+        health = driver.health
+        tags = []
+        for tag in device.tags:
+            reading = driver.last(tag)
+            tags.append(
+                {
+                    "tag": tag,
+                    "value": reading.value,
+                    "quality": reading.quality.value,
+                    "age_s": round(max(0.0, now - reading.timestamp), 3),
+                }
+            )
+        views.append(
+            {
+                "device": name,
+                "protocol": device.driver,
+                "state": health.state.value,
+                "state_for_s": round(max(0.0, now - health.since), 3),
+                "error": health.error,
+                "tags": tags,
+            }
+        )
+    return views
 
 
 def _health_event(health: Health, now: float) -> DeviceHealthChanged:

@@ -656,10 +656,39 @@ class StoreConfig(Strict):
         return self.durability.records, self.durability.telemetry
 
 
+RoleName = Literal["viewer", "operator", "integrator"]
+"""A control socket role, lowest first: viewer (reads), operator (runs the cell), integrator (modes)."""
+
+
+class ApiRolesConfig(Strict):
+    """Who may do what on the control socket.
+
+    A peer's role: its user in ``users``, else the highest role of any group its user is in, else ``default``.
+    The controller's own user and root are always integrators.
+    """
+
+    groups: dict[Annotated[str, Field(min_length=1, max_length=64)], RoleName] = Field(
+        default_factory=dict,
+        description="group name -> role of its members, e.g. cellctl-operators: operator",
+    )
+    users: dict[Annotated[str, Field(min_length=1, max_length=64)], RoleName] = Field(
+        default_factory=dict, description="user name -> role; wins over the groups"
+    )
+    default: RoleName = Field(
+        default="viewer", description="the role of anyone else who can open the socket (its mode is 0660)"
+    )
+
+
 class ApiConfig(Strict):
     """The control socket (relative paths are from the cell file)."""
 
     socket: str = "var/cellctl.sock"
+    group: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None,
+        description="the socket file's group (set before listening, mode 0660): the operators' group; "
+        "the controller refuses to start when the host has no such group",
+    )
+    roles: ApiRolesConfig = ApiRolesConfig()
 
 
 class StepKind(StrEnum):

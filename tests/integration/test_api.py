@@ -25,15 +25,17 @@ import pytest
 
 from cellctl.api.client import ControlClient, NotReachable, WatchDropped
 from cellctl.api.protocol import MAX_LINE, EventBody
-from cellctl.api.server import WATCH_QUEUE, ControlServer
+from cellctl.api.roles import RolePolicy
+from cellctl.api.server import WATCH_QUEUE, ControlServer, EventHub
 from cellctl.api.service import ControlService
 from cellctl.cli import ctl
-from cellctl.core.clock import Clock
+from cellctl.core.clock import Clock, SystemClock
 from cellctl.core.events import Event, OperatorAction, StateChanged
 from cellctl.core.packml import Command, State, allowed_commands, completion, is_acting, next_state
-from cellctl.core.tags import TagBackend
+from cellctl.core.ports import Driver
 from cellctl.engine import Engine, OrderRequest
 from cellctl.errors import ApiError, JobError
+from cellctl.runtime.app import device_views
 from cellctl.schema.cell import Identity
 from cellctl.schema.load import LoadedConfig, load_config
 from tests.softcell import soft_cell
@@ -217,6 +219,11 @@ async def raw(served: Served) -> AsyncIterator[Raw]:
     await writer.wait_closed()
 
 
+def is_action(event: Event) -> bool:
+    """An operator action on the cell or its orders (not a take or release of the control lease)."""
+    return isinstance(event, OperatorAction) and event.action != "lease"
+
+
 def req(id_: int | str, cmd: str, **args: Any) -> dict[str, Any]:
     return {"v": 1, "id": id_, "cmd": cmd, "args": args}
 
@@ -261,6 +268,28 @@ async def test_malformed_json_gets_bad_json_with_a_null_id_and_the_connection_ke
     assert error == {"v": 1, "id": None, "ok": False, "error": error["error"]}
     assert error["error"]["code"] == "bad_json"
     assert (await raw.ask(req(2, "status")))["ok"] is True
+
+
+async def test_a_lone_surrogate_id_is_echoed_escaped_and_the_server_keeps_serving(
+    raw: Raw, served: Served
+) -> None:
+    # Regression (fuzz): JSON's \\ud800 escape is valid, UTF-8 cannot carry it, and the reply used to fail
+    # to encode, which took the server down.
+    await raw.send(b'{"v": 1, "id": "\\ud800", "cmd": "status"}\n')
+    error = await raw.line()
+
+    assert error["id"] == "\ud800" and error["error"]["code"] == "bad_request"
+    assert (await raw.ask(req(2, "status")))["ok"] is True
+    async with ControlClient(served.path) as client:
+        assert (await client.request("status"))["state"] == "Stopped"
+
+
+async def test_utf8_encoded_surrogates_are_not_utf8_and_get_bad_json(raw: Raw) -> None:
+    # Regression (fuzz): json.loads(bytes) decodes CESU-8 surrogates instead of refusing them.
+    await raw.send(b'{"v": 1, "id": 1, "cmd": "stat\xed\xa0\x80us"}\n')
+    error = await raw.line()
+
+    assert (error["id"], error["error"]["code"]) == (None, "bad_json")
 
 
 async def test_an_unknown_command_gets_unknown_command_with_its_id(raw: Raw) -> None:
@@ -324,7 +353,7 @@ async def test_an_accepted_command_reaches_the_engine_and_the_journal_with_who_s
         who = (await client.request("hello"))["caller"]["user"]
         await client.request("command", name="reset")
 
-    actions = [e for e in served.sink.events if isinstance(e, OperatorAction)]
+    actions = [e for e in served.sink.events if is_action(e)]
     assert served.engine.calls == [("reset", f"api:{who}")]
     assert [(a.action, a.by, a.accepted) for a in actions] == [("reset", f"api:{who}", True)]
     assert actions[0].args["caller"]["pid"] == os.getpid()
@@ -335,7 +364,7 @@ async def test_a_refused_command_is_journaled_as_refused_with_the_reason(served:
         with pytest.raises(ApiError):
             await client.request("command", name="start")
 
-    (action,) = [e for e in served.sink.events if isinstance(e, OperatorAction)]
+    (action,) = [e for e in served.sink.events if is_action(e)]
     assert (action.action, action.accepted) == ("start", False)
     assert "Stopped" in action.reason
 
@@ -409,12 +438,13 @@ async def test_a_watcher_gets_the_engine_events_with_increasing_seq(served: Serv
         async with asyncio.timeout(WAIT_S):
             async for push in watcher.events():
                 got.append(push)
-                if push.event.kind == "operator_action":
+                if push.event.kind == "operator_action" and push.event.data["action"] != "lease":
                     break
 
     assert first["resync"] is True and first["status"]["state"] == "Stopped"
     assert [p.seq for p in got] == list(range(first["seq"] + 1, first["seq"] + 1 + len(got)))
-    assert [p.event.data.get("state") for p in got[:2]] == ["Resetting", "Idle"]
+    assert got[0].event.data["action"] == "lease"  # the connection took the free control lease
+    assert [p.event.data.get("state") for p in got[1:3]] == ["Resetting", "Idle"]
     assert got[-1].event.data["action"] == "reset"
 
 
@@ -430,6 +460,52 @@ async def test_a_watcher_resumes_after_its_last_seq_without_resync(served: Serve
 
     assert again["resync"] is False and "status" not in again
     assert seqs == [first["seq"] + 1, first["seq"] + 2, first["seq"] + 3]
+
+
+async def test_a_watcher_that_reconnects_gets_exactly_the_events_it_missed(served: Served) -> None:
+    async with ControlClient(served.path) as witness:
+        await witness.watch()
+        async with ControlClient(served.path) as client:
+            first = await client.watch()
+        async with ControlClient(served.path) as operator:
+            await operator.request("command", name="reset")
+            await operator.request("command", name="stop")
+        async with ControlClient(served.path) as client:
+            again = await client.watch(since_seq=first["seq"], epoch=first["epoch"])
+            missed = again["seq"] - first["seq"]
+            async with asyncio.timeout(WAIT_S):
+                resumed = [p async for p in _take(client, missed)]
+                seen = [p async for p in _take(witness, missed)]
+            # Nothing else was queued: the next push is the next event.
+            async with ControlClient(served.path) as operator:
+                await operator.request("command", name="reset")
+            async with asyncio.timeout(WAIT_S):
+                (after,) = [p async for p in _take(client, 1)]
+
+    assert again["resync"] is False and missed == 8  # lease take, 4 state changes, 2 actions, release
+    assert [p.model_dump() for p in resumed] == [p.model_dump() for p in seen]
+    assert [p.seq for p in resumed] == list(range(first["seq"] + 1, again["seq"] + 1))
+    assert after.seq == again["seq"] + 1
+
+
+async def test_a_watcher_whose_seq_is_no_longer_kept_gets_a_fresh_snapshot(tmp_path: Path) -> None:
+    engine = ScriptedEngine()
+    server = ControlServer(tmp_path / "ctl.sock", ControlService(engine, identity=IDENTITY))
+    server.hub = EventHub(ring_size=2)
+    task = await start(server)
+    try:
+        async with ControlClient(server.path) as client:
+            first = await client.watch()
+            await client.request("command", name="reset")  # more events than the ring keeps
+        async with ControlClient(server.path) as client:
+            again = await client.watch(since_seq=first["seq"], epoch=first["epoch"])
+            ahead = await client.watch(since_seq=again["seq"] + 100, epoch=first["epoch"])
+    finally:
+        await stop(task)
+
+    assert again["resync"] is True and again["status"]["state"] == "Idle"
+    assert again["seq"] > first["seq"] + 2
+    assert ahead["resync"] is True  # a seq this server never sent: another run's, so a snapshot
 
 
 async def test_a_watcher_of_another_epoch_must_resync(served: Served) -> None:
@@ -692,18 +768,24 @@ class Cell:
 @asynccontextmanager
 async def serving(
     config: LoadedConfig,
-    devices: Mapping[str, TagBackend],
+    devices: Mapping[str, Driver],
     tmp_path: Path,
     clock: Clock | None = None,
+    roles: RolePolicy | None = None,
 ) -> AsyncIterator[Cell]:
     """The real Engine on ``devices``, served on a control socket in ``tmp_path``; stopped on exit."""
     sink = ListSink()
     engine = Engine(config, devices, sink, clock)
     engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
     await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
+    views = clock or SystemClock()
+    service = ControlService(
+        engine,
+        identity=config.cell.identity,
+        sink=sink,
+        devices=lambda: device_views(config.cell, devices, views),
     )
+    server = ControlServer(tmp_path / "cell.sock", service, roles=roles)
     server_task = await start(server)
     try:
         yield Cell(server.path, engine, sink)
@@ -740,7 +822,7 @@ async def test_e2e_status_is_the_engines_snapshot(cell: Cell) -> None:
     async with ControlClient(cell.path) as client:
         status = await client.request("status")
 
-    snapshot = cell.engine.status().to_dict()
+    snapshot = cell.engine.status().to_dict() | {"lease": None}
     # The live OEE counts the current state up to the moment it is asked: compare it apart.
     live, now = status.pop("oee"), snapshot.pop("oee")
     assert status == snapshot

@@ -61,6 +61,11 @@ async def test_e2e_a_changeover_to_tromso_waits_for_the_scanned_roll_and_journal
         assert ran.code == 0
         assert f"cellctl ctl confirm {STEP} --evidence ID" in ran.out
 
+        # This client took the control lease with its first command: it hands it over to the shell.
+        ran = await run_ctl("--socket", sock, "confirm", STEP, "--evidence", "FAB-TROMSO")
+        assert ran.code == 1 and "lease_held" in ran.err
+        await client.request("lease", action="release")
+
         # When the wrong roll is scanned, then it is refused and the step still waits
         ran = await run_ctl("--socket", sock, "confirm", STEP, "--evidence", "FAB-OSLO")
         assert ran.code != 0 and "does not match" in ran.err

@@ -1,5 +1,8 @@
 """Orders and unit modes through the control API: concurrent submits of one order id make one job (the store
-holds the order id), per-part parameters, and ``cellctl ctl mode``."""
+holds the order id), per-part parameters, and ``cellctl ctl mode``.
+
+The concurrent submits come from MES callers: on the control socket only the lease holder's connection may
+submit, but an MES's submits are not lease-bound, so they may race each other and the socket's holder."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from typing import Any
 import pytest
 
 from cellctl.api.client import ControlClient
+from cellctl.api.protocol import Request
 from cellctl.api.server import ControlServer
-from cellctl.api.service import ControlService
+from cellctl.api.service import ControlService, MesCaller
 from cellctl.core.events import StateChanged
 from cellctl.engine import Engine, State
 from cellctl.errors import ApiError
@@ -32,6 +36,7 @@ class StoredCell:
     path: Path
     engine: Engine
     store: Store
+    service: ControlService
 
 
 @pytest.fixture
@@ -43,12 +48,11 @@ async def stored_cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[StoredC
     engine = Engine(config, soft_cell(config.cell), sink, orders=store)
     engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
     await engine.wait_for(State.STOPPED, timeout=WAIT_S)
-    server = ControlServer(
-        tmp_path / "cell.sock", ControlService(engine, identity=config.cell.identity, sink=sink)
-    )
+    service = ControlService(engine, identity=config.cell.identity, sink=sink)
+    server = ControlServer(tmp_path / "cell.sock", service)
     server_task = await start(server)
     try:
-        yield StoredCell(server.path, engine, store)
+        yield StoredCell(server.path, engine, store, service)
     finally:
         await stop(server_task)
         await stop(engine_task)
@@ -64,6 +68,15 @@ async def submit(path: Path, **order: Any) -> dict[str, Any] | ApiError:
             return exc
 
 
+async def mes_submit(cell: StoredCell, k: int, **order: Any) -> dict[str, Any] | ApiError:
+    """MES number ``k``'s submit through the service: the job, or the refusal."""
+    reply = await cell.service.handle(Request(id=k, cmd="submit", args=order), MesCaller(f"mes{k}"))
+    if reply.error is not None:
+        return ApiError(reply.error.code, reply.error.message)
+    assert reply.result is not None
+    return reply.result
+
+
 async def queued_entries(store: Store, order_id: str) -> list[str | None]:
     entries = await store.journal(kinds={"job"})
     return [e.job_id for e in entries if e.data["order_id"] == order_id and e.data["status"] == "queued"]
@@ -75,7 +88,7 @@ async def test_concurrent_submits_of_one_order_make_one_job_that_every_client_ge
     order = {"order_id": "PO-7", "variant": "oslo", "quantity": 2, "parameters": {"staple_pitch": 10.0}}
 
     async with asyncio.timeout(WAIT_S):
-        replies = await asyncio.gather(*(submit(stored_cell.path, **order) for _ in range(CLIENTS)))
+        replies = await asyncio.gather(*(mes_submit(stored_cell, k, **order) for k in range(CLIENTS)))
 
     jobs = {r["job_id"] for r in replies if isinstance(r, dict)}
     assert not [r for r in replies if isinstance(r, ApiError)]
@@ -90,7 +103,7 @@ async def test_concurrent_submits_of_one_order_id_with_two_contents_make_one_job
     orders = [{"order_id": "PO-8", "variant": "oslo", "quantity": 1 + k % 2} for k in range(CLIENTS)]
 
     async with asyncio.timeout(WAIT_S):
-        replies = await asyncio.gather(*(submit(stored_cell.path, **o) for o in orders))
+        replies = await asyncio.gather(*(mes_submit(stored_cell, k, **o) for k, o in enumerate(orders)))
 
     accepted = [
         (o["quantity"], r["job_id"]) for o, r in zip(orders, replies, strict=True) if isinstance(r, dict)

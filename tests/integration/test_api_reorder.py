@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from cellctl.api.client import ControlClient
-from cellctl.core.events import OperatorAction
 from cellctl.engine import OrderRequest
 from cellctl.errors import ApiError
 from cellctl.schema.load import load_config
-from tests.integration.test_api import Cell, run_ctl, serving
+from tests.integration.test_api import Cell, is_action, run_ctl, serving
 from tests.softcell import soft_cell
 
 
@@ -33,7 +32,7 @@ async def queue_of(cell: Cell, variants: list[str]) -> list[str]:
 
 
 def actions(cell: Cell) -> list[tuple[str, bool]]:
-    return [(e.action, e.accepted) for e in cell.sink.events if isinstance(e, OperatorAction)]
+    return [(e.action, e.accepted) for e in cell.sink.events if is_action(e)]
 
 
 async def test_reorder_over_the_socket_sets_the_queue_and_is_journaled(cell: Cell) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from cellctl.api.client import ControlClient
-from cellctl.core.events import FirstArticleEvent, FirstArticleStatus, OperatorAction
+from cellctl.core.events import FirstArticleEvent, FirstArticleStatus
 from cellctl.engine import OrderRequest, State
 from cellctl.errors import ApiError
 from cellctl.schema.load import load_config
-from tests.integration.test_api import WAIT_S, Cell, run_ctl, serving
+from tests.integration.test_api import WAIT_S, Cell, is_action, run_ctl, serving
 from tests.softcell import soft_cell
 
 
@@ -34,7 +34,7 @@ async def held_on_a_first_article(cell: Cell) -> None:
 
 
 def actions(cell: Cell) -> list[tuple[str, bool]]:
-    return [(e.action, e.accepted) for e in cell.sink.events if isinstance(e, OperatorAction)]
+    return [(e.action, e.accepted) for e in cell.sink.events if is_action(e)]
 
 
 async def test_sign_off_over_the_socket_ends_qualification_and_is_journaled(cell: Cell) -> None:

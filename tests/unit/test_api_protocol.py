@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cellctl.api.protocol import (
     COMMANDS,
     MAX_LINE,
+    MIN_ROLE,
     PACKML_COMMANDS,
     CancelArgs,
     CommandArgs,
@@ -22,11 +26,14 @@ from cellctl.api.protocol import (
     ProtocolError,
     Reply,
     Request,
+    Role,
     SubmitArgs,
     WatchArgs,
+    changes_state,
     parse_args,
     parse_request,
     parse_server_line,
+    required_role,
 )
 from cellctl.core.packml import Command
 from cellctl.errors import ApiError
@@ -157,7 +164,40 @@ def test_the_known_commands_are_exactly_those_of_the_protocol() -> None:
         "spc",
         "watch",
         "journal",
+        "devices",
+        "lease",
     }
+
+
+def test_every_command_has_a_minimum_role() -> None:
+    assert set(MIN_ROLE) == set(COMMANDS)
+
+
+def test_reads_are_a_viewers_orders_and_packml_an_operators_and_modes_an_integrators() -> None:
+    viewer = {c for c, r in MIN_ROLE.items() if r is Role.VIEWER}
+    assert viewer == {"hello", "status", "watch", "journal", "spc", "devices", "lease"}
+    assert required_role("command", {"name": "abort"}) is Role.OPERATOR
+    assert required_role("ack", {}) is Role.OPERATOR
+    assert required_role("mode", {"name": "manual"}) is Role.INTEGRATOR
+
+
+def test_showing_the_lease_is_a_viewers_and_taking_or_releasing_it_an_operators() -> None:
+    assert required_role("lease", {}) is Role.VIEWER
+    assert required_role("lease", {"action": "show"}) is Role.VIEWER
+    assert required_role("lease", {"action": "take"}) is Role.OPERATOR
+    assert required_role("lease", {"action": "release"}) is Role.OPERATOR
+    assert required_role("lease", ["take"]) is Role.VIEWER  # malformed args: refused by parse_args later
+
+
+def test_roles_are_ordered_viewer_operator_integrator() -> None:
+    assert Role.INTEGRATOR.at_least(Role.OPERATOR) and Role.OPERATOR.at_least(Role.VIEWER)
+    assert not Role.VIEWER.at_least(Role.OPERATOR)
+    assert Role.OPERATOR.at_least(Role.OPERATOR)
+
+
+def test_only_commands_above_viewer_change_state() -> None:
+    assert changes_state("command") and changes_state("submit") and changes_state("mode")
+    assert not changes_state("status") and not changes_state("watch")
 
 
 def test_the_command_names_are_the_packml_commands() -> None:
@@ -313,3 +353,74 @@ def test_an_unterminated_last_line_is_returned_at_the_end() -> None:
     buffer.feed(b'{"v": 1}')
 
     assert buffer.finish() == b'{"v": 1}'
+
+
+def test_a_reply_whose_id_utf8_cannot_carry_is_encoded_escaped() -> None:
+    line = Reply.failure("\ud800", ErrorCode.BAD_REQUEST, "id \udfff").encode()
+
+    assert json.loads(line) == {
+        "v": 1,
+        "id": "\ud800",
+        "ok": False,
+        "error": {"code": "bad_request", "message": "id \udfff"},
+    }
+
+
+def test_a_pushed_event_with_a_lone_surrogate_is_encoded_escaped() -> None:
+    push = EventPush(seq=1, event=EventBody(kind="k", stream="s", ts=1.0, data={"tag": "\ud800"}))
+
+    assert json.loads(push.encode())["event"]["data"]["tag"] == "\ud800"
+
+
+def test_deep_nesting_is_bad_json_not_a_crash() -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse_request(b"[" * 60_000)
+
+    assert refused.value.code == "bad_json"
+
+
+# --- properties: no line breaks the parser or the reply --------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+ENVELOPES = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": JSON_VALUES | st.just(1),
+        "id": JSON_VALUES,
+        "cmd": st.sampled_from(list(COMMANDS)) | st.text(max_size=8),
+        "args": JSON_VALUES,
+    },
+)
+
+
+def _answer(line: bytes) -> bytes:
+    """What the server would send for ``line`` before any handler runs: the refusal, or an ok marker."""
+    try:
+        request = parse_request(line)
+        parse_args(request)
+    except ProtocolError as exc:
+        assert exc.code in {c.value for c in ErrorCode}
+        return Reply.failure(exc.request_id, exc.code, str(exc)).encode()
+    return Reply.success(request.id, {}).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_get_a_reply_that_encodes(line: bytes) -> None:
+    assert json.loads(_answer(line))["v"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(ENVELOPES)
+def test_any_json_envelope_gets_a_reply_with_its_id_when_it_has_a_usable_one(obj: dict[str, Any]) -> None:
+    line = json.dumps(obj).encode()
+
+    reply = json.loads(_answer(line))
+
+    raw = obj.get("id")
+    usable = isinstance(raw, int | str) and not isinstance(raw, bool)
+    assert reply["id"] == (raw if usable else None)
