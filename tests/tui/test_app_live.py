@@ -107,7 +107,7 @@ async def test_a_refused_reset_is_shown_and_the_estop_alarm_is_acknowledged_from
 
         # When Reset is pressed while the e-stop is still pressed, then the refusal is shown
         await pilot.press("r")
-        await until(pilot, lambda: any("reset refused" in n for n in notes(app)), "the refusal")
+        await until(pilot, lambda: any("command refused" in n for n in notes(app)), "the refusal")
         assert any("command refused: interlock:" in n and "e-stop" in n for n in notes(app)), notes(app)
         assert state(app) == "Stopped"
 

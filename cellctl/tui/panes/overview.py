@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from cellctl.tui.format import is_mine, lease_holder, lease_text, pct, severity_style
-from cellctl.tui.pane import Pane
+from cellctl.tui.pane import Link, Pane
 
 COMMAND_KEYS: dict[str, str] = {
     "start": "s",
@@ -50,7 +50,7 @@ class ConfirmAbort(ModalScreen[bool]):
         align: center middle;
     }
     ConfirmAbort > Vertical {
-        width: 52;
+        width: 60;
         height: auto;
         border: thick $error;
         background: $surface;
@@ -65,8 +65,8 @@ class ConfirmAbort(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label("Abort the cell?", classes="title")
-            yield Label("Every running step stops now; a Clear and a Reset follow before the next job.")
+            yield Label("[b]Abort the cell?[/b]")
+            yield Static("Every running step stops now; Clear and Reset come before the next job.")
             yield Label("[b]y[/b] abort    [b]n[/b] / Esc keep running")
 
     def action_answer(self, yes: bool) -> None:
@@ -118,7 +118,7 @@ class OverviewPane(Pane):
         Binding("l", "lease", "Lease"),
     ]
 
-    def __init__(self, link: Any, *, id: str | None = None) -> None:
+    def __init__(self, link: Link, *, id: str | None = None) -> None:
         super().__init__(link, id=id)
         self._allowed: frozenset[str] = frozenset()
         self._status: dict[str, Any] = {}

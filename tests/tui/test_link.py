@@ -1,0 +1,112 @@
+"""ControllerLink: the TUI's link reconnects by itself when the controller goes away, says so meanwhile, and
+resumes the event stream where it left off (a fresh snapshot only from another server instance)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from textual.widgets import Static
+
+from cellctl.api.server import ControlServer
+from cellctl.api.service import ControlService
+from cellctl.engine import Engine, State
+from cellctl.schema.load import load_config
+from cellctl.tui.app import CellApp
+from cellctl.tui.link import BACKOFF_MAX_S, ControllerLink, backoff_s
+from tests.integration.test_api import WAIT_S, ListSink, start, stop
+from tests.softcell import soft_cell
+from tests.tui.conftest import SIZE, notes, until
+
+
+@dataclass
+class Controller:
+    """An engine that outlives its control socket: the socket's server can be stopped and started again."""
+
+    path: Path
+    engine: Engine
+    service: ControlService
+    server: ControlServer
+    task: asyncio.Task[None] | None = None
+
+    async def up(self, server: ControlServer | None = None) -> None:
+        if server is not None:
+            self.server = server
+        self.task = await start(self.server)
+
+    async def down(self) -> None:
+        assert self.task is not None
+        await stop(self.task)
+        self.task = None
+
+
+@pytest.fixture
+async def controller(config_dir: Path, tmp_path: Path) -> AsyncIterator[Controller]:
+    config = load_config(config_dir)
+    sink = ListSink()
+    engine = Engine(config, soft_cell(config.cell), sink)
+    engine_task = asyncio.get_running_loop().create_task(engine.run(), name="test:engine")
+    await engine.wait_for(State.STOPPED, timeout=WAIT_S)
+    service = ControlService(engine, identity=config.cell.identity, sink=sink)
+    path = tmp_path / "cell.sock"
+    controller = Controller(path, engine, service, ControlServer(path, service))
+    await controller.up()
+    try:
+        yield controller
+    finally:
+        if controller.task is not None:
+            await controller.down()
+        await stop(engine_task)
+
+
+def link_text(app: CellApp) -> str:
+    return str(app.query_one("#hd-link", Static).content)
+
+
+def test_backoff_doubles_from_a_fifth_of_a_second_to_two_seconds() -> None:
+    assert [backoff_s(n) for n in range(1, 7)] == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    assert backoff_s(100) == BACKOFF_MAX_S
+
+
+async def test_the_link_says_the_controller_is_away_comes_back_by_itself_and_resumes(
+    controller: Controller,
+) -> None:
+    link = ControllerLink(controller.path)
+    app = CellApp(link)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: link.connected and link.status is not None, "the first status")
+        assert link_text(app) == "connected" and link.resyncs == 1
+        epoch = link.epoch
+
+        # When the controller's socket goes away, then the header says so and requests say unreachable
+        await controller.down()
+        await until(pilot, lambda: "controller away - reconnecting (attempt" in link_text(app), "away")
+        assert app.query_one("#header").has_class("-away")
+        await pilot.press("r")
+        await until(pilot, lambda: any("command refused: unreachable" in n for n in notes(app)), "refusal")
+
+        # When it is back (the same server instance), then the link reconnects by itself and resumes the
+        # event stream after the last event it saw, without a fresh snapshot
+        await controller.up()
+        await until(pilot, lambda: link.connected, "the link back up")
+        assert link.resyncs == 1 and link.epoch == epoch and link_text(app) == "connected"
+        assert not app.query_one("#header").has_class("-away")
+        seen = link.since_seq or 0
+        await pilot.press("r")
+        await until(pilot, lambda: (link.status or {}).get("state") == "Idle", "Idle after the reset")
+        assert (link.since_seq or 0) > seen
+
+
+async def test_another_server_instance_gives_a_fresh_snapshot(controller: Controller) -> None:
+    link = ControllerLink(controller.path)
+    app = CellApp(link)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: link.connected and link.status is not None, "the first status")
+        await controller.down()
+        await until(pilot, lambda: not link.connected, "the link down")
+        await controller.up(ControlServer(controller.path, controller.service))
+        await until(pilot, lambda: link.connected and link.resyncs == 2, "a resync from the new server")
+        assert link.epoch == controller.server.hub.epoch
