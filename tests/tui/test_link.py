@@ -4,19 +4,21 @@ resumes the event stream where it left off (a fresh snapshot only from another s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.widgets import Static
 
 from cellctl.api.server import ControlServer
 from cellctl.api.service import ControlService
+from cellctl.core.events import Severity
 from cellctl.engine import Engine, State
 from cellctl.schema.load import load_config
 from cellctl.tui.app import CellApp
-from cellctl.tui.link import BACKOFF_MAX_S, ControllerLink, backoff_s
+from cellctl.tui.link import BACKOFF_MAX_S, ControllerLink, LinkState, backoff_s
 from tests.integration.test_api import WAIT_S, ListSink, start, stop
 from tests.softcell import soft_cell
 from tests.tui.conftest import SIZE, notes, until
@@ -110,3 +112,64 @@ async def test_another_server_instance_gives_a_fresh_snapshot(controller: Contro
         await controller.up(ControlServer(controller.path, controller.service))
         await until(pilot, lambda: link.connected and link.resyncs == 2, "a resync from the new server")
         assert link.epoch == controller.server.hub.epoch
+
+
+class Recorder:
+    """A LinkListener that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.states: list[bool] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.heard = asyncio.Event()
+
+    def link_state(self, state: LinkState) -> None:
+        self.states.append(state.connected)
+        self.heard.set()
+
+    def link_status(self, status: dict[str, Any]) -> None:
+        self.statuses.append(status)
+        self.heard.set()
+
+    def link_event(self, push: dict[str, Any]) -> None:
+        self.events.append(push)
+        self.heard.set()
+
+    async def until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait until ``predicate()`` holds, re-checking each time the link reports something."""
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while not predicate():
+                    self.heard.clear()
+                    await self.heard.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_a_burst_of_events_is_forwarded_whole_but_refreshes_the_status_only_a_few_times(
+    controller: Controller,
+) -> None:
+    link = ControllerLink(controller.path)
+    heard = Recorder()
+    task = asyncio.get_running_loop().create_task(link.run(heard), name="test:link")
+    try:
+        await heard.until(lambda: link.connected and bool(heard.statuses), "the first status")
+        before_events, before_statuses = len(heard.events), len(heard.statuses)
+        burst = 60
+        for n in range(burst):
+            await controller.engine.alarms.raise_alarm(
+                f"test:{n}", severity=Severity.WARNING, message="burst", source="test"
+            )
+            await asyncio.sleep(0.005)  # pacing the producer: the events arrive over >= 0.3 s, not at once
+        await heard.until(lambda: len(heard.events) - before_events >= burst, "every event of the burst")
+        await heard.until(
+            lambda: len(heard.statuses[-1].get("alarms") or ()) == burst, "a status with the whole burst"
+        )
+        refreshes = len(heard.statuses) - before_statuses
+        print(f"{burst} events -> {refreshes} status refreshes")
+        assert 1 <= refreshes < burst // 3, refreshes
+        assert [e["seq"] for e in heard.events] == sorted({e["seq"] for e in heard.events})
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=WAIT_S)
+    assert task.cancelled()
