@@ -81,3 +81,16 @@ async def test_without_a_changeover_pane_a_prompt_is_still_announced() -> None:
         app.link_status(waiting("operator:load_fabric"))
         await until(pilot, lambda: len(notes(app)) == 1, "the announcement")
         assert app.query_one(TabbedContent).active == "tab-overview"
+
+
+async def test_l_takes_control_when_another_or_nobody_has_it_and_releases_it_when_this_tui_has_it() -> None:
+    mine = {"user": "anna", "role": "operator", "pid": 1, "connection": 7, "since": 0.0}
+    theirs = mine | {"user": "bob", "connection": 8}
+    for lease, action in ((None, "take"), (theirs, "take"), (mine, "release")):
+        link = FakeLink(IDLE | {"lease": lease})
+        app = CellApp(link)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await pilot.press("l")
+            await until(pilot, lambda link=link: bool(link.requests), "the lease request")
+        assert link.requests == [("lease", {"action": action})], lease

@@ -115,7 +115,8 @@ class OverviewPane(Pane):
         Binding("r", "packml('reset')", "Reset"),
         Binding("c", "packml('clear')", "Clear"),
         Binding("x", "abort", "Abort"),
-        Binding("l", "lease", "Lease"),
+        Binding("l", "lease('take')", "Take control"),
+        Binding("l", "lease('release')", "Release control"),
     ]
 
     def __init__(self, link: Link, *, id: str | None = None) -> None:
@@ -177,6 +178,9 @@ class OverviewPane(Pane):
             return str(parameters[0]) in self._allowed
         if action == "abort":
             return "abort" in self._allowed
+        if action == "lease" and parameters:
+            mine = is_mine(lease_holder(self._status), self._caller())
+            return (parameters[0] == "release") == mine
         return True
 
     async def action_packml(self, name: str) -> None:
@@ -189,11 +193,10 @@ class OverviewPane(Pane):
 
         self.app.push_screen(ConfirmAbort(), answered)
 
-    async def action_lease(self) -> None:
-        if is_mine(lease_holder(self._status), self._caller()):
-            await self.act("lease", action="release", done="control lease released")
-        else:
-            await self.act("lease", action="take", done="control lease taken")
+    async def action_lease(self, action: str) -> None:
+        """Take the control lease (a higher role takes it over), or release it when this TUI holds it."""
+        done = "you have control" if action == "take" else "control released"
+        await self.act("lease", action=action, done=done)
 
 
 def _job_line(status: dict[str, Any]) -> Text:
