@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from collections.abc import MutableMapping
+from typing import Any, NoReturn, TextIO
+
+import structlog
 
 from cellctl.cli.ctl import EXIT_OK, EXIT_USAGE, UsageError, socket_path
 from cellctl.errors import ConfigError
@@ -48,5 +51,12 @@ def run(args: argparse.Namespace, *, err: TextIO | None = None) -> int:
     from cellctl.tui.app import CellApp
     from cellctl.tui.link import ControllerLink
 
+    # Nothing may print on the terminal the TUI draws on: whatever a library logs is dropped.
+    structlog.configure(processors=[_drop])
     CellApp(ControllerLink(path)).run()
     return EXIT_OK
+
+
+def _drop(_logger: Any, _method: str, _event: MutableMapping[str, Any]) -> NoReturn:
+    """A structlog processor that drops every event."""
+    raise structlog.DropEvent
