@@ -144,7 +144,8 @@ class ControllerLink:
         attempt = 0
         while True:
             reason = await self._serve_once()
-            attempt += 1
+            # Attempts count from the last time the controller answered.
+            attempt = 1 if self._state.connected else attempt + 1
             self._set_state(LinkState(connected=False, attempt=attempt, reason=reason))
             await asyncio.sleep(backoff_s(attempt))
 

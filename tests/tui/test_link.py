@@ -64,6 +64,18 @@ async def controller(config_dir: Path, tmp_path: Path) -> AsyncIterator[Controll
         await stop(engine_task)
 
 
+class RecordingApp(CellApp):
+    """The app, keeping every link state it is told."""
+
+    def __init__(self, link: ControllerLink) -> None:
+        super().__init__(link)
+        self.states: list[LinkState] = []
+
+    def link_state(self, state: LinkState) -> None:
+        self.states.append(state)
+        super().link_state(state)
+
+
 def link_text(app: CellApp) -> str:
     return str(app.query_one("#hd-link", Static).content)
 
@@ -77,7 +89,7 @@ async def test_the_link_says_the_controller_is_away_comes_back_by_itself_and_res
     controller: Controller,
 ) -> None:
     link = ControllerLink(controller.path)
-    app = CellApp(link)
+    app = RecordingApp(link)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: link.connected and link.status is not None, "the first status")
         assert link_text(app) == "connected" and link.resyncs == 1
@@ -100,6 +112,12 @@ async def test_the_link_says_the_controller_is_away_comes_back_by_itself_and_res
         await pilot.press("r")
         await until(pilot, lambda: (link.status or {}).get("state") == "Idle", "Idle after the reset")
         assert (link.since_seq or 0) > seen
+
+        # When it goes away again, then the attempts count afresh
+        await controller.down()
+        await until(pilot, lambda: not link.connected, "the link down again")
+    last_up = max(i for i, s in enumerate(app.states) if s.connected)
+    assert [s.attempt for s in app.states[last_up + 1 :]][:1] == [1], app.states
 
 
 async def test_another_server_instance_gives_a_fresh_snapshot(controller: Controller) -> None:
