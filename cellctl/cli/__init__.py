@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from cellctl import __version__
-from cellctl.cli import browse, config_cmds, ctl, demo_cmd, plan, probe, report, run_cmd
+from cellctl.cli import browse, config_cmds, ctl, demo_cmd, plan, probe, report, run_cmd, tui_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     ctl.add_parser(sub)
+    tui_cmd.add_parser(sub)
     probe.add_parser(sub)
     browse.add_parser(sub)
     plan.add_parser(sub)

@@ -1,0 +1,96 @@
+"""CellApp with a canned link: tabs in order whichever panes are given, and a new operator prompt brings the
+Changeover tab forward once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.widgets import TabbedContent
+
+from cellctl.tui.app import CellApp
+from cellctl.tui.pane import Pane
+from cellctl.tui.panes import PANES, TAB_ORDER
+from tests.tui.conftest import SIZE, notes, until
+from tests.tui.fakes import IDLE, FakeLink
+
+PROMPT = {
+    "changeover": "co-1",
+    "step": "operator:load_fabric",
+    "device": "stapler",
+    "kind": "operator_step",
+    "instruction": "Load the wide fabric roll on the stapler's cover feeder",
+    "evidence": "scan the roll label",
+    "since": 0.0,
+}
+
+
+class ChangeoverStandIn(Pane):
+    """Stands in for the Changeover pane (another module) to see the app bring its tab forward."""
+
+    title = "Changeover"
+
+
+OTHERS = tuple(p for p in PANES if p.title != "Changeover")
+"""The default panes but the Changeover pane (the stand-in takes its place)."""
+
+
+def waiting(*steps: str) -> dict[str, Any]:
+    return IDLE | {"state": "Execute", "prompts": [PROMPT | {"step": s} for s in steps]}
+
+
+async def test_tabs_follow_the_tab_order_whatever_order_the_panes_come_in() -> None:
+    app = CellApp(FakeLink(IDLE), panes=(ChangeoverStandIn, *reversed(OTHERS)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        titles = {"Changeover", *(p.title for p in OTHERS)}
+        assert [p.title for p in app.pane_types] == [t for t in TAB_ORDER if t in titles]
+        await pilot.press("3")
+        await pilot.pause()
+        assert app.query_one(TabbedContent).active == "tab-changeover"
+
+
+async def test_a_new_prompt_brings_the_changeover_tab_forward_once_and_says_what_to_do() -> None:
+    app = CellApp(FakeLink(IDLE), panes=(*OTHERS, ChangeoverStandIn))
+    async with app.run_test(size=SIZE) as pilot:
+        tabs = app.query_one(TabbedContent)
+        await pilot.pause()
+        assert tabs.active == "tab-overview"
+
+        app.link_status(waiting("operator:load_fabric"))
+        await until(pilot, lambda: tabs.active == "tab-changeover", "the Changeover tab")
+        await until(pilot, lambda: len(notes(app)) == 1, "the announcement")
+        assert any("operator:load_fabric" in n and "fabric roll" in n for n in notes(app)), notes(app)
+
+        # The same prompt again (a later snapshot) leaves the operator where they went
+        await pilot.press("1")
+        await pilot.pause()
+        app.link_status(waiting("operator:load_fabric"))
+        await pilot.pause()
+        assert tabs.active == "tab-overview" and len(notes(app)) == 1
+
+        # Another step waiting is a new prompt
+        app.link_status(waiting("operator:load_fabric", "operator:check_staples"))
+        await until(pilot, lambda: tabs.active == "tab-changeover", "the Changeover tab again")
+        await until(pilot, lambda: len(notes(app)) == 2, "the second announcement")
+
+
+async def test_without_a_changeover_pane_a_prompt_is_still_announced() -> None:
+    app = CellApp(FakeLink(IDLE), panes=OTHERS)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.link_status(waiting("operator:load_fabric"))
+        await until(pilot, lambda: len(notes(app)) == 1, "the announcement")
+        assert app.query_one(TabbedContent).active == "tab-overview"
+
+
+async def test_l_takes_control_when_another_or_nobody_has_it_and_releases_it_when_this_tui_has_it() -> None:
+    mine = {"user": "anna", "role": "operator", "pid": 1, "connection": 7, "since": 0.0}
+    theirs = mine | {"user": "bob", "connection": 8}
+    for lease, action in ((None, "take"), (theirs, "take"), (mine, "release")):
+        link = FakeLink(IDLE | {"lease": lease})
+        app = CellApp(link)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await pilot.press("l")
+            await until(pilot, lambda link=link: bool(link.requests), "the lease request")
+        assert link.requests == [("lease", {"action": action})], lease

@@ -1,0 +1,44 @@
+"""The TUI's key states as SVG screenshots at 80x24 on the default dark theme (canned, time-free status)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cellctl.tui.app import CellApp
+from tests.tui.fakes import HELD_WITH_ALARM, IDLE, FakeLink
+
+SnapCompare = Callable[..., bool]
+
+
+@pytest.fixture(autouse=True)
+def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Times are shown in local time: pin it so the screenshots do not depend on the machine."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def app(status: dict[str, Any]) -> CellApp:
+    return CellApp(FakeLink(status))
+
+
+def test_idle(snap_compare: SnapCompare) -> None:
+    assert snap_compare(app(IDLE), terminal_size=(80, 24))
+
+
+def test_held_with_an_alarm(snap_compare: SnapCompare) -> None:
+    assert snap_compare(app(HELD_WITH_ALARM), terminal_size=(80, 24))
+
+
+def test_held_with_an_alarm_on_the_alarms_tab(snap_compare: SnapCompare) -> None:
+    assert snap_compare(app(HELD_WITH_ALARM), press=["5"], terminal_size=(80, 24))
+
+
+def test_abort_asks_first(snap_compare: SnapCompare) -> None:
+    assert snap_compare(app(HELD_WITH_ALARM), press=["x"], terminal_size=(80, 24))
