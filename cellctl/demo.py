@@ -216,14 +216,16 @@ def _view(status: CellStatus, watch: _Watch, broker: str) -> Group:
 
 
 def _scaled_recipes(loaded: LoadedConfig, time_scale: float) -> LoadedConfig:
-    """The recipes' operator steps expected at the time scale (the scripted operator is quick)."""
+    """The recipes at the simulators' time scale: the ideal cycle (else OEE performance reads far above 100 %)
+    and the operator steps' expected times (the scripted operator is quick)."""
     recipes = {
         variant: recipe.model_copy(
             update={
+                "ideal_cycle_s": recipe.ideal_cycle_s * time_scale,
                 "operator_steps": {
                     name: step.model_copy(update={"expected_s": step.expected_s * time_scale})
                     for name, step in recipe.operator_steps.items()
-                }
+                },
             }
         )
         for variant, recipe in loaded.recipes.items()

@@ -7,6 +7,7 @@ is not an error: the TUI says so and keeps trying.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, NoReturn, TextIO
@@ -51,10 +52,16 @@ def run(args: argparse.Namespace, *, err: TextIO | None = None) -> int:
     from cellctl.tui.app import CellApp
     from cellctl.tui.link import ControllerLink
 
-    # Nothing may print on the terminal the TUI draws on: whatever a library logs is dropped.
-    structlog.configure(processors=[_drop])
+    silence_logs()
     CellApp(ControllerLink(path)).run()
     return EXIT_OK
+
+
+def silence_logs() -> None:
+    """Nothing may print on the terminal the TUI draws on: whatever cellctl or a library logs is dropped."""
+    structlog.configure(processors=[_drop])
+    logging.getLogger().handlers.clear()
+    logging.getLogger().addHandler(logging.NullHandler())
 
 
 def _drop(_logger: Any, _method: str, _event: MutableMapping[str, Any]) -> NoReturn:
