@@ -5,7 +5,7 @@ pane and feeds it the link's status and events."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,9 @@ class PaneApp(App[None]):
 
     def on_mount(self) -> None:
         if isinstance(self.link, SocketLink):
-            self.link.on_status = self.pane.show
-            self.link.on_event = self.pane.event
+            # Through the app's message queue, as a real app would: none reaches the pane after exit.
+            self.link.on_status = lambda status: self.call_later(self.pane.show, status)
+            self.link.on_event = lambda push: self.call_later(self.pane.event, push)
             self.run_worker(self.link.run(), name="test:link", exit_on_error=True)
 
 
@@ -127,12 +128,6 @@ async def until(pilot: Pilot[Any], condition: Callable[[], bool], what: str = "t
                 await pilot.pause(0.02)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
-
-
-async def settle(pilot: Pilot[Any], work: Callable[[], Awaitable[Any]]) -> None:
-    """Run ``work`` (e.g. a direct engine call) and let the app process what follows."""
-    await work()
-    await pilot.pause()
 
 
 def notifications(app: App[Any]) -> list[str]:

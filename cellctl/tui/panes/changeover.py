@@ -139,6 +139,7 @@ class OperatorStepModal(ModalScreen[None]):
         self.prompt = prompt
         self.key = prompt_key(prompt)
         self._confirm = confirm
+        self._dismissed = False
 
     @property
     def asks_evidence(self) -> bool:
@@ -186,7 +187,7 @@ class OperatorStepModal(ModalScreen[None]):
             return
         outcome = await self._confirm(evidence)
         if outcome.ok:
-            self.dismiss(None)
+            self.close()
             return
         self.query_one("#refusal", Static).update(f"refused: {outcome.message or outcome.code}")
         if self.asks_evidence:
@@ -196,7 +197,14 @@ class OperatorStepModal(ModalScreen[None]):
 
     def action_hide(self) -> None:
         """Hide the modal; the step still waits (``e`` on the Changeover screen reopens it)."""
-        self.dismiss(None)
+        self.close()
+
+    def close(self) -> None:
+        """Dismiss the modal once, if it is on top (an accepted answer and the status that follows it
+        both close it)."""
+        if not self._dismissed and self.is_active:
+            self._dismissed = True
+            self.dismiss(None)
 
 
 class ChangeoverPane(Pane):
@@ -234,7 +242,7 @@ class ChangeoverPane(Pane):
         self._prompts: list[dict[str, Any]] = []
         self._popped: set[PromptKey] = set()
         """Prompts whose modal opened once: they open again only by ``e``."""
-        self._modal: OperatorStepModal | None = None
+        self._shown_modal: OperatorStepModal | None = None
         self._rows: list[tuple[Text, ...]] = []
 
     def compose(self) -> ComposeResult:
@@ -340,11 +348,11 @@ class ChangeoverPane(Pane):
     def _follow_prompts(self) -> None:
         """Open the modal for a prompt not shown yet; close it when its step no longer waits."""
         pending = {prompt_key(p) for p in self._prompts}
-        modal = self._modal
-        if modal is not None and modal.key not in pending and modal.is_attached and self.app.screen is modal:
-            modal.dismiss(None)  # answered elsewhere (the CLI, another terminal) or ended
+        modal = self._shown_modal
+        if modal is not None and modal.key not in pending:
+            modal.close()  # answered here or elsewhere (the CLI, another terminal), or the plan ended
         self._popped &= pending
-        if self._modal is None:
+        if self._shown_modal is None:
             for prompt in self._prompts:
                 if prompt_key(prompt) not in self._popped:
                     self._open(prompt)
@@ -361,17 +369,17 @@ class ChangeoverPane(Pane):
             return await self.act("confirm", done=f"step {step} confirmed", **args)
 
         modal = OperatorStepModal(prompt, confirm)
-        self._modal = modal
+        self._shown_modal = modal
 
         def closed(_: None) -> None:
-            if self._modal is modal:
-                self._modal = None
+            if self._shown_modal is modal:
+                self._shown_modal = None
 
         self.app.push_screen(modal, closed)
 
     def action_answer_prompt(self) -> None:
         """Open the modal of the first step waiting for a person (again)."""
-        if self._modal is not None:
+        if self._shown_modal is not None:
             return
         if not self._prompts:
             self.notify("No step is waiting for a person", severity="warning")

@@ -187,6 +187,8 @@ class QualityPane(Pane):
             self._verdicts.move_to_end(data["part"])
             while len(self._verdicts) > VERDICTS_KEPT:
                 self._verdicts.popitem(last=False)
+            if self._chart_reply is not None:
+                self._fill_parts()  # the event may come after the chart that already holds the part
 
     def _summary(self) -> dict[str, Any]:
         return next((s for sel, s in self._charts if sel == self._selected), {})
