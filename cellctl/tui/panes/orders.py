@@ -345,6 +345,7 @@ class OrdersPane(Pane):
             return
         table = self.table
         keep = self._follow or self.selected_job()
+        self._follow = None
         index = table.cursor_row
         self._rows = rows
         table.clear()
