@@ -71,9 +71,19 @@ class SocketLink:
             self._connected = True
             await self.refresh()
             self.ready.set()
-            async for push in self._client.events():
-                self.on_event(push.model_dump(mode="json"))
-                await self.refresh()
+            changed = asyncio.Event()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._refresher(changed), name="test:link-refresh")
+                async for push in self._client.events():
+                    self.on_event(push.model_dump(mode="json"))
+                    changed.set()
+
+    async def _refresher(self, changed: asyncio.Event) -> None:
+        """One status request at a time, however fast events come (a burst costs one refresh)."""
+        while True:
+            await changed.wait()
+            changed.clear()
+            await self.refresh()
 
 
 class FakeLink:

@@ -12,12 +12,12 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from cellctl.core.events import JobStatus, OperatorAction
-from cellctl.engine import OrderRequest
+from cellctl.engine import OrderRequest, State
 from cellctl.schema.load import load_config
 from cellctl.tui.pane import Outcome
 from cellctl.tui.panes.orders import NewOrderForm, OrdersPane
 from cellctl.tui.widgets.confirm import ConfirmModal
-from tests.integration.test_api import Cell, serving
+from tests.integration.test_api import WAIT_S, Cell, serving
 from tests.softcell import soft_cell
 from tests.tui._link import FakeLink, PaneApp, SocketLink, notifications, until
 from tests.tui.canned import STATUS
@@ -221,3 +221,28 @@ async def test_a_refused_proposal_shows_the_controllers_reason() -> None:
             "apply_proposal refused: job_error: the scheduler has no proposed order for this queue"
         ]
     assert link.sent == [("apply_proposal", {})]
+
+
+async def test_cancelling_the_job_in_production_shows_the_refusal(cell: Cell) -> None:
+    # Given a long job in production (shown first, with the running mark)
+    job = await cell.engine.submit(OrderRequest("PO-1", "oslo", 100_000), by="mes")
+    await cell.engine.command("reset", by="op")
+    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
+    await cell.engine.command("start", by="op")
+    await cell.engine.wait_for(State.EXECUTE, timeout=WAIT_S)
+    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot, app, 1)
+        assert table_jobs(app) == [job.job_id]
+
+        # When the operator cancels it, then the controller's refusal is shown and it goes on
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the question")
+        assert "running job" in str(app.screen.query_one("#question", Static).render())
+        await pilot.press("y")
+        await until(pilot, lambda: bool(notifications(app)), "the refusal")
+        (shown,) = notifications(app)
+        assert shown.startswith("cancel refused: job_error:") and "in production" in shown
+        assert cell.engine.job(job.job_id).status is JobStatus.STARTED
+        await cell.engine.command("stop", by="op")
+    assert actions(cell) == [("cancel", False)]

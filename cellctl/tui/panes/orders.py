@@ -17,6 +17,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.coordinate import Coordinate
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static
 
@@ -64,6 +65,11 @@ def job_row(position: str, job: dict[str, Any]) -> tuple[str, ...]:
         format_due(job.get("due")),
         str(job.get("status", "")),
     )
+
+
+def _cell(row: tuple[str, ...], value: str) -> str | Text:
+    """A cell of ``row``: the running job's stand out."""
+    return Text(value, style="bold cyan") if row[0] == RUNNING_MARK else value
 
 
 def proposal_text(proposed: dict[str, Any] | None, queue: list[str]) -> Text:
@@ -344,16 +350,21 @@ class OrdersPane(Pane):
         if rows == self._rows:
             return
         table = self.table
+        if [r[:2] for r in rows] == [r[:2] for r in self._rows]:
+            # The same jobs in the same places (a part made): change the cells that changed, in place.
+            for index, (old, new) in enumerate(zip(self._rows, rows, strict=True)):
+                for column, (was, now) in enumerate(zip(old, new, strict=True)):
+                    if was != now:
+                        table.update_cell_at(Coordinate(index, column), _cell(new, now))
+            self._rows = rows
+            return
         keep = self._follow or self.selected_job()
         self._follow = None
         index = table.cursor_row
         self._rows = rows
         table.clear()
         for row in rows:
-            cells: list[str | Text] = [
-                Text(c, style="bold cyan") if row[0] == RUNNING_MARK else c for c in row
-            ]
-            table.add_row(*cells, key=row[1])
+            table.add_row(*(_cell(row, c) for c in row), key=row[1])
         ids = [r[1] for r in rows]
         if keep in ids:
             index = ids.index(keep)
