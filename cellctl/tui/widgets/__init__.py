@@ -1,0 +1,1 @@
+"""Widgets the TUI's panes share: modals and the control chart."""
