@@ -31,7 +31,12 @@ async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
 
 
 def actions(cell: Cell) -> list[tuple[str, bool]]:
-    return [(e.action, e.accepted) for e in cell.sink.events if isinstance(e, OperatorAction)]
+    """The journaled operator actions, without the control lease the TUI's first command takes."""
+    return [
+        (e.action, e.accepted)
+        for e in cell.sink.events
+        if isinstance(e, OperatorAction) and e.action != "lease"
+    ]
 
 
 def queue(cell: Cell) -> list[str]:
