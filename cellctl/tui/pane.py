@@ -9,9 +9,11 @@ scan) come back as an ``Outcome`` and are shown, never raised.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from textual.widget import Widget
+
+from cellctl.api.protocol import Role, required_role
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,9 @@ class Pane(Widget):
     title: str = ""
     """The tab's label."""
 
+    ACTION_COMMANDS: ClassVar[dict[str, str]] = {}
+    """Action name -> the API command it sends: its key is shown only to a role that may send that command."""
+
     def __init__(self, link: Link, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.link = link
@@ -66,6 +71,19 @@ class Pane(Widget):
     def event(self, push: dict[str, Any]) -> None:
         """A pushed event: ``{"seq", "event": {"kind", "stream", "ts", "data"}}``."""
 
+    def may(self, cmd: str, **args: Any) -> bool:
+        """Whether this connection's role may send ``cmd`` (True while the role is not known yet: the
+        controller decides, and a refusal is shown)."""
+        role = getattr(self.link, "role", None)
+        if role not in _ROLES:
+            return True
+        return _ROLES.index(role) >= _ROLES.index(required_role(cmd, args))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A key whose command the role may not send is neither shown in the footer nor run."""
+        cmd = self.ACTION_COMMANDS.get(action)
+        return True if cmd is None else self.may(cmd)
+
     async def act(self, cmd: str, *, done: str = "", **args: Any) -> Outcome:
         """Send ``cmd``; notify ``done`` on success, the refusal (code and message) as an error otherwise."""
         outcome = await self.link.request(cmd, **args)
@@ -75,3 +93,7 @@ class Pane(Widget):
         else:
             self.notify(f"{outcome.code}: {outcome.message}", title=f"{cmd} refused", severity="error")
         return outcome
+
+
+_ROLES: tuple[str, ...] = tuple(role.value for role in Role)
+"""The roles, lowest first."""

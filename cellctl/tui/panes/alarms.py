@@ -30,6 +30,7 @@ class AlarmsPane(Pane):
     """
 
     BINDINGS = [Binding("a", "ack", "Acknowledge")]
+    ACTION_COMMANDS = {"ack": "ack"}
 
     def __init__(self, link: Link, *, id: str | None = None) -> None:
         super().__init__(link, id=id)

@@ -232,6 +232,7 @@ class ChangeoverPane(Pane):
     """
 
     BINDINGS = [Binding("e", "answer_prompt", "Operator step")]
+    ACTION_COMMANDS = {"answer_prompt": "confirm"}
 
     def __init__(self, link: Link, *, id: str | None = None, clock: Callable[[], float] = time.time) -> None:
         """``clock``: wall-clock seconds, for the time elapsed since the changeover started."""

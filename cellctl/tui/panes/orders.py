@@ -293,6 +293,12 @@ class OrdersPane(Pane):
         Binding("p", "apply_proposal", "Proposal"),
         Binding("n", "new_order", "New order"),
     ]
+    ACTION_COMMANDS = {
+        "move": "reorder",
+        "cancel_job": "cancel",
+        "apply_proposal": "apply_proposal",
+        "new_order": "submit",
+    }
 
     def __init__(self, link: Link, *, id: str | None = None) -> None:
         super().__init__(link, id=id)

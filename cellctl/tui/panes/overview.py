@@ -13,6 +13,7 @@ from textual.widgets import Label, Static
 
 from cellctl.tui.format import is_mine, lease_holder, lease_text, pct, severity_style
 from cellctl.tui.pane import Link, Pane
+from cellctl.tui.widgets.confirm import ConfirmModal
 
 COMMAND_KEYS: dict[str, str] = {
     "start": "s",
@@ -117,7 +118,9 @@ class OverviewPane(Pane):
         Binding("x", "abort", "Abort"),
         Binding("l", "lease('take')", "Take control"),
         Binding("l", "lease('release')", "Release control"),
+        Binding("g", "sign_off", "Sign off first article"),
     ]
+    ACTION_COMMANDS = {"packml": "command", "abort": "command", "sign_off": "sign_off"}
 
     def __init__(self, link: Link, *, id: str | None = None) -> None:
         super().__init__(link, id=id)
@@ -174,13 +177,17 @@ class OverviewPane(Pane):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Only the commands the current state allows are shown in the footer (and run)."""
+        if not super().check_action(action, parameters):
+            return False
         if action == "packml" and parameters:
             return str(parameters[0]) in self._allowed
         if action == "abort":
             return "abort" in self._allowed
         if action == "lease" and parameters:
             mine = is_mine(lease_holder(self._status), self._caller())
-            return (parameters[0] == "release") == mine
+            return (parameters[0] == "release") == mine and self.may("lease", action=parameters[0])
+        if action == "sign_off":
+            return isinstance(self._status.get("qualification"), dict)
         return True
 
     async def action_packml(self, name: str) -> None:
@@ -192,6 +199,23 @@ class OverviewPane(Pane):
                 self.run_worker(self.act("command", name="abort", done="abort: accepted"), group="abort")
 
         self.app.push_screen(ConfirmAbort(), answered)
+
+    def action_sign_off(self) -> None:
+        """End the open first-article qualification now (asks first; journaled with who signed)."""
+        gate = self._status.get("qualification")
+        if not isinstance(gate, dict):
+            return
+        question = (
+            f"Sign off the first-article qualification of {gate.get('variant', '?')} now "
+            f"({gate.get('passes', 0)} of {gate.get('needed', 0)} passes so far)?"
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                work = self.act("sign_off", note="signed off in the TUI", done="first article signed off")
+                self.run_worker(work, group="sign_off")
+
+        self.app.push_screen(ConfirmModal(question), answered)
 
     async def action_lease(self, action: str) -> None:
         """Take the control lease (a higher role takes it over), or release it when this TUI holds it."""
@@ -220,6 +244,9 @@ def _job_line(status: dict[str, Any]) -> Text:
             f"{changeover.get('done', 0)}/{changeover.get('total', 0)}",
             "yellow",
         )
+    gate = status.get("qualification")
+    if isinstance(gate, dict):
+        line.append(f"  first article {gate.get('passes', 0)}/{gate.get('needed', 0)}", "yellow")
     line.append(f"  queue {queued}", "dim")
     return line
 
