@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from cellctl.tui.app import CellApp
-from tests.tui.fakes import HELD_WITH_ALARM, IDLE, FakeLink
+from tests.tui.canned import HELD_WITH_ALARM, IDLE
+from tests.tui.fakes import FakeLink
 
 SnapCompare = Callable[..., bool]
 

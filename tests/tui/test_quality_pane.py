@@ -19,7 +19,7 @@ from cellctl.tui.panes.quality import QualityPane
 from cellctl.tui.widgets.control_chart import OUT_OF_CONTROL, ControlChart
 from tests.integration.test_api import WAIT_S, Cell, serving
 from tests.softcell import soft_cell
-from tests.tui._link import PaneApp, SocketLink, notifications, until
+from tests.tui.conftest import PaneApp, RecordingLink, linked, notes, until
 from tests.unit.test_engine_spc import DRIFT, STEADY, widths
 
 PARTS = len(STEADY + DRIFT)
@@ -63,11 +63,11 @@ def chart_text(app: PaneApp) -> str:
 
 
 async def test_the_chart_shows_the_parts_made_with_limits_and_the_rule_violation(cell: Cell) -> None:
-    app = PaneApp(QualityPane, SocketLink(cell.path))
+    app = PaneApp(QualityPane, RecordingLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink) and isinstance(app.pane, QualityPane)
+        assert isinstance(app.link, RecordingLink) and isinstance(app.pane, QualityPane)
         pane = app.pane
-        await until(pilot, app.link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         # When the cell makes the parts
         job_id = await make_parts(cell)
         await until(pilot, lambda: completed(cell, job_id), "the job")
@@ -99,11 +99,11 @@ async def test_the_chart_shows_the_parts_made_with_limits_and_the_rule_violation
 
 
 async def test_brackets_switch_the_characteristic_and_r_asks_again(cell: Cell) -> None:
-    app = PaneApp(QualityPane, SocketLink(cell.path))
+    app = PaneApp(QualityPane, RecordingLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink) and isinstance(app.pane, QualityPane)
+        assert isinstance(app.link, RecordingLink) and isinstance(app.pane, QualityPane)
         pane, link = app.pane, app.link
-        await until(pilot, link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         job_id = await make_parts(cell)
         await until(pilot, lambda: completed(cell, job_id), "the job")
         await until(pilot, lambda: pane.selected == ("oslo", "seat_width"), "the first chart")
@@ -123,15 +123,15 @@ async def test_brackets_switch_the_characteristic_and_r_asks_again(cell: Cell) -
         await pilot.press("r")
         await until(pilot, lambda: len(link.sent) > asked, "asked again")
         assert link.sent[-1] == ("spc", {"variant": "oslo", "characteristic": "seat_width"})
-        assert notifications(app) == []
+        assert notes(app) == []
 
 
 async def test_before_any_part_nothing_is_charted_and_r_says_so(cell: Cell) -> None:
-    app = PaneApp(QualityPane, SocketLink(cell.path))
+    app = PaneApp(QualityPane, RecordingLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink)
-        await until(pilot, app.link.ready.is_set, "the link")
+        assert isinstance(app.link, RecordingLink)
+        await until(pilot, lambda: linked(app), "the link")
         await pilot.press("r")
-        await until(pilot, lambda: bool(notifications(app)), "a notification")
-        assert notifications(app) == [": No charted characteristic yet"]
+        await until(pilot, lambda: bool(notes(app)), "a notification")
+        assert notes(app) == [": No charted characteristic yet"]
         assert "No charted characteristic yet" in str(app.pane.query_one("#summary").render())

@@ -13,8 +13,9 @@ from cellctl.tui.pane import Link, Outcome, Pane
 from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal
 from cellctl.tui.panes.orders import OrdersPane
 from cellctl.tui.panes.quality import QualityPane
-from tests.tui._link import FakeLink, PaneApp
 from tests.tui.canned import CHANGEOVER_STARTED, CHART, STATUS, WAITING
+from tests.tui.conftest import PaneApp
+from tests.tui.fakes import FakeLink
 
 SIZE = (80, 24)
 
