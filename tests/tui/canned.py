@@ -105,6 +105,17 @@ def _step(step_id: str, kind: str, device: str, expected: float, **more: Any) ->
 
 CHANGEOVER_STARTED = T0 - 52.0
 
+PROMPT: dict[str, Any] = {
+    "changeover": "CO-0042",
+    "step": "operator:load_fabric",
+    "device": "stapler",
+    "kind": "operator_step",
+    "instruction": "Load the wide fabric roll on the stapler's cover feeder",
+    "evidence": "scan the roll label",
+    "since": T0 - 10.0,
+}
+"""The fabric roll's step waiting for a person (the status's ``prompts``)."""
+
 WAITING: dict[str, Any] = {
     **STATUS,
     "mode": "changeover",
@@ -139,17 +150,7 @@ WAITING: dict[str, Any] = {
             _step("robot1:robot_program", "robot_program", "robot1", 0.5, external=True),
         ],
     },
-    "prompts": [
-        {
-            "changeover": "CO-0042",
-            "step": "operator:load_fabric",
-            "device": "stapler",
-            "kind": "operator_step",
-            "instruction": "Load the wide fabric roll on the stapler's cover feeder",
-            "evidence": "scan the roll label",
-            "since": T0 - 10.0,
-        }
-    ],
+    "prompts": [PROMPT],
 }
 """A changeover oslo -> tromso: six steps done, the fabric roll waits for a person; 52 s into 40 s planned."""
 

@@ -4,7 +4,8 @@ hosts one pane on a link (the real ``ControllerLink`` or a canned ``FakeLink``),
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from textual.css.query import NoMatches
 from textual.pilot import Pilot
 from textual.widgets import Footer
 
+from cellctl.core.events import JobEvent, JobStatus
 from cellctl.drivers.soft import SoftDriver
 from cellctl.schema.load import load_config
 from cellctl.tui.link import ControllerLink, LinkState
@@ -24,6 +26,9 @@ from tests.softcell import soft_cell
 
 WAIT_S = 5.0
 SIZE = (80, 24)
+
+SnapCompare = Callable[..., bool]
+"""The ``snap_compare`` fixture of pytest-textual-snapshot."""
 
 
 @dataclass
@@ -44,6 +49,30 @@ async def live(config_dir: Path, tmp_path: Path) -> AsyncIterator[Live]:
     devices = soft_cell(config.cell)
     async with serving(config, devices, tmp_path) as cell:
         yield Live(cell, devices)
+
+
+@pytest.fixture
+def cell(live: Live) -> Cell:
+    """The controller of ``live``, for the tests that do not touch its devices."""
+    return live.cell
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Times are shown in local time: pin it so the screenshots do not depend on the machine."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def completed(cell: Cell, job_id: str) -> bool:
+    """The controller journaled the job as completed."""
+    return any(
+        isinstance(e, JobEvent) and e.job_id == job_id and e.status is JobStatus.COMPLETED
+        for e in cell.sink.events
+    )
 
 
 class RecordingLink(ControllerLink):

@@ -10,19 +10,9 @@ from textual.widgets import TabbedContent
 from cellctl.tui.app import CellApp
 from cellctl.tui.pane import Pane
 from cellctl.tui.panes import PANES, TAB_ORDER
-from tests.tui.canned import IDLE
+from tests.tui.canned import IDLE, PROMPT
 from tests.tui.conftest import SIZE, notes, until
 from tests.tui.fakes import FakeLink
-
-PROMPT = {
-    "changeover": "co-1",
-    "step": "operator:load_fabric",
-    "device": "stapler",
-    "kind": "operator_step",
-    "instruction": "Load the wide fabric roll on the stapler's cover feeder",
-    "evidence": "scan the roll label",
-    "since": 0.0,
-}
 
 
 class ChangeoverStandIn(Pane):

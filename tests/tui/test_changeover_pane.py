@@ -4,30 +4,17 @@ changeover and the job (the same story as tests/integration/test_api_operator_st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from textual.widgets import DataTable, Input, Static
 
 from cellctl.api.client import ControlClient
-from cellctl.core.events import JobEvent, JobStatus, OperatorAction
+from cellctl.core.events import OperatorAction
 from cellctl.engine import OrderRequest, State
-from cellctl.schema.load import load_config
 from cellctl.tui.link import ControllerLink
 from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal
-from tests.integration.test_api import WAIT_S, Cell, serving
-from tests.softcell import soft_cell
-from tests.tui.conftest import PaneApp, linked, notes, until
+from tests.integration.test_api import WAIT_S, Cell
+from tests.tui.conftest import PaneApp, completed, linked, notes, until
 
 STEP = "operator:load_fabric"
-
-
-@pytest.fixture
-async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
-    config = load_config(config_dir)
-    async with serving(config, soft_cell(config.cell), tmp_path) as cell:
-        yield cell
 
 
 async def start_tromso(cell: Cell) -> str:
@@ -41,13 +28,6 @@ async def start_tromso(cell: Cell) -> str:
 
 def refusal(app: PaneApp) -> str:
     return str(app.screen.query_one("#refusal", Static).render())
-
-
-def completed(cell: Cell, job_id: str) -> bool:
-    return any(
-        isinstance(e, JobEvent) and e.job_id == job_id and e.status is JobStatus.COMPLETED
-        for e in cell.sink.events
-    )
 
 
 async def test_the_operator_step_modal_refuses_a_wrong_scan_and_the_right_one_completes_the_job(

@@ -3,33 +3,21 @@ order through the form, reorder, cancel and the scheduler's proposal by key; ref
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from cellctl.core.events import JobStatus, OperatorAction
 from cellctl.engine import OrderRequest, State
-from cellctl.schema.load import load_config
 from cellctl.tui.link import ControllerLink
 from cellctl.tui.pane import Outcome
 from cellctl.tui.panes.orders import NewOrderForm, OrdersPane
 from cellctl.tui.widgets.confirm import ConfirmModal
-from tests.integration.test_api import WAIT_S, Cell, serving
-from tests.softcell import soft_cell
+from tests.integration.test_api import WAIT_S, Cell
 from tests.tui.canned import STATUS
 from tests.tui.conftest import PaneApp, linked, notes, until
 from tests.tui.fakes import FakeLink
-
-
-@pytest.fixture
-async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
-    config = load_config(config_dir)
-    async with serving(config, soft_cell(config.cell), tmp_path) as cell:
-        yield cell
 
 
 def actions(cell: Cell) -> list[tuple[str, bool]]:

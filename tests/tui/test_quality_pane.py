@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
-from cellctl.core.events import JobEvent, JobStatus
 from cellctl.engine import OrderRequest, State
 from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.schema.recipe import SpcConfig
@@ -19,7 +18,7 @@ from cellctl.tui.panes.quality import QualityPane
 from cellctl.tui.widgets.control_chart import OUT_OF_CONTROL, ControlChart
 from tests.integration.test_api import WAIT_S, Cell, serving
 from tests.softcell import soft_cell
-from tests.tui.conftest import PaneApp, RecordingLink, linked, notes, until
+from tests.tui.conftest import PaneApp, RecordingLink, completed, linked, notes, until
 from tests.unit.test_engine_spc import DRIFT, STEADY, widths
 
 PARTS = len(STEADY + DRIFT)
@@ -49,13 +48,6 @@ async def make_parts(cell: Cell) -> str:
     await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
     await cell.engine.command("start", by="op")
     return job.job_id
-
-
-def completed(cell: Cell, job_id: str) -> bool:
-    return any(
-        isinstance(e, JobEvent) and e.job_id == job_id and e.status is JobStatus.COMPLETED
-        for e in cell.sink.events
-    )
 
 
 def chart_text(app: PaneApp) -> str:
