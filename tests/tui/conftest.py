@@ -12,19 +12,18 @@ from typing import Any
 
 import pytest
 from textual.app import App, ComposeResult
-from textual.css.query import NoMatches
 from textual.pilot import Pilot
 from textual.widgets import Footer
 
 from cellctl.core.events import JobEvent, JobStatus
 from cellctl.drivers.soft import SoftDriver
+from cellctl.engine import OrderRequest, State
 from cellctl.schema.load import load_config
 from cellctl.tui.link import ControllerLink, LinkState
 from cellctl.tui.pane import Link, Outcome, Pane
-from tests.integration.test_api import Cell, serving
+from tests.integration.test_api import WAIT_S, Cell, serving
 from tests.softcell import soft_cell
 
-WAIT_S = 5.0
 SIZE = (80, 24)
 
 SnapCompare = Callable[..., bool]
@@ -67,6 +66,15 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     time.tzset()
 
 
+async def start_order(cell: Cell, order: OrderRequest) -> str:
+    """Submit ``order`` (as the MES), reset the cell to Idle and start it; the job's id."""
+    job = await cell.engine.submit(order, by="mes")
+    await cell.engine.command("reset", by="op")
+    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
+    await cell.engine.command("start", by="op")
+    return job.job_id
+
+
 def completed(cell: Cell, job_id: str) -> bool:
     """The controller journaled the job as completed."""
     return any(
@@ -89,7 +97,8 @@ class RecordingLink(ControllerLink):
 
 class PaneApp(App[None]):
     """One pane and the footer on ``link``; with a ``ControllerLink`` the app runs it and is its listener, as
-    ``CellApp`` is (the real app has the header and tabs)."""
+    ``CellApp`` is (the real app has the header and tabs). Nothing reaches the pane once the app stops
+    running: the link may report until its worker is cancelled, while the pane's widgets are taken down."""
 
     def __init__(self, make: Callable[[Link], Pane], link: Link) -> None:
         super().__init__()
@@ -110,21 +119,13 @@ class PaneApp(App[None]):
         """Nothing to show: the tests wait for ``link.connected``."""
 
     def link_status(self, status: dict[str, Any]) -> None:
-        if self._mounted():
+        if self.is_running:
             self.statuses += 1
             self.pane.show(status)
 
     def link_event(self, push: dict[str, Any]) -> None:
-        if self._mounted():
+        if self.is_running:
             self.pane.event(push)
-
-    def _mounted(self) -> bool:
-        """False while the app is closing (the link may report until its worker is cancelled)."""
-        try:
-            self.query_one(Pane)
-        except NoMatches:
-            return False
-        return True
 
 
 def linked(app: PaneApp) -> bool:

@@ -8,22 +8,18 @@ from textual.widgets import DataTable, Input, Static
 
 from cellctl.api.client import ControlClient
 from cellctl.core.events import OperatorAction
-from cellctl.engine import OrderRequest, State
+from cellctl.engine import OrderRequest
 from cellctl.tui.link import ControllerLink
 from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal
-from tests.integration.test_api import WAIT_S, Cell
-from tests.tui.conftest import PaneApp, completed, linked, notes, until
+from tests.integration.test_api import Cell
+from tests.tui.conftest import PaneApp, completed, linked, notes, start_order, until
 
 STEP = "operator:load_fabric"
 
 
 async def start_tromso(cell: Cell) -> str:
     """A tromso order started on a cell set up for nothing: its changeover will wait for the roll."""
-    job = await cell.engine.submit(OrderRequest("SO-4711", "tromso", 1), by="mes")
-    await cell.engine.command("reset", by="op")
-    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
-    await cell.engine.command("start", by="op")
-    return job.job_id
+    return await start_order(cell, OrderRequest("SO-4711", "tromso", 1))
 
 
 def refusal(app: PaneApp) -> str:

@@ -16,7 +16,7 @@ from cellctl.tui.panes.orders import NewOrderForm, OrdersPane
 from cellctl.tui.widgets.confirm import ConfirmModal
 from tests.integration.test_api import WAIT_S, Cell
 from tests.tui.canned import STATUS
-from tests.tui.conftest import PaneApp, linked, notes, until
+from tests.tui.conftest import PaneApp, linked, notes, start_order, until
 from tests.tui.fakes import FakeLink
 
 
@@ -46,8 +46,15 @@ async def queue_of(cell: Cell, variants: list[str]) -> list[str]:
     return ids
 
 
-async def type_text(pilot: Pilot[Any], text: str) -> None:
-    await pilot.press(*text)
+async def fill_form(pilot: Pilot[Any], app: PaneApp, *fields: str) -> None:
+    """Open the new-order form, type ``fields`` into its inputs in turn (Tab between) and press Enter."""
+    await pilot.press("n")
+    await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
+    for n, text in enumerate(fields):
+        if n:
+            await pilot.press("tab")
+        await pilot.press(*text)
+    await pilot.press("enter")
 
 
 async def started(pilot: Pilot[Any], app: PaneApp, jobs: int) -> None:
@@ -60,16 +67,7 @@ async def test_a_new_order_through_the_form_is_queued(cell: Cell) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 0)
         # When the operator opens the form, fills it in and presses Enter
-        await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
-        await type_text(pilot, "SO-7")
-        await pilot.press("tab")
-        await type_text(pilot, "oslo")
-        await pilot.press("tab")
-        await type_text(pilot, "3")
-        await pilot.press("tab")
-        await type_text(pilot, "staple_pitch=12")
-        await pilot.press("enter")
+        await fill_form(pilot, app, "SO-7", "oslo", "3", "staple_pitch=12")
 
         # Then the form closes and the order is queued in the controller and in the table
         await until(pilot, lambda: not isinstance(app.screen, NewOrderForm), "the form to close")
@@ -90,14 +88,7 @@ async def test_a_refused_order_is_shown_in_the_form_which_stays_open(cell: Cell)
     app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 0)
-        await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
-        await type_text(pilot, "SO-8")
-        await pilot.press("tab")
-        await type_text(pilot, "narvik")
-        await pilot.press("tab")
-        await type_text(pilot, "1")
-        await pilot.press("enter")
+        await fill_form(pilot, app, "SO-8", "narvik", "1")
 
         # Then the controller's refusal is shown in the form and as a notification; nothing is queued
         form = app.screen
@@ -116,12 +107,7 @@ async def test_a_form_with_no_quantity_is_not_sent(cell: Cell) -> None:
     app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 0)
-        await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
-        await type_text(pilot, "SO-9")
-        await pilot.press("tab")
-        await type_text(pilot, "oslo")
-        await pilot.press("enter")
+        await fill_form(pilot, app, "SO-9", "oslo")
         form = app.screen
         await until(pilot, lambda: "quantity" in str(form.query_one("#error", Static).render()), "error")
     assert actions(cell) == []
@@ -219,15 +205,12 @@ async def test_a_refused_proposal_shows_the_controllers_reason() -> None:
 
 async def test_cancelling_the_job_in_production_shows_the_refusal(cell: Cell) -> None:
     # Given a long job in production (shown first, with the running mark)
-    job = await cell.engine.submit(OrderRequest("PO-1", "oslo", 100_000), by="mes")
-    await cell.engine.command("reset", by="op")
-    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
-    await cell.engine.command("start", by="op")
+    job_id = await start_order(cell, OrderRequest("PO-1", "oslo", 100_000))
     await cell.engine.wait_for(State.EXECUTE, timeout=WAIT_S)
     app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 1)
-        assert table_jobs(app) == [job.job_id]
+        assert table_jobs(app) == [job_id]
 
         # When the operator cancels it, then the controller's refusal is shown and it goes on
         await pilot.press("d")
@@ -237,6 +220,6 @@ async def test_cancelling_the_job_in_production_shows_the_refusal(cell: Cell) ->
         await until(pilot, lambda: bool(notes(app)), "the refusal")
         (shown,) = notes(app)
         assert shown.startswith("cancel refused: job_error:") and "in production" in shown
-        assert cell.engine.job(job.job_id).status is JobStatus.STARTED
+        assert cell.engine.job(job_id).status is JobStatus.STARTED
         await cell.engine.command("stop", by="op")
     assert actions(cell) == [("cancel", False)]

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
-from cellctl.engine import OrderRequest, State
+from cellctl.engine import OrderRequest
 from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.schema.recipe import SpcConfig
 from cellctl.tui.panes.quality import QualityPane
 from cellctl.tui.widgets.control_chart import OUT_OF_CONTROL, ControlChart
-from tests.integration.test_api import WAIT_S, Cell, serving
+from tests.integration.test_api import Cell, serving
 from tests.softcell import soft_cell
-from tests.tui.conftest import PaneApp, RecordingLink, completed, linked, notes, until
+from tests.tui.conftest import PaneApp, RecordingLink, completed, linked, notes, start_order, until
 from tests.unit.test_engine_spc import DRIFT, STEADY, widths
 
 PARTS = len(STEADY + DRIFT)
@@ -43,11 +43,7 @@ async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
 
 
 async def make_parts(cell: Cell) -> str:
-    job = await cell.engine.submit(OrderRequest("PO-1", "oslo", PARTS), by="mes")
-    await cell.engine.command("reset", by="op")
-    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
-    await cell.engine.command("start", by="op")
-    return job.job_id
+    return await start_order(cell, OrderRequest("PO-1", "oslo", PARTS))
 
 
 def chart_text(app: PaneApp) -> str:
