@@ -15,6 +15,7 @@ from cellctl.tui.pane import Outcome
 from cellctl.tui.panes.orders import NewOrderForm, OrdersPane
 from cellctl.tui.widgets.confirm import ConfirmModal
 from tests.integration.test_api import WAIT_S, Cell
+from tests.integration.test_api_reorder import queue_of
 from tests.tui.canned import STATUS
 from tests.tui.conftest import PaneApp, linked, notes, start_order, until
 from tests.tui.fakes import FakeLink
@@ -36,14 +37,6 @@ def queue(cell: Cell) -> list[str]:
 def table_jobs(app: PaneApp) -> list[str]:
     table = app.pane.query_one("#queue", DataTable)
     return [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
-
-
-async def queue_of(cell: Cell, variants: list[str]) -> list[str]:
-    ids = []
-    for n, variant in enumerate(variants, start=1):
-        job = await cell.engine.submit(OrderRequest(f"PO-{n}", variant, 1), by="mes")
-        ids.append(job.job_id)
-    return ids
 
 
 async def fill_form(pilot: Pilot[Any], app: PaneApp, *fields: str) -> None:
