@@ -1,7 +1,9 @@
-"""Small text helpers the TUI's header and panes share: percentages, times, severities, the lease holder."""
+"""Small text helpers the TUI's header and panes share: numbers, percentages, times, severities, the lease
+holder."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -20,6 +22,13 @@ def pct(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{100.0 * value:.1f} %"
     return "-"
+
+
+def num(value: object, fmt: str) -> str:
+    """A finite number in ``fmt`` (``.2f``, ``d``...); ``-`` when absent or not finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    return format(value, fmt)
 
 
 def clock(ts: object) -> str:

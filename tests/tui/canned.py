@@ -1,5 +1,6 @@
 """Canned, time-free controller replies for the FakeLink: a cell producing oslo seats with a queue and a
-proposal, the same cell waiting for a person during a changeover to tromso, and a control chart."""
+proposal, the same cell waiting for a person during a changeover to tromso, a control chart, an idle cell, a
+cell held by an alarm, and the devices view."""
 
 from __future__ import annotations
 
@@ -104,6 +105,17 @@ def _step(step_id: str, kind: str, device: str, expected: float, **more: Any) ->
 
 CHANGEOVER_STARTED = T0 - 52.0
 
+PROMPT: dict[str, Any] = {
+    "changeover": "CO-0042",
+    "step": "operator:load_fabric",
+    "device": "stapler",
+    "kind": "operator_step",
+    "instruction": "Load the wide fabric roll on the stapler's cover feeder",
+    "evidence": "scan the roll label",
+    "since": T0 - 10.0,
+}
+"""The fabric roll's step waiting for a person (the status's ``prompts``)."""
+
 WAITING: dict[str, Any] = {
     **STATUS,
     "mode": "changeover",
@@ -138,17 +150,7 @@ WAITING: dict[str, Any] = {
             _step("robot1:robot_program", "robot_program", "robot1", 0.5, external=True),
         ],
     },
-    "prompts": [
-        {
-            "changeover": "CO-0042",
-            "step": "operator:load_fabric",
-            "device": "stapler",
-            "kind": "operator_step",
-            "instruction": "Load the wide fabric roll on the stapler's cover feeder",
-            "evidence": "scan the roll label",
-            "since": T0 - 10.0,
-        }
-    ],
+    "prompts": [PROMPT],
 }
 """A changeover oslo -> tromso: six steps done, the fabric roll waits for a person; 52 s into 40 s planned."""
 
@@ -194,3 +196,103 @@ CHART: dict[str, Any] = {
     "last_violation": None,
 }
 """The chart of oslo/seat_width: 40 parts, limits from the first 25; P-0031 out of spec, P-0038 rule 3."""
+
+
+IDLE: dict[str, Any] = {
+    "cell": "cell3",
+    "state": "Idle",
+    "state_no": 4,
+    "since": 0.0,
+    "mode": "production",
+    "allowed_commands": ["start", "stop", "abort"],
+    "current_job": None,
+    "queue": [],
+    "variant": "oslo",
+    "changeover": None,
+    "counters": {"parts": 0, "good": 0, "bad": 0, "invalid": 0},
+    "reason": "",
+    "proposed_order": None,
+    "prompts": [],
+    "qualification": None,
+    "recovery": None,
+    "oee": None,
+    "alarms": [],
+    "spc": [],
+    "store": None,
+    "lease": None,
+}
+
+HELD_WITH_ALARM: dict[str, Any] = IDLE | {
+    "state": "Held",
+    "state_no": 10,
+    "allowed_commands": ["unhold", "stop", "abort"],
+    "current_job": {
+        "job_id": "4eae567c62bd",
+        "order_id": "SO-4711",
+        "variant": "oslo",
+        "quantity": 40,
+        "produced": 17,
+        "good": 16,
+        "bad": 1,
+        "invalid": 0,
+        "status": "running",
+    },
+    "queue": [{"job_id": "9b1c", "order_id": "SO-4712", "variant": "bergen", "quantity": 10}],
+    "counters": {"parts": 17, "good": 16, "bad": 1, "invalid": 0},
+    "reason": "interlock guard_door: guard door open",
+    "oee": {
+        "window": {"name": "early 2026-11-28"},
+        "oee": 0.612,
+        "availability": 0.78,
+        "performance": 0.83,
+        "quality": 0.941,
+    },
+    "alarms": [
+        {
+            "id": "interlock:guard_door",
+            "severity": "critical",
+            "source": "safety.guard_closed",
+            "message": "guard door open",
+            "raised_ts": 1795816294.0,
+            "active": True,
+            "cleared_ts": None,
+            "acked_by": None,
+            "acked_ts": None,
+        },
+        {
+            "id": "spc:width_mm",
+            "severity": "warning",
+            "source": "spc",
+            "message": "7 points above the centre line",
+            "raised_ts": 1795816200.0,
+            "active": False,
+            "cleared_ts": 1795816250.0,
+            "acked_by": None,
+            "acked_ts": None,
+        },
+    ],
+    "lease": {"user": "anna", "role": "operator", "since": 1795816000.0, "connection": 7},
+}
+
+
+DEVICES: list[dict[str, Any]] = [
+    {
+        "device": "robot1",
+        "protocol": "opcua",
+        "state": "up",
+        "state_for_s": 3600.0,
+        "error": "",
+        "tags": [
+            {"tag": "program", "value": "oslo_seat", "quality": "good", "age_s": 0.2},
+            {"tag": "busy", "value": False, "quality": "good", "age_s": 0.2},
+        ],
+    },
+    {
+        "device": "gauge",
+        "protocol": "modbus",
+        "state": "down",
+        "state_for_s": 12.0,
+        "error": "connection refused",
+        "tags": [{"tag": "width_mm", "value": None, "quality": "bad", "age_s": 12.0}],
+    },
+]

@@ -10,18 +10,9 @@ from textual.widgets import TabbedContent
 from cellctl.tui.app import CellApp
 from cellctl.tui.pane import Pane
 from cellctl.tui.panes import PANES, TAB_ORDER
+from tests.tui.canned import IDLE, PROMPT
 from tests.tui.conftest import SIZE, notes, until
-from tests.tui.fakes import IDLE, FakeLink
-
-PROMPT = {
-    "changeover": "co-1",
-    "step": "operator:load_fabric",
-    "device": "stapler",
-    "kind": "operator_step",
-    "instruction": "Load the wide fabric roll on the stapler's cover feeder",
-    "evidence": "scan the roll label",
-    "since": 0.0,
-}
+from tests.tui.fakes import FakeLink
 
 
 class ChangeoverStandIn(Pane):
@@ -92,5 +83,5 @@ async def test_l_takes_control_when_another_or_nobody_has_it_and_releases_it_whe
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             await pilot.press("l")
-            await until(pilot, lambda link=link: bool(link.requests), "the lease request")
-        assert link.requests == [("lease", {"action": action})], lease
+            await until(pilot, lambda link=link: bool(link.sent), "the lease request")
+        assert link.sent == [("lease", {"action": action})], lease

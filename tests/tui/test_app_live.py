@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, TabbedContent
 
 from cellctl.api.client import ControlClient
@@ -39,6 +40,20 @@ def commands(live: Live) -> list[tuple[str, bool]]:
 def alarm(app: CellApp, alarm_id: str) -> dict[str, Any] | None:
     status = app.link.status or {}
     return next((a for a in status.get("alarms") or () if a.get("id") == alarm_id), None)
+
+
+async def press_estop(pilot: Pilot[None], app: CellApp, live: Live) -> None:
+    """Press the e-stop and wait for its alarm in the status."""
+    live.devices["safety"].set("estop_ok", False)
+    await until(pilot, lambda: alarm(app, "estop") is not None, "the e-stop alarm")
+
+
+async def estop_selected(pilot: Pilot[None], app: CellApp) -> AlarmsPane:
+    """Show the Alarms tab and wait for the e-stop alarm to be the selected row."""
+    await pilot.press("5")
+    pane = app.query_one(AlarmsPane)
+    await until(pilot, lambda: pane.selected == "estop", "the alarm in the table")
+    return pane
 
 
 async def queue_long_order(live: Live) -> None:
@@ -102,8 +117,7 @@ async def test_a_refused_reset_is_shown_and_the_estop_alarm_is_acknowledged_from
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: state(app) == "Stopped", "the first status")
         # Given the e-stop pressed on a stopped cell (it stays Stopped, with a critical alarm)
-        live.devices["safety"].set("estop_ok", False)
-        await until(pilot, lambda: alarm(app, "estop") is not None, "the e-stop alarm")
+        await press_estop(pilot, app, live)
 
         # When Reset is pressed while the e-stop is still pressed, then the refusal is shown
         await pilot.press("r")
@@ -112,9 +126,7 @@ async def test_a_refused_reset_is_shown_and_the_estop_alarm_is_acknowledged_from
         assert state(app) == "Stopped"
 
         # When the operator acknowledges the e-stop alarm on the Alarms tab, then it is acknowledged by them
-        await pilot.press("5")
-        pane = app.query_one(AlarmsPane)
-        await until(pilot, lambda: pane.selected == "estop", "the alarm in the table")
+        pane = await estop_selected(pilot, app)
         assert app.focused is pane.query_one(DataTable)
         await pilot.press("a")
         await until(pilot, lambda: (alarm(app, "estop") or {}).get("acked_by") is not None, "the ack")
@@ -128,11 +140,8 @@ async def test_enter_on_an_alarm_acknowledges_it_and_a_second_ack_is_refused_and
     app = tui(live)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: state(app) == "Stopped", "the first status")
-        live.devices["safety"].set("estop_ok", False)
-        await until(pilot, lambda: alarm(app, "estop") is not None, "the e-stop alarm")
-        await pilot.press("5")
-        pane = app.query_one(AlarmsPane)
-        await until(pilot, lambda: pane.selected == "estop", "the alarm in the table")
+        await press_estop(pilot, app, live)
+        await estop_selected(pilot, app)
         await pilot.press("enter")
         await until(pilot, lambda: (alarm(app, "estop") or {}).get("acked_by") is not None, "the ack")
 

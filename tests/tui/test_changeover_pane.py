@@ -4,58 +4,34 @@ changeover and the job (the same story as tests/integration/test_api_operator_st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from textual.widgets import DataTable, Input, Static
 
 from cellctl.api.client import ControlClient
-from cellctl.core.events import JobEvent, JobStatus, OperatorAction
-from cellctl.engine import OrderRequest, State
-from cellctl.schema.load import load_config
+from cellctl.core.events import OperatorAction
+from cellctl.engine import OrderRequest
+from cellctl.tui.link import ControllerLink
 from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal
-from tests.integration.test_api import WAIT_S, Cell, serving
-from tests.softcell import soft_cell
-from tests.tui._link import PaneApp, SocketLink, notifications, until
+from tests.integration.test_api import Cell
+from tests.tui.conftest import PaneApp, completed, linked, notes, start_order, until
 
 STEP = "operator:load_fabric"
 
 
-@pytest.fixture
-async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
-    config = load_config(config_dir)
-    async with serving(config, soft_cell(config.cell), tmp_path) as cell:
-        yield cell
-
-
 async def start_tromso(cell: Cell) -> str:
     """A tromso order started on a cell set up for nothing: its changeover will wait for the roll."""
-    job = await cell.engine.submit(OrderRequest("SO-4711", "tromso", 1), by="mes")
-    await cell.engine.command("reset", by="op")
-    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
-    await cell.engine.command("start", by="op")
-    return job.job_id
+    return await start_order(cell, OrderRequest("SO-4711", "tromso", 1))
 
 
 def refusal(app: PaneApp) -> str:
     return str(app.screen.query_one("#refusal", Static).render())
 
 
-def completed(cell: Cell, job_id: str) -> bool:
-    return any(
-        isinstance(e, JobEvent) and e.job_id == job_id and e.status is JobStatus.COMPLETED
-        for e in cell.sink.events
-    )
-
-
 async def test_the_operator_step_modal_refuses_a_wrong_scan_and_the_right_one_completes_the_job(
     cell: Cell,
 ) -> None:
-    app = PaneApp(ChangeoverPane, SocketLink(cell.path))
+    app = PaneApp(ChangeoverPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink)
-        await until(pilot, app.link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         job_id = await start_tromso(cell)
 
         # When the changeover reaches the person's step, then the modal says what to do and what to scan
@@ -74,14 +50,14 @@ async def test_the_operator_step_modal_refuses_a_wrong_scan_and_the_right_one_co
         await until(pilot, lambda: "does not match" in refusal(app), "the refusal in the modal")
         assert app.screen is modal
         assert modal.query_one("#evidence", Input).value == ""
-        assert any(n.startswith("confirm refused: confirm_refused") for n in notifications(app))
+        assert any(n.startswith("confirm refused: confirm_refused") for n in notes(app))
         assert [p.step for p in cell.engine.status().prompts] == [STEP]
 
         # When the right roll is scanned, then the modal closes and the job is made
         await pilot.press(*"FAB-TROMSO", "enter")
         await until(pilot, lambda: not isinstance(app.screen, OperatorStepModal), "the modal to close")
         await until(pilot, lambda: completed(cell, job_id), "the job to complete")
-        assert any(f"step {STEP} confirmed" in n for n in notifications(app))
+        assert any(f"step {STEP} confirmed" in n for n in notes(app))
 
     confirms = [e for e in cell.sink.events if isinstance(e, OperatorAction) and e.action == "confirm"]
     assert [(c.accepted, c.args["step"], c.args["evidence"]) for c in confirms] == [
@@ -91,10 +67,9 @@ async def test_the_operator_step_modal_refuses_a_wrong_scan_and_the_right_one_co
 
 
 async def test_escape_hides_the_modal_once_and_e_brings_it_back(cell: Cell) -> None:
-    app = PaneApp(ChangeoverPane, SocketLink(cell.path))
+    app = PaneApp(ChangeoverPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink)
-        await until(pilot, app.link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         await start_tromso(cell)
         await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the operator step modal")
 
@@ -103,7 +78,9 @@ async def test_escape_hides_the_modal_once_and_e_brings_it_back(cell: Cell) -> N
         await until(pilot, lambda: not isinstance(app.screen, OperatorStepModal), "the modal hidden")
         waiting = str(app.pane.query_one("#waiting", Static).render())
         assert STEP in waiting
-        await app.link.refresh()
+        shown = app.statuses
+        assert (await app.link.request("hello")).ok  # a request the link follows with a fresh status
+        await until(pilot, lambda: app.statuses > shown, "another status")
         await pilot.pause()
         assert not isinstance(app.screen, OperatorStepModal)
 
@@ -116,10 +93,9 @@ async def test_escape_hides_the_modal_once_and_e_brings_it_back(cell: Cell) -> N
 
 
 async def test_a_step_confirmed_elsewhere_closes_the_modal(cell: Cell) -> None:
-    app = PaneApp(ChangeoverPane, SocketLink(cell.path))
+    app = PaneApp(ChangeoverPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink)
-        await until(pilot, app.link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         await start_tromso(cell)
         await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the operator step modal")
 
@@ -132,11 +108,10 @@ async def test_a_step_confirmed_elsewhere_closes_the_modal(cell: Cell) -> None:
 
 
 async def test_e_without_a_waiting_step_says_so(cell: Cell) -> None:
-    app = PaneApp(ChangeoverPane, SocketLink(cell.path))
+    app = PaneApp(ChangeoverPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink)
-        await until(pilot, app.link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         await pilot.press("e")
-        await until(pilot, lambda: bool(notifications(app)), "a notification")
-        assert notifications(app) == [": No step is waiting for a person"]
+        await until(pilot, lambda: bool(notes(app)), "a notification")
+        assert notes(app) == [": No step is waiting for a person"]
         assert "No changeover running" in str(app.pane.query_one("#head", Static).render())

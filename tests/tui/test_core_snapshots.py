@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from cellctl.tui.app import CellApp
-from tests.tui.fakes import HELD_WITH_ALARM, IDLE, FakeLink
+from tests.tui.canned import HELD_WITH_ALARM, IDLE
+from tests.tui.conftest import SIZE, SnapCompare
+from tests.tui.fakes import FakeLink
 
-SnapCompare = Callable[..., bool]
-
-
-@pytest.fixture(autouse=True)
-def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Times are shown in local time: pin it so the screenshots do not depend on the machine."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 def app(status: dict[str, Any]) -> CellApp:
@@ -29,16 +19,16 @@ def app(status: dict[str, Any]) -> CellApp:
 
 
 def test_idle(snap_compare: SnapCompare) -> None:
-    assert snap_compare(app(IDLE), terminal_size=(80, 24))
+    assert snap_compare(app(IDLE), terminal_size=SIZE)
 
 
 def test_held_with_an_alarm(snap_compare: SnapCompare) -> None:
-    assert snap_compare(app(HELD_WITH_ALARM), terminal_size=(80, 24))
+    assert snap_compare(app(HELD_WITH_ALARM), terminal_size=SIZE)
 
 
 def test_held_with_an_alarm_on_the_alarms_tab(snap_compare: SnapCompare) -> None:
-    assert snap_compare(app(HELD_WITH_ALARM), press=["5"], terminal_size=(80, 24))
+    assert snap_compare(app(HELD_WITH_ALARM), press=["5"], terminal_size=SIZE)
 
 
 def test_abort_asks_first(snap_compare: SnapCompare) -> None:
-    assert snap_compare(app(HELD_WITH_ALARM), press=["x"], terminal_size=(80, 24))
+    assert snap_compare(app(HELD_WITH_ALARM), press=["x"], terminal_size=SIZE)

@@ -3,31 +3,22 @@ order through the form, reorder, cancel and the scheduler's proposal by key; ref
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from cellctl.core.events import JobStatus, OperatorAction
 from cellctl.engine import OrderRequest, State
-from cellctl.schema.load import load_config
+from cellctl.tui.link import ControllerLink
 from cellctl.tui.pane import Outcome
 from cellctl.tui.panes.orders import NewOrderForm, OrdersPane
 from cellctl.tui.widgets.confirm import ConfirmModal
-from tests.integration.test_api import WAIT_S, Cell, serving
-from tests.softcell import soft_cell
-from tests.tui._link import FakeLink, PaneApp, SocketLink, notifications, until
+from tests.integration.test_api import WAIT_S, Cell
+from tests.integration.test_api_reorder import queue_of
 from tests.tui.canned import STATUS
-
-
-@pytest.fixture
-async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
-    config = load_config(config_dir)
-    async with serving(config, soft_cell(config.cell), tmp_path) as cell:
-        yield cell
+from tests.tui.conftest import PaneApp, linked, notes, start_order, until
+from tests.tui.fakes import FakeLink
 
 
 def actions(cell: Cell) -> list[tuple[str, bool]]:
@@ -48,39 +39,28 @@ def table_jobs(app: PaneApp) -> list[str]:
     return [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
 
 
-async def queue_of(cell: Cell, variants: list[str]) -> list[str]:
-    ids = []
-    for n, variant in enumerate(variants, start=1):
-        job = await cell.engine.submit(OrderRequest(f"PO-{n}", variant, 1), by="mes")
-        ids.append(job.job_id)
-    return ids
-
-
-async def type_text(pilot: Pilot[Any], text: str) -> None:
-    await pilot.press(*text)
+async def fill_form(pilot: Pilot[Any], app: PaneApp, *fields: str) -> None:
+    """Open the new-order form, type ``fields`` into its inputs in turn (Tab between) and press Enter."""
+    await pilot.press("n")
+    await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
+    for n, text in enumerate(fields):
+        if n:
+            await pilot.press("tab")
+        await pilot.press(*text)
+    await pilot.press("enter")
 
 
 async def started(pilot: Pilot[Any], app: PaneApp, jobs: int) -> None:
-    assert isinstance(app.link, SocketLink)
-    await until(pilot, app.link.ready.is_set, "the link")
+    await until(pilot, lambda: linked(app), "the link")
     await until(pilot, lambda: len(table_jobs(app)) == jobs, f"{jobs} rows in the queue table")
 
 
 async def test_a_new_order_through_the_form_is_queued(cell: Cell) -> None:
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 0)
         # When the operator opens the form, fills it in and presses Enter
-        await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
-        await type_text(pilot, "SO-7")
-        await pilot.press("tab")
-        await type_text(pilot, "oslo")
-        await pilot.press("tab")
-        await type_text(pilot, "3")
-        await pilot.press("tab")
-        await type_text(pilot, "staple_pitch=12")
-        await pilot.press("enter")
+        await fill_form(pilot, app, "SO-7", "oslo", "3", "staple_pitch=12")
 
         # Then the form closes and the order is queued in the controller and in the table
         await until(pilot, lambda: not isinstance(app.screen, NewOrderForm), "the form to close")
@@ -93,29 +73,22 @@ async def test_a_new_order_through_the_form_is_queued(cell: Cell) -> None:
             {"staple_pitch": 12.0},
         )
         assert table_jobs(app) == [job.job_id]
-        assert any("SO-7 queued" in n for n in notifications(app))
+        assert any("SO-7 queued" in n for n in notes(app))
     assert actions(cell) == [("submit", True)]
 
 
 async def test_a_refused_order_is_shown_in_the_form_which_stays_open(cell: Cell) -> None:
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 0)
-        await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
-        await type_text(pilot, "SO-8")
-        await pilot.press("tab")
-        await type_text(pilot, "narvik")
-        await pilot.press("tab")
-        await type_text(pilot, "1")
-        await pilot.press("enter")
+        await fill_form(pilot, app, "SO-8", "narvik", "1")
 
         # Then the controller's refusal is shown in the form and as a notification; nothing is queued
         form = app.screen
         await until(pilot, lambda: "refused" in str(form.query_one("#error", Static).render()), "refusal")
         assert isinstance(app.screen, NewOrderForm)
         assert "job_error" in str(form.query_one("#error", Static).render())
-        assert any(n.startswith("submit refused: job_error") for n in notifications(app))
+        assert any(n.startswith("submit refused: job_error") for n in notes(app))
         assert queue(cell) == []
         # And Esc closes it without sending anything more
         await pilot.press("escape")
@@ -124,15 +97,10 @@ async def test_a_refused_order_is_shown_in_the_form_which_stays_open(cell: Cell)
 
 
 async def test_a_form_with_no_quantity_is_not_sent(cell: Cell) -> None:
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 0)
-        await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
-        await type_text(pilot, "SO-9")
-        await pilot.press("tab")
-        await type_text(pilot, "oslo")
-        await pilot.press("enter")
+        await fill_form(pilot, app, "SO-9", "oslo")
         form = app.screen
         await until(pilot, lambda: "quantity" in str(form.query_one("#error", Static).render()), "error")
     assert actions(cell) == []
@@ -140,7 +108,7 @@ async def test_a_form_with_no_quantity_is_not_sent(cell: Cell) -> None:
 
 async def test_shift_down_moves_the_selected_job_down_one_place(cell: Cell) -> None:
     first, second, third = await queue_of(cell, ["oslo", "oslo", "oslo"])
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 3)
         # When the operator moves the first job down
@@ -155,13 +123,13 @@ async def test_shift_down_moves_the_selected_job_down_one_place(cell: Cell) -> N
         await until(pilot, lambda: table_jobs(app) == [second, third, first], "moved again")
         # When it is moved down once more, then nothing is sent and the operator is told
         await pilot.press("shift+down")
-        await until(pilot, lambda: any("already last" in n for n in notifications(app)), "warning")
+        await until(pilot, lambda: any("already last" in n for n in notes(app)), "warning")
     assert actions(cell) == [("reorder", True), ("reorder", True)]
 
 
 async def test_d_asks_then_cancels_the_selected_job(cell: Cell) -> None:
     first, second = await queue_of(cell, ["oslo", "bergen"])
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 2)
         await pilot.press("down", "d")
@@ -186,7 +154,7 @@ async def test_p_applies_the_schedulers_proposal(cell: Cell) -> None:
     await queue_of(cell, ["oslo", "bergen", "oslo", "bergen"])
     proposed = cell.engine.status().proposed_order
     assert proposed is not None
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 4)
         proposal = app.pane.query_one("#proposal", Static)
@@ -204,13 +172,13 @@ async def test_p_applies_the_schedulers_proposal(cell: Cell) -> None:
 async def test_p_with_the_queue_in_the_proposed_order_says_so(cell: Cell) -> None:
     # Given one queued job: the scheduler's order is the queue's
     await queue_of(cell, ["oslo"])
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 1)
         assert "none" in str(app.pane.query_one("#proposal", Static).render())
         await pilot.press("p")
-        await until(pilot, lambda: bool(notifications(app)), "a notification")
-        assert notifications(app) == [": the queue was in the proposed order already"]
+        await until(pilot, lambda: bool(notes(app)), "a notification")
+        assert notes(app) == [": the queue was in the proposed order already"]
     assert actions(cell) == [("apply_proposal", True)]
 
 
@@ -221,8 +189,8 @@ async def test_a_refused_proposal_shows_the_controllers_reason() -> None:
     app = PaneApp(OrdersPane, link)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("p")
-        await until(pilot, lambda: bool(notifications(app)), "a notification")
-        assert notifications(app) == [
+        await until(pilot, lambda: bool(notes(app)), "a notification")
+        assert notes(app) == [
             "apply_proposal refused: job_error: the scheduler has no proposed order for this queue"
         ]
     assert link.sent == [("apply_proposal", {})]
@@ -230,24 +198,21 @@ async def test_a_refused_proposal_shows_the_controllers_reason() -> None:
 
 async def test_cancelling_the_job_in_production_shows_the_refusal(cell: Cell) -> None:
     # Given a long job in production (shown first, with the running mark)
-    job = await cell.engine.submit(OrderRequest("PO-1", "oslo", 100_000), by="mes")
-    await cell.engine.command("reset", by="op")
-    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
-    await cell.engine.command("start", by="op")
+    job_id = await start_order(cell, OrderRequest("PO-1", "oslo", 100_000))
     await cell.engine.wait_for(State.EXECUTE, timeout=WAIT_S)
-    app = PaneApp(OrdersPane, SocketLink(cell.path))
+    app = PaneApp(OrdersPane, ControllerLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 1)
-        assert table_jobs(app) == [job.job_id]
+        assert table_jobs(app) == [job_id]
 
         # When the operator cancels it, then the controller's refusal is shown and it goes on
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the question")
         assert "running job" in str(app.screen.query_one("#question", Static).render())
         await pilot.press("y")
-        await until(pilot, lambda: bool(notifications(app)), "the refusal")
-        (shown,) = notifications(app)
+        await until(pilot, lambda: bool(notes(app)), "the refusal")
+        (shown,) = notes(app)
         assert shown.startswith("cancel refused: job_error:") and "in production" in shown
-        assert cell.engine.job(job.job_id).status is JobStatus.STARTED
+        assert cell.engine.job(job_id).status is JobStatus.STARTED
         await cell.engine.command("stop", by="op")
     assert actions(cell) == [("cancel", False)]

@@ -11,8 +11,9 @@ from cellctl.tui.pane import Outcome
 from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal, seconds, short_name
 from cellctl.tui.panes.orders import parse_parameters, proposal_text, variants_seen
 from cellctl.tui.widgets.control_chart import LABEL_WIDTH, OUT_OF_CONTROL, OUT_OF_SPEC, Chart, draw
-from tests.tui._link import FakeLink, PaneApp, notifications, until
 from tests.tui.canned import CHART, STATUS, WAITING
+from tests.tui.conftest import PaneApp, notes, until
+from tests.tui.fakes import FakeLink
 
 
 def reply(values: list[float], violations: dict[int, list[int]] | None = None) -> dict[str, Any]:
@@ -118,7 +119,7 @@ async def test_a_step_in_doubt_is_confirmed_with_enter_and_no_evidence() -> None
         await pilot.press("enter")
         await until(pilot, lambda: not isinstance(app.screen, OperatorStepModal), "the modal to close")
     assert link.sent == [("confirm", {"step": "fixture:fixture_move"})]
-    assert notifications(app) == [": step fixture:fixture_move confirmed"]
+    assert notes(app) == [": step fixture:fixture_move confirmed"]
 
 
 async def test_an_empty_scan_is_not_sent() -> None:

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
-from cellctl.core.events import JobEvent, JobStatus
-from cellctl.engine import OrderRequest, State
+from cellctl.engine import OrderRequest
 from cellctl.schema.load import LoadedConfig, load_config
 from cellctl.schema.recipe import SpcConfig
 from cellctl.tui.panes.quality import QualityPane
 from cellctl.tui.widgets.control_chart import OUT_OF_CONTROL, ControlChart
-from tests.integration.test_api import WAIT_S, Cell, serving
+from tests.integration.test_api import Cell, serving
 from tests.softcell import soft_cell
-from tests.tui._link import PaneApp, SocketLink, notifications, until
+from tests.tui.conftest import PaneApp, RecordingLink, completed, linked, notes, start_order, until
 from tests.unit.test_engine_spc import DRIFT, STEADY, widths
 
 PARTS = len(STEADY + DRIFT)
@@ -44,18 +43,7 @@ async def cell(config_dir: Path, tmp_path: Path) -> AsyncIterator[Cell]:
 
 
 async def make_parts(cell: Cell) -> str:
-    job = await cell.engine.submit(OrderRequest("PO-1", "oslo", PARTS), by="mes")
-    await cell.engine.command("reset", by="op")
-    await cell.engine.wait_for(State.IDLE, timeout=WAIT_S)
-    await cell.engine.command("start", by="op")
-    return job.job_id
-
-
-def completed(cell: Cell, job_id: str) -> bool:
-    return any(
-        isinstance(e, JobEvent) and e.job_id == job_id and e.status is JobStatus.COMPLETED
-        for e in cell.sink.events
-    )
+    return await start_order(cell, OrderRequest("PO-1", "oslo", PARTS))
 
 
 def chart_text(app: PaneApp) -> str:
@@ -63,11 +51,11 @@ def chart_text(app: PaneApp) -> str:
 
 
 async def test_the_chart_shows_the_parts_made_with_limits_and_the_rule_violation(cell: Cell) -> None:
-    app = PaneApp(QualityPane, SocketLink(cell.path))
+    app = PaneApp(QualityPane, RecordingLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink) and isinstance(app.pane, QualityPane)
+        assert isinstance(app.link, RecordingLink) and isinstance(app.pane, QualityPane)
         pane = app.pane
-        await until(pilot, app.link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         # When the cell makes the parts
         job_id = await make_parts(cell)
         await until(pilot, lambda: completed(cell, job_id), "the job")
@@ -99,11 +87,11 @@ async def test_the_chart_shows_the_parts_made_with_limits_and_the_rule_violation
 
 
 async def test_brackets_switch_the_characteristic_and_r_asks_again(cell: Cell) -> None:
-    app = PaneApp(QualityPane, SocketLink(cell.path))
+    app = PaneApp(QualityPane, RecordingLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink) and isinstance(app.pane, QualityPane)
+        assert isinstance(app.link, RecordingLink) and isinstance(app.pane, QualityPane)
         pane, link = app.pane, app.link
-        await until(pilot, link.ready.is_set, "the link")
+        await until(pilot, lambda: linked(app), "the link")
         job_id = await make_parts(cell)
         await until(pilot, lambda: completed(cell, job_id), "the job")
         await until(pilot, lambda: pane.selected == ("oslo", "seat_width"), "the first chart")
@@ -123,15 +111,15 @@ async def test_brackets_switch_the_characteristic_and_r_asks_again(cell: Cell) -
         await pilot.press("r")
         await until(pilot, lambda: len(link.sent) > asked, "asked again")
         assert link.sent[-1] == ("spc", {"variant": "oslo", "characteristic": "seat_width"})
-        assert notifications(app) == []
+        assert notes(app) == []
 
 
 async def test_before_any_part_nothing_is_charted_and_r_says_so(cell: Cell) -> None:
-    app = PaneApp(QualityPane, SocketLink(cell.path))
+    app = PaneApp(QualityPane, RecordingLink(cell.path))
     async with app.run_test(size=(80, 24)) as pilot:
-        assert isinstance(app.link, SocketLink)
-        await until(pilot, app.link.ready.is_set, "the link")
+        assert isinstance(app.link, RecordingLink)
+        await until(pilot, lambda: linked(app), "the link")
         await pilot.press("r")
-        await until(pilot, lambda: bool(notifications(app)), "a notification")
-        assert notifications(app) == [": No charted characteristic yet"]
+        await until(pilot, lambda: bool(notes(app)), "a notification")
+        assert notes(app) == [": No charted characteristic yet"]
         assert "No charted characteristic yet" in str(app.pane.query_one("#summary").render())

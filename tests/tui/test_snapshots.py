@@ -3,8 +3,7 @@ Quality) and a changeover waiting for the operator (the modal open). Update with
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,33 +12,22 @@ from cellctl.tui.pane import Link, Outcome, Pane
 from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal
 from cellctl.tui.panes.orders import OrdersPane
 from cellctl.tui.panes.quality import QualityPane
-from tests.tui._link import FakeLink, PaneApp
 from tests.tui.canned import CHANGEOVER_STARTED, CHART, STATUS, WAITING
+from tests.tui.conftest import SIZE, PaneApp, SnapCompare
+from tests.tui.fakes import FakeLink
 
-SIZE = (80, 24)
-
-Compare = Callable[..., bool]
-
-
-@pytest.fixture(autouse=True)
-def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Due times print in local time: make it UTC so the snapshot is the same everywhere."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 def app_of(make: Callable[[Link], Pane], status: dict[str, Any]) -> PaneApp:
     return PaneApp(make, FakeLink(status, {"spc": Outcome(True, CHART)}))
 
 
-def test_producing_orders(snap_compare: Compare) -> None:
+def test_producing_orders(snap_compare: SnapCompare) -> None:
     assert snap_compare(app_of(OrdersPane, STATUS), terminal_size=SIZE)
 
 
-def test_producing_quality(snap_compare: Compare) -> None:
+def test_producing_quality(snap_compare: SnapCompare) -> None:
     app = app_of(QualityPane, STATUS)
 
     async def charted(pilot: Any) -> None:
@@ -55,7 +43,7 @@ def test_producing_quality(snap_compare: Compare) -> None:
     assert snap_compare(app, terminal_size=SIZE, run_before=charted)
 
 
-def test_changeover_waiting_for_the_operator(snap_compare: Compare) -> None:
+def test_changeover_waiting_for_the_operator(snap_compare: SnapCompare) -> None:
     def at_52_s(link: Link) -> Pane:
         return ChangeoverPane(link, clock=lambda: CHANGEOVER_STARTED + 52.0)
 
@@ -68,7 +56,7 @@ def test_changeover_waiting_for_the_operator(snap_compare: Compare) -> None:
     assert snap_compare(app, terminal_size=SIZE, run_before=modal_open)
 
 
-def test_changeover_steps_behind_the_hidden_modal(snap_compare: Compare) -> None:
+def test_changeover_steps_behind_the_hidden_modal(snap_compare: SnapCompare) -> None:
     def at_52_s(link: Link) -> Pane:
         return ChangeoverPane(link, clock=lambda: CHANGEOVER_STARTED + 52.0)
 

@@ -22,6 +22,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Select, Static
 
 from cellctl.api.protocol import parse_due
+from cellctl.tui.format import num
 from cellctl.tui.pane import Link, Outcome, Pane
 from cellctl.tui.widgets.confirm import ConfirmModal
 
@@ -31,12 +32,6 @@ RUNNING_MARK = "▶"
 """The position column of the running job (shown first, above the queue; it is not part of the order)."""
 
 Send = Callable[[dict[str, Any]], Awaitable[Outcome]]
-
-
-def _num(value: object, fmt: str = ".0f") -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return "-"
-    return format(value, fmt)
 
 
 def format_due(due: object) -> str:
@@ -51,7 +46,7 @@ def _quantity(job: dict[str, Any]) -> str:
     produced = job.get("produced")
     if isinstance(produced, int) and produced and isinstance(qty, int):
         return f"{produced}/{qty}"
-    return _num(qty, "d") if isinstance(qty, int) else "-"
+    return num(qty, "d") if isinstance(qty, int) else "-"
 
 
 def job_row(position: str, job: dict[str, Any]) -> tuple[str, ...]:

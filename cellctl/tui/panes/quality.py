@@ -8,7 +8,6 @@ when the selection changes, when a part was made, or on ``r``. Verdicts come fro
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any
 
@@ -17,6 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
+from cellctl.tui.format import num
 from cellctl.tui.pane import Link, Pane
 from cellctl.tui.widgets.control_chart import OUT_OF_CONTROL, OUT_OF_SPEC, Chart, ControlChart
 
@@ -30,12 +30,6 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "invalid": "bold yellow"}
 
 Selection = tuple[str, str]
 """(variant, characteristic)."""
-
-
-def _num(value: object, fmt: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return "-"
-    return format(value, fmt)
 
 
 def charted(status: dict[str, Any]) -> list[tuple[Selection, dict[str, Any]]]:
@@ -67,9 +61,9 @@ def summary_text(
         (f" {index + 1}/{count}  ", "dim"),
         f"{summary.get('kind', '')} {summary.get('points', 0)} pts  ",
         "Cp ",
-        (_num(summary.get("cp"), ".2f"), "bold"),
+        (num(summary.get("cp"), ".2f"), "bold"),
         " Cpk ",
-        (_num(summary.get("cpk"), ".2f"), _cpk_style(summary.get("cpk"))),
+        (num(summary.get("cpk"), ".2f"), _cpk_style(summary.get("cpk"))),
     )
     last = summary.get("last_violation")
     if isinstance(last, dict):
@@ -278,7 +272,7 @@ class QualityPane(Pane):
             verdict = self._verdicts.get(label, "-")
             table.add_row(
                 Text(label),
-                Text(_num(value, ".6g"), justify="right"),
+                Text(num(value, ".6g"), justify="right"),
                 Text("in" if inside else "OUT", style="" if inside else "bold red"),
                 Text(rules or "-", style="bold red" if rules else "dim"),
                 Text(verdict, style=VERDICT_STYLE.get(verdict, "dim")),
