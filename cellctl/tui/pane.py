@@ -74,7 +74,8 @@ class Pane(Widget):
     def may(self, cmd: str, **args: Any) -> bool:
         """Whether this connection's role may send ``cmd`` (True while the role is not known yet: the
         controller decides, and a refusal is shown)."""
-        role = getattr(self.link, "role", None)
+        caller = getattr(self.link, "caller", None)  # the hello reply's caller, when the link keeps it
+        role = caller.get("role") if isinstance(caller, dict) else None
         if role not in _ROLES:
             return True
         return _ROLES.index(role) >= _ROLES.index(required_role(cmd, args))

@@ -85,3 +85,54 @@ async def test_l_takes_control_when_another_or_nobody_has_it_and_releases_it_whe
             await pilot.press("l")
             await until(pilot, lambda link=link: bool(link.sent), "the lease request")
         assert link.sent == [("lease", {"action": action})], lease
+
+
+def shown_actions(app: CellApp) -> set[str]:
+    """The actions the footer offers now (a key whose check_action says False is neither shown nor run)."""
+    return {b.binding.action for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
+
+
+async def test_a_viewer_is_offered_no_key_that_changes_the_cell_and_an_operator_is() -> None:
+    for role, offered in (("viewer", False), ("operator", True)):
+        link = FakeLink(IDLE)
+        link.caller = link.caller | {"role": role}
+        app = CellApp(link)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            actions = shown_actions(app)
+            assert ("packml('start')" in actions) is offered, (role, actions)
+            assert ("abort" in actions) is offered, (role, actions)
+            await pilot.press("2")
+            await pilot.pause()
+            assert ("new_order" in shown_actions(app)) is offered, role
+            # A key the role may not use sends nothing
+            await pilot.press("n", "escape", "1", "s")
+            await pilot.pause()
+        assert bool(link.sent and any(cmd == "command" for cmd, _ in link.sent)) is offered, (role, link.sent)
+
+
+async def test_g_signs_off_an_open_first_article_gate_after_asking_and_is_not_offered_without_one() -> None:
+    gate = {
+        "changeover_id": "c1",
+        "job_id": "j1",
+        "variant": "tromso",
+        "needed": 2,
+        "passes": 1,
+        "failures": 0,
+        "since": 0.0,
+    }
+    link = FakeLink(IDLE | {"state": "Execute", "qualification": gate})
+    app = CellApp(link)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "sign_off" in shown_actions(app)
+        await pilot.press("g")
+        await pilot.pause()
+        assert "1 of 2 passes" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await until(pilot, lambda: bool(link.sent), "the sign-off request")
+    assert [cmd for cmd, _ in link.sent] == ["sign_off"]
+    app = CellApp(FakeLink(IDLE))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "sign_off" not in shown_actions(app)
