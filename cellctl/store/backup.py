@@ -163,6 +163,8 @@ def _exclusive(store: Path) -> Iterator[None]:
             conn.execute("COMMIT")
             (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
+            if not isinstance(classify(exc, store, "lock"), StoreLocked):
+                raise classify(exc, store, "cannot take the store for the restore") from exc
             raise StoreLocked(
                 f"{store}: in use by another process ({exc}); stop the controller (and any report reading "
                 f"it) first: {StoreLocked.advice}"
