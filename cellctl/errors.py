@@ -277,6 +277,13 @@ class StoreIOError(StoreError):
     advice = "check the disk and the file system (dmesg) holding the store file; the store reopens it"
 
 
+class StoreTooNew(StoreError):
+    """The file was written by a newer cellctl (a schema version this one does not know): never opened."""
+
+    cause = "too_new"
+    advice = "install a cellctl that knows this schema version, or restore a backup made by this version"
+
+
 class OutboxFull(StoreError):
     """The outbox is at its bound and holds only records, which are never dropped: nothing was written."""
 

@@ -7,7 +7,18 @@ import sys
 from collections.abc import Sequence
 
 from cellctl import __version__
-from cellctl.cli import browse, config_cmds, ctl, demo_cmd, plan, probe, report, run_cmd, tui_cmd
+from cellctl.cli import (
+    browse,
+    config_cmds,
+    ctl,
+    demo_cmd,
+    plan,
+    probe,
+    report,
+    run_cmd,
+    store_cmds,
+    tui_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     browse.add_parser(sub)
     plan.add_parser(sub)
     report.add_parsers(sub)
+    store_cmds.add_parsers(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from cellctl.errors import (
     StoreFull,
     StoreIOError,
     StoreLocked,
+    StoreTooNew,
 )
 from cellctl.schema.cell import DEFAULT_STREAM_CLASSES, StoreConfig, StreamClass
 from cellctl.store import commands, journal, meta, orders, outbox, steps
@@ -622,6 +623,9 @@ def _connect(path: Path, synchronous: str, busy_timeout_ms: int = BUSY_TIMEOUT_M
     except sqlite3.Error as exc:
         raise classify(exc, path, "cannot open") from exc
     try:
+        # Refused before any PRAGMA that writes: a file this code must not open is left as it is.
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        check_version(conn, path)
         _configure(conn, path, synchronous, busy_timeout_ms)
         _migrate(conn, path)
     except BaseException as exc:
@@ -641,23 +645,55 @@ def _configure(conn: sqlite3.Connection, path: Path, synchronous: str, busy_time
     conn.execute("PRAGMA foreign_keys = ON")
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    with _transaction(conn):
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = int(row[0]) if row[0] is not None else 0
-    if current > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: written by a newer cellctl (schema version {current}; this one knows up to "
-            f"{SCHEMA_VERSION}); refusing to open it"
+def schema_version(conn: sqlite3.Connection) -> int | None:
+    """The file's schema version: 0 for a file without tables (new), None for a database that is not a
+    store (tables but no ``schema_version``). Reads only."""
+    (tables,) = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+    if int(tables) == 0:
+        return 0
+    known = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if known is None:
+        return None
+    (version,) = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return 0 if version is None else int(version)
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version, one this code can open (older ones are migrated); StoreTooNew for a file
+    of a newer cellctl, StoreError for a database that is not a store."""
+    version = schema_version(conn)
+    if version is None:
+        raise StoreError(f"{path}: a SQLite database but not a cellctl store (no schema_version table)")
+    if version > SCHEMA_VERSION:
+        raise StoreTooNew(
+            f"{path}: written by a newer cellctl (schema version {version}; this one knows up to "
+            f"{SCHEMA_VERSION}); refusing to open it, the file is left as it is: {StoreTooNew.advice}"
         )
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        with _transaction(conn):
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-        _log.info("store migrated", path=str(path), schema=version)
+    return version
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Take the file to SCHEMA_VERSION in ONE transaction: a failing step leaves it at its old version."""
+    with _transaction(conn):
+        # Read again under the write lock: another process may have migrated it since check_version.
+        current = check_version(conn, path)
+        if current == SCHEMA_VERSION:
+            return
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            try:
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"{path}: migrating schema version {version - 1} to {version} failed: {exc}; the file is "
+                    f"left at version {current}, unchanged"
+                ) from exc
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    _log.info("store migrated", path=str(path), schema=SCHEMA_VERSION, previous=current)
 
 
 @contextmanager
