@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from cellctl import __version__
-from cellctl.cli import browse, config_cmds, ctl, demo_cmd, plan, probe, report, run_cmd, tui_cmd
+from cellctl.cli import browse, config_cmds, ctl, demo_cmd, doctor, plan, probe, report, run_cmd, tui_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_parser(sub)
     tui_cmd.add_parser(sub)
     probe.add_parser(sub)
+    doctor.add_parser(sub)
     browse.add_parser(sub)
     plan.add_parser(sub)
     report.add_parsers(sub)
