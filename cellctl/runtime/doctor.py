@@ -310,12 +310,23 @@ def _store(loaded: LoadedConfig) -> list[Finding]:
         folder = _existing_ancestor(path.parent)
         if os.access(folder, os.W_OK | os.X_OK):
             return [Finding("store", Status.OK, f"{path}: none yet; cellctl run creates it")]
+        if folder != path.parent:
+            # Under systemd the folder is the unit's StateDirectory, made (for the service's user) at start.
+            return [
+                Finding(
+                    "store",
+                    Status.WARN,
+                    f"{path}: none yet, and neither is {path.parent}; this user could not create it",
+                    "fine under the unit (StateDirectory=cellctl makes /var/lib/cellctl at start); "
+                    "otherwise create the folder for the controller's user",
+                )
+            ]
         return [
             Finding(
                 "store",
                 Status.FAIL,
                 f"{path}: none yet, and {folder} is not writable by this user",
-                "create the folder for the controller's user (StateDirectory=cellctl makes /var/lib/cellctl)",
+                "give the controller's user write access to that folder (or point store.path elsewhere)",
             )
         ]
     try:

@@ -23,7 +23,7 @@ from cellctl.cli import build_parser
 from cellctl.cli.doctor import run_doctor_async
 from cellctl.runtime.doctor import DiskUsage, DoctorSeams, Finding, Status, diagnose
 from cellctl.schema.cell import Timeouts
-from cellctl.store.db import SCHEMA_VERSION
+from cellctl.store.db import SCHEMA_VERSION, Store
 from device_sims.harness import SimCell
 from tests.fixtures.broker import MakeBroker, Mosquitto, write_password_file
 from tests.fixtures.cellfolder import quiet_logging
@@ -241,3 +241,19 @@ async def test_a_clock_that_cannot_be_checked_warns_and_one_in_the_past_fails(
     assert [f.status for f in unsure["clock"]] == [Status.WARN]
     assert "cannot tell" in unsure["clock"][0].what
     assert [f.status for f in past["clock"]] == [Status.FAIL]
+
+
+async def test_a_store_of_this_version_is_checked_read_only_with_its_backlog(
+    sim_cell: SimCell, broker: Mosquitto, tmp_path: Path
+) -> None:
+    folder = write_cell(tmp_path / "cell", sim_cell, broker)
+    store = await Store.open(folder / "var" / "cellctl.db")
+    await store.close()
+    before = (folder / "var" / "cellctl.db").stat().st_mtime_ns
+
+    findings = by_check(await diagnose(folder, seams=HEALTHY))
+
+    assert [f.status for f in findings["store"]] == [Status.OK, Status.OK]
+    assert f"schema version {SCHEMA_VERSION}" in findings["store"][0].what
+    assert "outbox holds 0 messages" in findings["store"][1].what
+    assert (folder / "var" / "cellctl.db").stat().st_mtime_ns == before
