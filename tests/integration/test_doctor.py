@@ -6,6 +6,7 @@ seams (DoctorSeams); certificates are made in the test.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import sqlite3
@@ -257,3 +258,22 @@ async def test_a_store_of_this_version_is_checked_read_only_with_its_backlog(
     assert f"schema version {SCHEMA_VERSION}" in findings["store"][0].what
     assert "outbox holds 0 messages" in findings["store"][1].what
     assert (folder / "var" / "cellctl.db").stat().st_mtime_ns == before
+
+
+async def test_a_check_that_hangs_fails_at_the_overall_timeout_and_the_rest_still_report(
+    sim_cell: SimCell, broker: Mosquitto, tmp_path: Path
+) -> None:
+    folder = write_cell(tmp_path / "cell", sim_cell, broker)
+    never = asyncio.Event()
+
+    async def hangs() -> bool | None:
+        await never.wait()
+        return True
+
+    findings = by_check(
+        await diagnose(folder, timeout=2.0, seams=DoctorSeams(disk_usage=plenty, ntp_synchronised=hangs))
+    )
+
+    (clock,) = findings["clock"]
+    assert clock.status is Status.FAIL and "did not finish within 2 s" in clock.what
+    assert all(f.status is Status.OK for f in findings["broker"] + findings["device robot1"])
