@@ -12,6 +12,7 @@ from cellctl.cli import (
     config_cmds,
     ctl,
     demo_cmd,
+    doctor,
     plan,
     probe,
     report,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_parser(sub)
     tui_cmd.add_parser(sub)
     probe.add_parser(sub)
+    doctor.add_parser(sub)
     browse.add_parser(sub)
     plan.add_parser(sub)
     report.add_parsers(sub)

@@ -1286,6 +1286,7 @@ class Engine:
         self._log.info(
             "changeover kpi",
             changeover=kpi.changeover,
+            plan=kpi.changeover,
             total_s=fact.total_s,
             internal_s=round(fact.internal_s, 3),
             external_s=round(fact.external_s, 3),
@@ -1466,7 +1467,7 @@ class Engine:
         resumed = "" if resume is None else "resumed after an unclean stop"
         await self._record(self._changeover_event(progress, ChangeoverStatus.STARTED, reason=resumed))
         try:
-            with structlog.contextvars.bound_contextvars(changeover=progress.id):
+            with structlog.contextvars.bound_contextvars(changeover=progress.id, plan=progress.id):
                 self._log.info(
                     "changeover started", steps=len(plan.steps), planned_s=planned_s, gated=len(gates)
                 )
@@ -1476,7 +1477,7 @@ class Engine:
         except PlanHeld as held:
             # Parked: the cell is on its way to Held, Stopped or Suspended; Unhold plans again from read-back.
             await self._changeover_ended(progress, ChangeoverStatus.FAILED, reason=str(held), began=began)
-            self._log.info("changeover held", done=list(held.done), cut=list(held.cut))
+            self._log.info("changeover held", plan=progress.id, done=list(held.done), cut=list(held.cut))
             return
         except asyncio.CancelledError:
             if self._interrupt is None:
@@ -1502,7 +1503,9 @@ class Engine:
         if resume is not None:
             self._resume, self._resume_steps, self._recovery = None, {}, None
         await self._record(self._changeover_event(progress, ChangeoverStatus.COMPLETED, duration_s=duration))
-        self._log.info("changeover completed", duration_s=round(duration, 3), planned_s=planned_s)
+        self._log.info(
+            "changeover completed", plan=progress.id, duration_s=round(duration, 3), planned_s=planned_s
+        )
         await self._changed_over(job, progress.id, plan, result.durations, duration, staged, waited)
 
     async def _changeover_ended(

@@ -151,7 +151,10 @@ class Sequencer:
             finalizer_deadline_s=self._finalizer_deadline_s,
             confirm_first=confirm_first or {},
         )
-        with structlog.contextvars.bound_contextvars(changeover=changeover_id, job=job_id):
+        # `plan` is the key every log line of a changeover carries (the cell, job, plan, step).
+        with structlog.contextvars.bound_contextvars(
+            changeover=changeover_id, plan=changeover_id, job=job_id
+        ):
             return await run.execute()
 
 

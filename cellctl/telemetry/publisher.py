@@ -119,6 +119,51 @@ def default_client_id(identity: Identity) -> str:
     return "-".join(("cellctl", *levels))
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerCheck:
+    """What one trial connection to the broker found (``cellctl doctor``)."""
+
+    connected: bool
+    refused: bool
+    """The broker (or its TLS) said no: a login or certificate to fix, not a network to look at."""
+    reason: str = ""
+
+
+async def check_broker(
+    mqtt: MqttConfig, resolve_path: Callable[[str], Path], client_id: str, timeout: float
+) -> BrokerCheck:
+    """Connect once with the configured TLS and login, wait for the CONNACK, disconnect.
+
+    ``client_id`` must differ from the controller's: a broker drops the older session of a repeated id, so
+    checking with the controller's own would cut the running controller off. ConfigError when the password
+    file or the TLS files cannot be loaded (as at ``cellctl run``).
+    """
+    password = _password(mqtt, resolve_path)
+    tls = _TlsContext.build(mqtt.tls, resolve_path) if mqtt.tls is not None else None
+    client = aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        username=mqtt.username,
+        password=password,
+        identifier=client_id,
+        clean_session=True,
+        keepalive=mqtt.keepalive_s,
+        timeout=timeout,
+        tls_context=tls,
+    )
+    try:
+        async with asyncio.timeout(timeout), client:
+            pass
+    except TimeoutError:
+        return BrokerCheck(False, False, f"no answer (CONNACK) within {timeout:g} s")
+    except _LINK_ERRORS as exc:
+        refusal = _refusal(exc, tls.alert if tls is not None else None)
+        if refusal is not None:
+            return BrokerCheck(False, True, refusal)
+        return BrokerCheck(False, False, str(exc) or type(exc).__name__)
+    return BrokerCheck(True, False)
+
+
 class OutboxPublisher:
     """Outbox -> broker at QoS 1, each stream in order, ``mqtt.window`` in flight; retries forever."""
 
