@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +25,7 @@ from cellctl.core.tags import Quality, TagValue
 from cellctl.drivers import build_driver
 from cellctl.drivers.opcua_session import SessionRefused
 from cellctl.errors import CommError, ConfigError, ModbusGatewayError
+from cellctl.runtime.doctor import tcp_problem
 from cellctl.runtime.logging import configure_logging
 from cellctl.schema.cell import Access, DeviceConfig, TagConfig
 from cellctl.schema.load import LoadedConfig, format_issues, load_config
@@ -133,7 +132,7 @@ async def probe(loaded: LoadedConfig, name: str, *, timeout: float = DEFAULT_TIM
     """Connect device ``name``, wait (at most ``timeout`` s) for the link, read every tag once."""
     device = loaded.cell.devices[name]
     host, port = device.host_port
-    unreachable = await _tcp_problem(host, port, device.timeouts.connect_s)
+    unreachable = await tcp_problem(host, port, device.timeouts.connect_s)
     if unreachable:
         problem = f"cannot reach {host}:{port}: {unreachable}; check the endpoint's host and port"
         return _failed(name, device, "down", unreachable, problem, EXIT_UNREACHABLE)
@@ -164,22 +163,6 @@ async def probe(loaded: LoadedConfig, name: str, *, timeout: float = DEFAULT_TIM
         link_ms=round(link_ms, 1),
         tags=tuple(rows),
     )
-
-
-async def _tcp_problem(host: str, port: int, timeout: float) -> str:
-    """Why a TCP connection to host:port fails (empty when it opens), before any protocol is spoken."""
-    try:
-        async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_connection(host, port)
-    except TimeoutError:
-        return f"connection timed out after {timeout:g} s"
-    except OSError as exc:
-        # asyncio words it "Connect call failed (...)"; the errno says what happened.
-        return os.strerror(exc.errno) if exc.errno else str(exc)
-    writer.close()
-    with contextlib.suppress(OSError):  # the server may reset a connection that sent nothing
-        await writer.wait_closed()
-    return ""
 
 
 async def _wait_for_link(driver: Driver, timeout: float) -> Health:

@@ -508,7 +508,7 @@ async def _broker(loaded: LoadedConfig, seams: DoctorSeams, timeout: float) -> l
 async def _device(name: str, device: DeviceConfig) -> list[Finding]:
     host, port = device.host_port
     check = f"device {name}"
-    problem = await _tcp_problem(host, port, device.timeouts.connect_s)
+    problem = await tcp_problem(host, port, device.timeouts.connect_s)
     if problem:
         return [
             Finding(
@@ -522,8 +522,8 @@ async def _device(name: str, device: DeviceConfig) -> list[Finding]:
     return [Finding(check, Status.OK, f"{device.endpoint}: reachable ({device.driver})")]
 
 
-async def _tcp_problem(host: str, port: int, timeout: float) -> str:
-    """Why a TCP connection to host:port fails (empty when it opens)."""
+async def tcp_problem(host: str, port: int, timeout: float) -> str:
+    """Why a TCP connection to host:port fails (empty when it opens), before any protocol is spoken."""
     try:
         async with asyncio.timeout(timeout):
             _reader, writer = await asyncio.open_connection(host, port)

@@ -12,8 +12,8 @@ With ``CELLCTL_TUI_SCREENSHOTS=DIR`` the test also saves an SVG of each screen i
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,13 @@ from cellctl.demo import ORDER_BOOK, run_demo_for_operator
 from cellctl.schema.load import load_config
 from cellctl.tui.app import CellApp
 from cellctl.tui.link import ControllerLink
+from tests.tui.conftest import until
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 TIME_SCALE = 0.02
 WAIT_S = 60.0
+wait = functools.partial(until, timeout=WAIT_S)
+"""``until`` with room for a changeover and the whole order book."""
 SIZE = (80, 24)
 STEP = "operator:load_fabric"
 
@@ -36,19 +39,6 @@ def _roll_label() -> str:
     step = load_config(CONFIG).recipes["tromso"].operator_steps["load_fabric"]
     assert step.evidence is not None and step.evidence.expect
     return step.evidence.expect
-
-
-async def _until(pilot: Pilot[None], condition: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while not condition():
-                await pilot.pause(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-def _notes(app: CellApp) -> list[str]:
-    return [f"{n.title}: {n.message}" for n in app._notifications]
 
 
 async def test_an_operator_runs_the_demo_order_book_from_the_tui_alone() -> None:
@@ -71,29 +61,29 @@ async def test_an_operator_runs_the_demo_order_book_from_the_tui_alone() -> None
         async with app.run_test(size=SIZE) as pilot:
             # Given the cell stopped with the order book queued
             queued = len(ORDER_BOOK)
-            await _until(pilot, lambda: len(status().get("queue", [])) == queued, "the queued orders")
+            await wait(pilot, lambda: len(status().get("queue", [])) == queued, "the queued orders")
             assert status()["state"] == "Stopped"
 
             # When the operator resets and starts it from the Overview tab
             await pilot.press("1", "r")
-            await _until(pilot, lambda: status().get("state") == "Idle", "Idle after Reset")
+            await wait(pilot, lambda: status().get("state") == "Idle", "Idle after Reset")
             await pilot.press("s")
-            await _until(pilot, lambda: status().get("state") == "Execute", "Execute after Start")
-            await _until(pilot, lambda: status()["counters"]["parts"] >= 1, "the first part")
+            await wait(pilot, lambda: status().get("state") == "Execute", "Execute after Start")
+            await wait(pilot, lambda: status()["counters"]["parts"] >= 1, "the first part")
             await shot(pilot, "overview")
             await pilot.press("2")
             await pilot.pause()
             await shot(pilot, "orders")
 
             # Then the changeover to tromso waits for the fabric roll and the TUI brings its step forward
-            await _until(pilot, lambda: any(p["step"] == STEP for p in status().get("prompts", [])), STEP)
-            await _until(pilot, lambda: _modal_open(app), "the operator-step modal")
+            await wait(pilot, lambda: any(p["step"] == STEP for p in status().get("prompts", [])), STEP)
+            await wait(pilot, lambda: _modal_open(app), "the operator-step modal")
             await shot(pilot, "changeover")
 
             # When the wrong roll is scanned, then it is refused in the modal, which stays open
             await pilot.click("#evidence")
             await pilot.press(*"FAB-OSLO", "enter")
-            await _until(pilot, lambda: "does not match" in _refusal(app), "the refusal shown")
+            await wait(pilot, lambda: "does not match" in _refusal(app), "the refusal shown")
             assert _modal_open(app)
             seen["refusal"] = _refusal(app)
 
@@ -101,11 +91,11 @@ async def test_an_operator_runs_the_demo_order_book_from_the_tui_alone() -> None
             input_ = app.screen.query_one("#evidence")
             input_.value = ""  # type: ignore[attr-defined]
             await pilot.press(*label, "enter")
-            await _until(pilot, lambda: not status().get("prompts"), "the step confirmed")
-            await _until(pilot, lambda: not _modal_open(app), "the modal closed")
+            await wait(pilot, lambda: not status().get("prompts"), "the step confirmed")
+            await wait(pilot, lambda: not _modal_open(app), "the modal closed")
 
             await pilot.press("4")
-            await _until(pilot, lambda: status()["counters"]["parts"] >= 7, "tromso parts")
+            await wait(pilot, lambda: status()["counters"]["parts"] >= 7, "tromso parts")
             await shot(pilot, "quality")
             await pilot.press("6")
             await pilot.pause(1.2)  # the devices tab polls once a second
@@ -116,7 +106,7 @@ async def test_an_operator_runs_the_demo_order_book_from_the_tui_alone() -> None
 
             # Then every order of the book is made
             total = sum(o.quantity for o in ORDER_BOOK)
-            await _until(
+            await wait(
                 pilot,
                 lambda: status()["counters"]["parts"] >= total and status().get("current_job") is None,
                 "the whole order book",
