@@ -573,6 +573,18 @@ class Engine:
         """One job, queued, running or finished; JobError when there is none."""
         return self._jobs.get(job_id).view()
 
+    def set_recipes(self, recipes: Mapping[str, Recipe]) -> None:
+        """Swap the master recipes (a configuration reload): orders accepted from now on snapshot them.
+
+        A job already accepted, queued or running, keeps the snapshot it was accepted with; changeover costs
+        and SPC charts follow the new recipes, and OEE takes the new ideal cycle for parts made from now on.
+        """
+        self._jobs.set_recipes(recipes)
+        self._costs = changeover_costs(recipes, self._config.cell, durations=self._durations)
+        self._proposal = None
+        self._spc.set_recipes(recipes)
+        self._oee.set_ideal(recipes)
+
     def status(self) -> CellStatus:
         """A snapshot of state, jobs, variant, active changeover and counters."""
         state = self._cell.state
