@@ -481,6 +481,10 @@ class Engine:
         finally:
             self._group = None
 
+    async def wait_powered_up(self, timeout: float) -> None:
+        """Wait until the cell has left Undefined (its power-up journaled); TimeoutError past ``timeout``."""
+        await self._cell.wait_for(*(s for s in State if s is not State.UNDEFINED), timeout=timeout)
+
     async def command(self, command: str, *, by: str) -> CellStatus:
         """Apply a PackML command (``"reset"``, ``"start"``, ... ``"clear"``); InvalidTransition if refused.
 

@@ -42,6 +42,8 @@ STOP_DEADLINE_S = 10.0
 """How long a PackML Stop may take at shutdown before the engine is cancelled."""
 FLUSH_DEADLINE_S = 2.0
 """How long the publisher may drain the outbox at shutdown; the rest stays in the store for next time."""
+POWER_UP_DEADLINE_S = 20.0
+"""How long the engine may take to journal its power-up before READY; less than TimeoutStartSec."""
 SHUTDOWN_MARGIN_S = 5.0
 """What the rest of a stop may take (drivers closing, the store's checkpoint and close, the interpreter's
 exit): systemd's TimeoutStopSec must exceed the sum of the three."""
@@ -223,7 +225,10 @@ class CellApp:
                 outbox_task = tg.create_task(watch_outbox(store, engine), name="store:outbox")
                 reload_task = tg.create_task(self._watch_reloads(engine, publisher), name="reload")
 
+                # READY: the socket listens and the cell has powered up (Stopped, or Aborted after a crash),
+                # which is journal work only; the devices come up (or are reported down) afterwards.
                 await server.ready.wait()
+                await engine.wait_powered_up(POWER_UP_DEADLINE_S)
                 controller.ready.set()
                 self._notifier.ready(self._status_line(engine, publisher))
                 log.info("controller ready", socket=str(self.config.resolve(cell.api.socket)))
