@@ -50,10 +50,9 @@ def run_service(args: argparse.Namespace) -> int:
         return 2
     name, factory = loop_factory(args.loop)
     app = CellApp(loaded, publish=False if args.no_mqtt else None)
-    log.info("event loop", loop=name)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(app))
+            runner.run(_serve(app, name))
     except CellctlError as exc:
         log.error("controller failed", error=str(exc))
         return 1
@@ -77,9 +76,12 @@ def loop_factory(choice: LoopChoice) -> tuple[str, Callable[[], asyncio.Abstract
     return "uvloop", uvloop.new_event_loop
 
 
-async def _serve(app: CellApp) -> None:
+async def _serve(app: CellApp, loop_name: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info(
+        "event loop", loop=loop_name, implementation=f"{type(loop).__module__}.{type(loop).__qualname__}"
+    )
     handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGHUP: app.request_reload}
     for sig, handler in handlers.items():
         loop.add_signal_handler(sig, handler)
