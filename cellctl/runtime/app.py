@@ -225,8 +225,8 @@ class CellApp:
                 outbox_task = tg.create_task(watch_outbox(store, engine), name="store:outbox")
                 reload_task = tg.create_task(self._watch_reloads(engine, publisher), name="reload")
 
-                # READY: the socket listens and the cell has powered up (Stopped, or Aborted after a crash),
-                # which is journal work only; the devices come up (or are reported down) afterwards.
+                # READY: the socket listens and the cell has powered up (Stopped; after a crash with the
+                # unclean_stop alarm), journal work only; the devices come up (or are reported down) after.
                 await server.ready.wait()
                 await engine.wait_powered_up(POWER_UP_DEADLINE_S)
                 controller.ready.set()
@@ -332,8 +332,8 @@ class CellApp:
         try:
             # Parsing YAML is file I/O and CPU: off the loop, so the watchdog pings go on meanwhile.
             new = await asyncio.to_thread(load_config, source)
-        except ConfigError as exc:
-            problems = format_issues(exc).replace("\n", "; ")
+        except (ConfigError, OSError) as exc:  # OSError: e.g. a file the service may not read
+            problems = format_issues(exc).replace("\n", "; ") if isinstance(exc, ConfigError) else str(exc)
             log.error("reload refused; the running configuration stays", file=str(source), problems=problems)
             self._reload_note = f" | reload refused {at} UTC"
             return
