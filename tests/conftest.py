@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.telemetry"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.telemetry", "tests.fixtures.sdnotify"]
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"

@@ -1,12 +1,15 @@
-"""``cellctl run``: the controller as a long-running service that stops cleanly on Ctrl-C and SIGTERM."""
+"""``cellctl run``: the controller as a long-running service: stops cleanly on Ctrl-C and SIGTERM, reloads its
+configuration on SIGHUP, on uvloop where it is installed."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import structlog
 
@@ -25,6 +28,12 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--log-level", default="info")
     run.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     run.add_argument("--no-mqtt", action="store_true", help="keep telemetry in the outbox; do not connect")
+    run.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop: uvloop where it is installed (auto), or the one named",
+    )
     run.set_defaults(handler=run_service)
 
 
@@ -36,22 +45,48 @@ def run_service(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{format_issues(exc)}; refusing to start.\n")
         return 2
+    if args.loop == "uvloop" and not uvloop_available():
+        sys.stderr.write("--loop uvloop: uvloop is not installed (pip install 'cellctl[uvloop]').\n")
+        return 2
+    name, factory = loop_factory(args.loop)
     app = CellApp(loaded, publish=False if args.no_mqtt else None)
     try:
-        asyncio.run(_serve(app))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_serve(app, name))
     except CellctlError as exc:
         log.error("controller failed", error=str(exc))
         return 1
     return 0
 
 
-async def _serve(app: CellApp) -> None:
+LoopChoice = Literal["auto", "asyncio", "uvloop"]
+
+
+def uvloop_available() -> bool:
+    """True when uvloop can be imported."""
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def loop_factory(choice: LoopChoice) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The loop's name and factory for ``choice`` (None: asyncio's default); auto: uvloop if installed."""
+    if choice == "asyncio" or (choice == "auto" and not uvloop_available()):
+        return "asyncio", None
+    import uvloop  # the optional extra: imported only when chosen
+
+    return "uvloop", uvloop.new_event_loop
+
+
+async def _serve(app: CellApp, loop_name: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "event loop", loop=loop_name, implementation=f"{type(loop).__module__}.{type(loop).__qualname__}"
+    )
+    handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGHUP: app.request_reload}
+    for sig, handler in handlers.items():
+        loop.add_signal_handler(sig, handler)
     try:
         await app.run(stop)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in handlers:
             loop.remove_signal_handler(sig)

@@ -481,6 +481,10 @@ class Engine:
         finally:
             self._group = None
 
+    async def wait_powered_up(self, timeout: float) -> None:
+        """Wait until the cell has left Undefined (its power-up journaled); TimeoutError past ``timeout``."""
+        await self._cell.wait_for(*(s for s in State if s is not State.UNDEFINED), timeout=timeout)
+
     async def command(self, command: str, *, by: str) -> CellStatus:
         """Apply a PackML command (``"reset"``, ``"start"``, ... ``"clear"``); InvalidTransition if refused.
 
@@ -572,6 +576,18 @@ class Engine:
     def job(self, job_id: str) -> JobView:
         """One job, queued, running or finished; JobError when there is none."""
         return self._jobs.get(job_id).view()
+
+    def set_recipes(self, recipes: Mapping[str, Recipe]) -> None:
+        """Swap the master recipes (a configuration reload): orders accepted from now on snapshot them.
+
+        A job already accepted, queued or running, keeps the snapshot it was accepted with; changeover costs
+        and SPC charts follow the new recipes, and OEE takes the new ideal cycle for parts made from now on.
+        """
+        self._jobs.set_recipes(recipes)
+        self._costs = changeover_costs(recipes, self._config.cell, durations=self._durations)
+        self._proposal = None
+        self._spc.set_recipes(recipes)
+        self._oee.set_ideal(recipes)
 
     def status(self) -> CellStatus:
         """A snapshot of state, jobs, variant, active changeover and counters."""

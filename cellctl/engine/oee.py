@@ -9,11 +9,13 @@ report``, not here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta, tzinfo
 
 from cellctl.core.events import Event, OeeReport
 from cellctl.core.oee import OeeAccumulator, OeeFigures, ShiftSpec, Window, shift_windows
 from cellctl.schema.load import LoadedConfig
+from cellctl.schema.recipe import Recipe
 
 BETWEEN_SHIFTS = "between shifts"
 
@@ -33,6 +35,12 @@ class LiveOee:
         self._tz: tzinfo = oee.zone()
         self._acc: OeeAccumulator | None = None
         self._ended: list[OeeFigures] = []
+
+    def set_ideal(self, recipes: Mapping[str, Recipe]) -> None:
+        """Ideal cycle times after a reload: in place, so the shift so far keeps its figures and parts made
+        from now on count at the new ideal."""
+        self._ideal.clear()
+        self._ideal.update({variant: recipe.ideal_cycle_s for variant, recipe in recipes.items()})
 
     def observe(self, event: Event) -> None:
         """Take one recorded fact."""

@@ -167,6 +167,10 @@ class SpcMonitor:
         self._recipes = recipes
         self._charts: dict[tuple[str, str], _Tracked] = {}
 
+    def set_recipes(self, recipes: Mapping[str, Recipe]) -> None:
+        """The master recipes after a reload (the charts kept; a part is charted against its job's recipe)."""
+        self._recipes = recipes
+
     def observe(self, part: PartProduced, recipe: Recipe) -> SpcOutcome:
         """Feed ``part``'s valid measurements (``recipe`` is its job's snapshot) into their charts."""
         alarms: list[AlarmEvent] = []

@@ -24,10 +24,11 @@ from cellctl.engine import Engine, StepDurations
 from cellctl.engine.alarms import AlarmManager
 from cellctl.engine.recovery import read_recovery
 from cellctl.engine.spc_monitor import read_spc_history
-from cellctl.errors import StoreError
+from cellctl.errors import ConfigError, StoreError
+from cellctl.runtime.reload import config_diff
 from cellctl.runtime.systemd import Notifier, watchdog_interval
 from cellctl.schema.cell import ApiConfig, CellConfig
-from cellctl.schema.load import LoadedConfig
+from cellctl.schema.load import LoadedConfig, format_issues, load_config
 from cellctl.schema.load import warnings as config_warnings
 from cellctl.store import Store, StorePolicy
 from cellctl.telemetry.encoding import Encoding
@@ -41,6 +42,11 @@ STOP_DEADLINE_S = 10.0
 """How long a PackML Stop may take at shutdown before the engine is cancelled."""
 FLUSH_DEADLINE_S = 2.0
 """How long the publisher may drain the outbox at shutdown; the rest stays in the store for next time."""
+POWER_UP_DEADLINE_S = 20.0
+"""How long the engine may take to journal its power-up before READY; less than TimeoutStartSec."""
+SHUTDOWN_MARGIN_S = 5.0
+"""What the rest of a stop may take (drivers closing, the store's checkpoint and close, the interpreter's
+exit): systemd's TimeoutStopSec must exceed the sum of the three."""
 
 
 @dataclass
@@ -85,6 +91,13 @@ class CellApp:
         """Set once the parts are built (before READY); None before and after a run."""
         # Drivers closing at shutdown report their links down: journaled, but not raised as alarms.
         self._stopping = False
+        self._reload_requested = asyncio.Event()
+        self._reload_note = ""
+        """Appended to the STATUS line after a reload: "reloaded" or "reload refused", with the time."""
+
+    def request_reload(self) -> None:
+        """Ask the running controller to load its configuration folder again (SIGHUP); never blocks."""
+        self._reload_requested.set()
 
     async def run(
         self, stop: asyncio.Event, on_ready: Callable[[Controller], Awaitable[None]] | None = None
@@ -210,8 +223,12 @@ class CellApp:
                 broker_alarm_task = tg.create_task(broker_alarm.run(), name="alarm:mqtt")
                 status_task = tg.create_task(self._report_status(engine, publisher), name="status")
                 outbox_task = tg.create_task(watch_outbox(store, engine), name="store:outbox")
+                reload_task = tg.create_task(self._watch_reloads(engine, publisher), name="reload")
 
+                # READY: the socket listens and the cell has powered up (Stopped; after a crash with the
+                # unclean_stop alarm), journal work only; the devices come up (or are reported down) after.
                 await server.ready.wait()
+                await engine.wait_powered_up(POWER_UP_DEADLINE_S)
                 controller.ready.set()
                 self._notifier.ready(self._status_line(engine, publisher))
                 log.info("controller ready", socket=str(self.config.resolve(cell.api.socket)))
@@ -229,6 +246,7 @@ class CellApp:
                 except Exception as exc:  # the cell must still be brought down when Stop is refused
                     log.warning("orderly stop failed; cancelling the engine", error=str(exc))
                 for task in (
+                    reload_task,
                     api_task,
                     engine_task,
                     status_task,
@@ -291,15 +309,42 @@ class CellApp:
             self._notifier.status(self._status_line(engine, publisher))
             await asyncio.sleep(period)
 
-    @staticmethod
-    def _status_line(engine: Engine, publisher: OutboxPublisher | None) -> str:
+    def _status_line(self, engine: Engine, publisher: OutboxPublisher | None) -> str:
         status = engine.status()
         job = status.current_job
         line = f"state={status.state} job={job.job_id if job else '-'} queue={len(status.queue)}"
         if publisher is not None:
             link = publisher.link
             line += f" mqtt={link.state.value if link is not None else 'connecting'}"
-        return line
+        return line + self._reload_note
+
+    async def _watch_reloads(self, engine: Engine, publisher: OutboxPublisher | None) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()  # signals during a reload make one more, not one each
+            await self._reload(engine)
+            self._notifier.status(self._status_line(engine, publisher))
+
+    async def _reload(self, engine: Engine) -> None:
+        """Load and validate the configuration again; apply its recipes, report what needs a restart."""
+        source = self.config.cell_file
+        at = datetime.datetime.fromtimestamp(self._clock.wall(), datetime.UTC).strftime("%H:%M:%S")
+        try:
+            # Parsing YAML is file I/O and CPU: off the loop, so the watchdog pings go on meanwhile.
+            new = await asyncio.to_thread(load_config, source)
+        except (ConfigError, OSError) as exc:  # OSError: e.g. a file the service may not read
+            problems = format_issues(exc).replace("\n", "; ") if isinstance(exc, ConfigError) else str(exc)
+            log.error("reload refused; the running configuration stays", file=str(source), problems=problems)
+            self._reload_note = f" | reload refused {at} UTC"
+            return
+        diff = config_diff(self.config, new)
+        if diff.recipes_changed:
+            engine.set_recipes(new.recipes)
+            self.config = dataclasses.replace(self.config, recipes=new.recipes, recipe_files=new.recipe_files)
+        log.info("configuration reloaded", recipes=diff.summary(), file=str(source))
+        if diff.needs_restart:
+            log.warning(f"needs a restart: {', '.join(diff.needs_restart)}", fields=list(diff.needs_restart))
+        self._reload_note = f" | reloaded {at} UTC"
 
 
 TELEMETRY_DROPPED_ALARM = "telemetry_dropped"
