@@ -28,7 +28,7 @@ from cellctl.api.client import ControlClient
 from cellctl.errors import ApiError, CellctlError
 from device_sims.harness import SimCell, free_port
 from tests.fixtures.sdnotify import SdNotify
-from tests.fixtures.unitfile import seconds, service_settings
+from tests.unit.test_systemd_units import CONTROLLER, one, service
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -38,7 +38,7 @@ WATCHDOG_USEC = 2_000_000
 """WatchdogSec=2 for the child: a ping every 1 s."""
 SETTLE_S = 0.5
 """After the child exited: a command it had sent reaches the simulators well within this."""
-TIMEOUT_STOP_S = seconds(service_settings()["TimeoutStopSec"][0])
+TIMEOUT_STOP_S = float(one(service(CONTROLLER), "TimeoutStopSec"))
 """systemd kills a stop that takes longer than this (the unit file's figure)."""
 
 

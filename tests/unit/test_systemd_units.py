@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.runtime.app import FLUSH_DEADLINE_S, STOP_DEADLINE_S
+from cellctl.runtime.app import FLUSH_DEADLINE_S, SHUTDOWN_MARGIN_S, STOP_DEADLINE_S
 from cellctl.schema.load import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,8 @@ def exposure(*args: str) -> float:
 
 
 def fake_root(tmp_path: Path, units: list[Path], drop_ins: dict[str, Path] | None = None) -> Path:
-    """A tree for `--root`: the units in etc/systemd/system, a stub at each ExecStart, stand-in targets."""
+    """A tree for `--root`: the units in etc/systemd/system, a stub at each ExecStart and ExecReload program,
+    stand-in targets."""
     root = tmp_path / "root"
     system = root / "etc" / "systemd" / "system"
     system.mkdir(parents=True)
@@ -93,7 +94,8 @@ def fake_root(tmp_path: Path, units: list[Path], drop_ins: dict[str, Path] | Non
         (system / target).write_text(f"[Unit]\nDescription=stand-in for {target}\n")
     for unit in units:
         shutil.copy(unit, system / unit.name)
-        for command in service(unit)["ExecStart"]:
+        settings = service(unit)
+        for command in (*settings["ExecStart"], *settings.get("ExecReload", [])):
             binary = root / command.split()[0].lstrip("/")
             binary.parent.mkdir(parents=True, exist_ok=True)
             binary.write_text("#!/bin/sh\nexit 0\n")
@@ -119,13 +121,16 @@ def verify(root: Path, *names: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_controller_is_a_notify_service_with_a_watchdog_and_a_stop_budget() -> None:
-    """Given cellctl.service, it is Type=notify with a watchdog; its stop timeout covers Stop plus flush."""
+def test_controller_is_a_notify_service_with_a_watchdog_a_stop_budget_and_a_reload() -> None:
+    """Given cellctl.service, it is Type=notify with a watchdog; SIGTERM stops it within a timeout longer
+    than PackML Stop + flush + the rest of the stop (the runtime's own figures); ExecReload sends SIGHUP."""
     svc = service(CONTROLLER)
     assert one(svc, "Type") == "notify"
     assert one(svc, "NotifyAccess") == "main"
     assert int(one(svc, "WatchdogSec")) > 0
-    assert int(one(svc, "TimeoutStopSec")) > STOP_DEADLINE_S + FLUSH_DEADLINE_S
+    assert one(svc, "KillSignal") == "SIGTERM"
+    assert int(one(svc, "TimeoutStopSec")) > STOP_DEADLINE_S + FLUSH_DEADLINE_S + SHUTDOWN_MARGIN_S
+    assert one(svc, "ExecReload") == "/bin/kill -HUP $MAINPID"
 
 
 @pytest.mark.parametrize("path", [CONTROLLER, SIMS], ids=lambda p: p.name)
