@@ -160,7 +160,8 @@ class CellApp(App[None]):
     def link_status(self, status: dict[str, Any]) -> None:
         """A new snapshot: header, every pane, and a new operator prompt brings the Changeover tab forward."""
         header = self._header()
-        if header is None:
+        if header is None or not self.is_running:
+            # Closing: the panes' widgets may be gone (the link reports until its worker is cancelled).
             return
         header.show(status, self._caller())
         for pane in self.panes:
@@ -169,6 +170,8 @@ class CellApp(App[None]):
 
     def link_event(self, push: dict[str, Any]) -> None:
         """A pushed event, to every pane."""
+        if not self.is_running:
+            return
         for pane in self.panes:
             pane.event(push)
 
