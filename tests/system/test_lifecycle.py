@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ruamel.yaml import YAML
 from cellctl.api.client import ControlClient
 from cellctl.errors import ApiError, CellctlError
 from device_sims.harness import SimCell, free_port
+from tests.fixtures.child import Child, spawn
 from tests.fixtures.sdnotify import SdNotify
 from tests.unit.test_systemd_units import CONTROLLER, one, service
 
@@ -75,63 +75,22 @@ def _write_cell(folder: Path, sims: SimCell, *, down: str | None = None, recipes
     return folder
 
 
-@dataclass
-class Child:
-    """`cellctl run` as a child process, its output (JSON log lines) gathered in the background."""
-
-    proc: asyncio.subprocess.Process
-    lines: list[str]
-    changed: asyncio.Event
-    task: asyncio.Task[None]
-
-    async def wait_line(self, text: str, timeout: float = T) -> dict[str, Any]:
-        """The first log line whose event contains ``text`` (bounded)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                self.changed.clear()
-                for line in self.lines:
-                    if text in line:
-                        try:
-                            return dict(json.loads(line))
-                        except ValueError:
-                            return {"event": line}
-                if self.task.done():
-                    raise AssertionError("the controller ended its output:\n" + "\n".join(self.lines[-30:]))
-                await self.changed.wait()
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = T) -> int:
-        """Send ``sig`` and wait for the exit (killed past ``timeout``); the exit code."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        try:
-            async with asyncio.timeout(timeout):
-                code = await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            code = await self.proc.wait()
-        await asyncio.wait([self.task], timeout=5)
-        self.task.cancel()
-        return code
+async def _wait_log(child: Child, text: str, timeout: float = T) -> dict[str, Any]:
+    """The first JSON log line of ``child`` holding ``text``, parsed (bounded)."""
+    line = await child.wait_for(re.escape(text), timeout)
+    try:
+        return dict(json.loads(line))
+    except ValueError:
+        return {"event": line}
 
 
 async def _spawn(folder: Path, *args: str, env: dict[str, str] | None = None) -> Child:
+    """`cellctl run` on ``folder`` as a child, JSON logs, without this process's own sd_notify variables."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-    proc = await asyncio.create_subprocess_exec(
+    return await spawn(
         sys.executable, "-m", "cellctl", "run", "--config", str(folder), "--log-format", "json", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO,
-        env={**base, **(env or {})},
+        env={**base, **(env or {})}, name="cellctl-run",
     )  # fmt: skip
-    lines: list[str] = []
-    changed = asyncio.Event()
-
-    async def gather() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            lines.append(raw.decode(errors="replace").rstrip())
-            changed.set()
-        changed.set()
-
-    return Child(proc, lines, changed, asyncio.create_task(gather(), name="test:child-output"))
 
 
 @pytest.fixture
@@ -401,7 +360,7 @@ async def test_sighup_refuses_a_broken_recipe_then_applies_a_changed_one_to_orde
 
         oslo.write_text(original.replace("default: 12.0", "default: 30.0"))  # outside 8..16
         child.proc.send_signal(signal.SIGHUP)
-        refused = await child.wait_line("reload refused")
+        refused = await _wait_log(child, "reload refused")
         assert refused["level"] == "error"
         assert re.search(r"oslo\.yaml:\d+: parameters\.staple_pitch", refused["problems"]), refused
         await sd_notify.wait_for(
@@ -414,9 +373,9 @@ async def test_sighup_refuses_a_broken_recipe_then_applies_a_changed_one_to_orde
         gauge = sim_cell.endpoint("gauge")
         (folder / "cell.yaml").write_text(cell.replace(gauge, f"tcp://127.0.0.1:{free_port()}"))
         child.proc.send_signal(signal.SIGHUP)
-        reloaded = await child.wait_line("configuration reloaded")
+        reloaded = await _wait_log(child, "configuration reloaded")
         assert reloaded["recipes"] == "recipes changed oslo"
-        restart = await child.wait_line("needs a restart")
+        restart = await _wait_log(child, "needs a restart")
         assert restart["event"] == "needs a restart: devices"
         await sd_notify.wait_for(lambda ns: any(" reloaded " in n.fields.get("STATUS", "") for n in ns), T)
         await client.request("submit", order_id="SO-3", variant="oslo", quantity=1)
@@ -449,7 +408,7 @@ async def test_the_service_runs_on_each_event_loop(
     folder = _write_cell(short_tmp, sim_cell)
     child = await _spawn(folder, "--loop", loop, env=sd_notify.env())
     children.append(child)
-    line = await child.wait_line('"event loop"')
+    line = await _wait_log(child, '"event loop"')
     assert line["loop"] == loop and line["implementation"].startswith(f"{loop}.")
     await sd_notify.wait_key("READY", "1", timeout=T)
     async with ControlClient(folder / "ctl.sock") as client:

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import signal
 import sqlite3
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +16,12 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.fixtures.broker import Collector, Mosquitto
+from tests.fixtures.child import Child, spawn
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
 ROOT = "nordform/lyon/upholstery/line1/systest"
 """Topic root of this test's cell: its own cell name, so retained messages of other tests never mix in."""
-
-
-@dataclass
-class Proc:
-    """A child process with its stdout lines gathered in the background."""
-
-    proc: asyncio.subprocess.Process
-    lines: list[str]
-    changed: asyncio.Event
-    task: asyncio.Task[None]
-
-
-async def _spawn(*args: str, env: dict[str, str] | None = None) -> Proc:
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
-    lines: list[str] = []
-    changed = asyncio.Event()
-
-    async def gather() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            lines.append(raw.decode(errors="replace").rstrip())
-            changed.set()
-        changed.set()  # end of output: the process is exiting
-
-    return Proc(proc, lines, changed, asyncio.create_task(gather(), name=f"test:stdout:{args[2]}"))
-
-
-async def _stop(p: Proc, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-    if p.proc.returncode is None:
-        p.proc.send_signal(sig)
-    try:
-        async with asyncio.timeout(timeout):
-            code = await p.proc.wait()
-    except TimeoutError:
-        p.proc.kill()
-        code = await p.proc.wait()
-    await asyncio.wait([p.task], timeout=5)
-    p.task.cancel()
-    return code
-
-
-async def _wait_line(p: Proc, pattern: str, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not any(re.search(pattern, line) for line in p.lines):
-            if p.task.done():
-                raise AssertionError("process ended its output:\n" + "\n".join(p.lines[-40:]))
-            p.changed.clear()
-            await p.changed.wait()
 
 
 async def _ctl(config: Path, *args: str) -> tuple[int, str]:
@@ -116,11 +59,11 @@ def _write_cell(folder: Path, endpoints: dict[str, str], broker: Mosquitto) -> P
 
 
 @pytest.fixture
-async def sims() -> AsyncIterator[tuple[Proc, dict[str, str]]]:
+async def sims() -> AsyncIterator[tuple[Child, dict[str, str]]]:
     """`python -m device_sims` on free ports, with the endpoints it printed, by device."""
-    p = await _spawn(sys.executable, "-m", "device_sims", str(CONFIG), "--ephemeral", "--time-scale", "0.02")
+    p = await spawn(sys.executable, "-m", "device_sims", str(CONFIG), "--ephemeral", "--time-scale", "0.02")
     try:
-        await _wait_line(p, r"^ready$", timeout=30)
+        await p.wait_for(r"^ready$", timeout=30)
         endpoints: dict[str, str] = {}
         for line in p.lines:
             if line.startswith("listening "):
@@ -129,7 +72,7 @@ async def sims() -> AsyncIterator[tuple[Proc, dict[str, str]]]:
                     endpoints[device] = endpoint
         yield p, endpoints
     finally:
-        assert await _stop(p) == 0, "\n".join(p.lines[-20:])
+        assert await p.stop() == 0, "\n".join(p.lines[-20:])
 
 
 def _payloads(collector: Collector, match: Callable[[str], bool]) -> list[dict[str, Any]]:
@@ -137,7 +80,7 @@ def _payloads(collector: Collector, match: Callable[[str], bool]) -> list[dict[s
 
 
 async def test_service_runs_two_orders_end_to_end(
-    tmp_path: Path, mosquitto: Mosquitto, sims: tuple[Proc, dict[str, str]]
+    tmp_path: Path, mosquitto: Mosquitto, sims: tuple[Child, dict[str, str]]
 ) -> None:
     """Given the simulators and `cellctl run` as processes, when two orders of different variants are queued
     through `cellctl ctl`, then the journal and the MQTT subscriber see the same complete story."""
@@ -148,11 +91,11 @@ async def test_service_runs_two_orders_end_to_end(
     config = _write_cell(tmp_path, endpoints, mosquitto)
 
     async with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/#") as collector:
-        service = await _spawn(
+        service = await spawn(
             sys.executable, "-m", "cellctl", "run", "--config", str(config), "--log-format", "json"
         )
         try:
-            await _wait_line(service, r"controller ready", timeout=30)
+            await service.wait_for(r"controller ready", timeout=30)
             # Devices come up on their own after READY: reset once every link reported up.
             await collector.wait_until(
                 lambda ms: (
@@ -178,7 +121,7 @@ async def test_service_runs_two_orders_end_to_end(
             code, out = await _ctl(config, "status", "--json")
             assert code == 0 and json.loads(out)["counters"]["parts"] == 4
         finally:
-            exit_code = await _stop(service)
+            exit_code = await service.stop()
         assert exit_code == 0, "\n".join(service.lines[-30:])
         # The clean stop publishes the retained "offline" status last.
         await collector.wait_until(
