@@ -202,6 +202,20 @@ async def test_ready_comes_with_the_socket_listening_and_a_device_down_then_ping
 # SIGTERM: an orderly stop, and nothing sent after it
 
 
+async def _in_a_changeover(folder: Path, children: list[Child], *, order_id: str, quantity: int) -> Child:
+    """`cellctl run` on ``folder`` with a bergen order started and its changeover one step or more in."""
+    child = await _spawn(folder)
+    children.append(child)
+    client = await _client(folder, child)
+    try:
+        await client.request("submit", order_id=order_id, variant="bergen", quantity=quantity)
+        await _reset_and_start(client)
+        await _until(client, lambda s: s["changeover"] is not None and s["changeover"]["done"] >= 1)
+    finally:
+        await client.close()
+    return child
+
+
 async def _sigterm_and_settle(child: Child, sims: SimCell) -> None:
     """SIGTERM; the exit is 0 within TimeoutStopSec; the simulators' counters do not move after the exit."""
     sent = time.monotonic()
@@ -265,15 +279,7 @@ async def test_sigterm_in_a_changeover_stops_it_in_order_and_sends_nothing_after
     changeover is journaled as the engine ends one cut by a Stop, the exit is 0 in time, and nothing is sent
     to the devices after the exit."""
     folder = _write_cell(short_tmp, sim_cell)
-    child = await _spawn(folder)
-    children.append(child)
-    client = await _client(folder, child)
-    try:
-        await client.request("submit", order_id="SO-C", variant="bergen", quantity=5)
-        await _reset_and_start(client)
-        await _until(client, lambda s: s["changeover"] is not None and s["changeover"]["done"] >= 1)
-    finally:
-        await client.close()
+    child = await _in_a_changeover(folder, children, order_id="SO-C", quantity=5)
     await _sigterm_and_settle(child, sim_cell)
 
     journal = _journal(folder)
@@ -302,15 +308,7 @@ async def test_restarted_after_sigkill_in_a_changeover_it_comes_up_stopped_and_c
     cell is Stopped with the unclean_stop alarm, and nothing is sent to the devices until the operator's Start
     (not after READY, not after Reset)."""
     folder = _write_cell(short_tmp, sim_cell)
-    first = await _spawn(folder)
-    children.append(first)
-    client = await _client(folder, first)
-    try:
-        await client.request("submit", order_id="SO-K", variant="bergen", quantity=2)
-        await _reset_and_start(client)
-        await _until(client, lambda s: s["changeover"] is not None and s["changeover"]["done"] >= 1)
-    finally:
-        await client.close()
+    first = await _in_a_changeover(folder, children, order_id="SO-K", quantity=2)
     assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
     await asyncio.sleep(SETTLE_S)  # bytes the dead process wrote reach the simulators
     at_kill = _sent(sim_cell)
