@@ -33,7 +33,7 @@ from cellctl.store.commands import CommandClaim
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxBound, OutboxFullError, OutboxMessage, OutboxRow, OutboxStats
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The newest schema this code knows; a file written by newer code is refused."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -43,6 +43,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: outbox.SCHEMA_V4,
     5: outbox.SCHEMA_V5,
     6: commands.SCHEMA_V6,
+    7: outbox.SCHEMA_V7,
 }
 """Statements that take the schema from version ``n - 1`` to ``n``; each version runs in one transaction."""
 

@@ -213,6 +213,38 @@ SCHEMA_V5: tuple[str, ...] = (
 )
 """Statements of schema version 5 for the outbox's bound: dropped-telemetry counts."""
 
+SCHEMA_V7: tuple[str, ...] = (
+    # Every acknowledged row is deleted, so the outbox's indexes are the publisher's store cost per message.
+    # The UNIQUE index on msg_id (random uuid4 text: each delete dirtied a random page of it) made deletes
+    # three times dearer (17 against 6 us a row in groups of 40), and nothing looks a row up by msg_id, which
+    # is unique by construction (a new uuid4 per row). ``outbox_by_journal`` served no query and no
+    # foreign-key check: journal rows are never deleted. SQLite drops a constraint only by copying the table;
+    # the AUTOINCREMENT high-water mark is carried over, so ids keep growing.
+    """
+    CREATE TABLE outbox_v7 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        journal_id  INTEGER NOT NULL REFERENCES journal (id),
+        topic       TEXT    NOT NULL,
+        stream      TEXT    NOT NULL,
+        seq         INTEGER NOT NULL,
+        msg_id      TEXT    NOT NULL,
+        event_ts    REAL    NOT NULL,
+        body        TEXT    NOT NULL CHECK (json_valid(body)),
+        retain      INTEGER NOT NULL CHECK (retain IN (0, 1)),
+        qos         INTEGER NOT NULL CHECK (qos IN (0, 1, 2))
+    )
+    """,
+    "INSERT INTO outbox_v7 SELECT id, journal_id, topic, stream, seq, msg_id, event_ts, body, retain, qos "
+    "FROM outbox",
+    "DELETE FROM sqlite_sequence WHERE name = 'outbox_v7'",
+    "INSERT INTO sqlite_sequence (name, seq) "
+    "SELECT 'outbox_v7', seq FROM sqlite_sequence WHERE name = 'outbox'",
+    "DROP TABLE outbox",
+    "ALTER TABLE outbox_v7 RENAME TO outbox",
+    *SCHEMA_V4,
+)
+"""Statements of schema version 7: the outbox without the msg_id and journal indexes its deletes paid for."""
+
 _SIZE = "LENGTH(topic) + LENGTH(body)"
 _ADD_DROPPED = (
     "INSERT INTO outbox_dropped (stream, rows, bytes) VALUES (?, ?, ?) "

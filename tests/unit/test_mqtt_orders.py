@@ -587,12 +587,13 @@ async def test_ids_of_different_senders_do_not_collide(store: Store) -> None:
     assert other.state is ClaimState.NEW
 
 
-async def test_a_store_of_the_version_before_gains_the_commands_table(tmp_path: Path) -> None:
+async def test_a_store_of_version_5_gains_the_commands_table(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     await (await Store.open(path)).close()
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE commands")
-        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION - 1,))
+        # The commands table came with version 6.
+        conn.execute("UPDATE schema_version SET version = 5")
 
     store = await Store.open(path)
     try:

@@ -175,6 +175,28 @@ async def test_a_migrated_store_appends_publishes_and_acknowledges(version: int,
     assert len(waiting) == WAITING_ROWS + 1 and left == 0
 
 
+@pytest.mark.parametrize("version", sorted(OLD_FILES))
+async def test_the_outbox_loses_its_msg_id_and_journal_indexes_and_its_ids_keep_growing_when_empty(
+    version: int, tmp_path: Path
+) -> None:
+    path = copy_of(version, tmp_path)
+    last_outbox = raw(path, "SELECT max(id) FROM outbox")[0][0]
+    with sqlite3.connect(path) as conn:  # every row delivered: only AUTOINCREMENT remembers the last id
+        conn.execute("DELETE FROM outbox")
+    event = StateChanged(ts=2e9, state="Resetting", state_no=1, previous="Stopped", command="reset", by="op")
+
+    store = await Store.open(path)
+    try:
+        await store.append(event, [OutboxMessage("acme/state", "state", {"state": "Resetting"})])
+        (new,) = await store.outbox_batch(10)
+    finally:
+        await store.close()
+
+    assert new.id == last_outbox + 1
+    assert [r[1] for r in raw(path, "PRAGMA index_list(outbox)")] == ["outbox_by_stream"]
+    assert raw(path, "SELECT count(*) FROM sqlite_master WHERE name = 'outbox_v7'") == [(0,)]
+
+
 async def test_a_store_of_a_newer_version_is_refused_naming_both_versions_and_left_byte_for_byte(
     tmp_path: Path,
 ) -> None:
