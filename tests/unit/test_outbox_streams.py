@@ -10,7 +10,7 @@ import pytest
 
 from cellctl.core.events import DeviceHealthChanged
 from cellctl.store import OutboxMessage, Store
-from cellctl.store.outbox import STREAM_BATCH_SQL, select_streams
+from cellctl.store.outbox import STREAM_ROWS_SQL, select_streams
 
 
 def msg(stream: str, n: int) -> OutboxMessage:
@@ -54,7 +54,7 @@ async def test_a_stream_is_read_through_the_stream_index_not_a_scan(store: Store
     conn = sqlite3.connect(store.path)
     try:
         plan = " ".join(
-            str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {STREAM_BATCH_SQL}", ("part", 0, 10))
+            str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {STREAM_ROWS_SQL}", ("part", 0, 10))
         )
         assert select_streams(conn, after={}, limit=1, streams=["part"])["part"][0].seq == 1
     finally:
