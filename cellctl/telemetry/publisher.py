@@ -212,14 +212,11 @@ class OutboxPublisher:
             if wake is not None:
                 wake(self.notify)
         self._progress = asyncio.Event()
-        self._pending_acks: list[int] = []
-        self._pending_slots: list[asyncio.Semaphore] = []
         self._lanes: _Lanes | None = None
         """The session's read-ahead (None between sessions): rows in it are known to be queued."""
-        self._unsettled = 0
-        """Rows handed to paho in this session and not deleted yet."""
+        self._flow: _Flow | None = None
+        """The session's flow control (None between sessions)."""
         self._wake_read_at = 0.0
-        self._acks_ready = asyncio.Event()
         self._connected = False
         self._delivered = 0
         self._last_error: str | None = None
@@ -335,8 +332,8 @@ class OutboxPublisher:
 
     def _holds_rows(self) -> bool:
         """True while some row is read ahead or sent and not deleted: the outbox is not empty then."""
-        lanes = self._lanes
-        return lanes is not None and (self._unsettled > 0 or lanes.has_rows())
+        lanes, flow = self._lanes, self._flow
+        return lanes is not None and flow is not None and (flow.unsettled > 0 or lanes.has_rows())
 
     def _backoff(self, failures: int) -> float:
         """Exponential from ``backoff_base_s`` up to the cap, with half of it jittered."""
@@ -459,7 +456,9 @@ class OutboxPublisher:
                 self._connected = False
                 self._ready.clear()
                 self._lanes = None
-                await self._commit_acks()
+                if self._flow is not None:
+                    await self._commit_acks(self._flow)
+                    self._flow = None
 
     async def _probe(self, client: aiomqtt.Client) -> None:
         """Prove the link alive with a round trip every half keepalive, each allowed one keepalive.
@@ -514,37 +513,50 @@ class OutboxPublisher:
         and the backlog's share of the window allow it. A lane whose head is backlog holds its live rows
         behind it: order in a stream comes first.
         """
-        window = asyncio.Semaphore(self._mqtt.window)
-        # The wire window is freed at each PUBACK; this one when the row's delete commits. Holding the wire
-        # slot until the delete (one store round trip later) kept the wire window part empty: the drain ran at
-        # 0.33-0.39 of raw paho with the same window, 0.44-0.48 with the slot freed at the PUBACK.
-        unsettled = asyncio.Semaphore(2 * self._mqtt.window)
-        # Backlog holds at most this share of the window, so a live row finds a free slot at once.
-        replay_slots = asyncio.Semaphore(max(1, int(self._mqtt.window * self._mqtt.replay_share)))
+        window = self._mqtt.window
         # Rows queued before this session came up are replayed backlog, marked historical on the wire.
         # A new session starts every lane at its oldest unacknowledged row.
-        lanes = _Lanes(mark=await self._store.last_outbox_id(), batch=max(self._mqtt.window, _MIN_BATCH))
-        self._lanes, self._unsettled = lanes, 0
+        lanes = _Lanes(mark=await self._store.last_outbox_id(), batch=max(window, _MIN_BATCH))
+        # Backlog holds at most its share of the window, so a live row finds a free slot at once.
+        flow = _Flow(
+            wire=window,
+            replay=max(1, int(window * self._mqtt.replay_share)),
+            settle_limit=2 * window,
+            mark=lanes.mark,
+        )
+        self._lanes, self._flow = lanes, flow
         pace = _ReplayPace(self._mqtt.replay_rate)
         inbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=_INBOX_SIZE)
-        direct = _DirectPublish(client)
+        direct = _DirectPublish(client, flow.on_acked)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(client, inbox), name="telemetry:watch")
             tg.create_task(self._dispatch(client, inbox), name="telemetry:inbound")
-            tg.create_task(self._acker(), name="telemetry:ack")
+            tg.create_task(self._acker(flow), name="telemetry:ack")
             await self._ready.wait()
             await self._births(client)
             self._wake.set()  # the first read looks at every stream
+            read: asyncio.Task[None] | None = None
             while True:
-                await self._read_lanes(lanes)
-                slots: tuple[asyncio.Semaphore, ...]
+                if read is None:
+                    wanted = self._lanes_to_read(lanes)
+                    if wanted is not None:
+                        # Read ahead while the rows already read go out: a drain waited on the store for a
+                        # quarter of its time when each read was awaited here (it queues behind the deletes).
+                        read = tg.create_task(self._read(lanes, *wanted), name="telemetry:read")
+                if read is not None and (read.done() or lanes.dry):
+                    # A lane that ran dry may hold the oldest row: its place is known once it is read.
+                    await read
+                    read = None
+                    continue
                 row = lanes.live_head()
-                if row is not None:
-                    slots = (window,)
-                else:
+                backlog = row is None
+                if row is None:
                     row = lanes.backlog_head()
                     if row is None:
-                        if not await self._woken_within(_IDLE_POLL_S):
+                        if read is not None:
+                            await read
+                            read = None
+                        elif not await self._woken_within(_IDLE_POLL_S):
                             # Look again now and then: a record cancelled after its commit never wakes us.
                             self._wake.set()
                         continue
@@ -553,35 +565,50 @@ class OutboxPublisher:
                         # A live row arriving meanwhile wakes us and goes first.
                         await self._woken_within(delay)
                         continue
-                    await replay_slots.acquire()
-                    pace.take()
-                    slots = (replay_slots, window)
-                await unsettled.acquire()
-                await window.acquire()
-                await self._ready.wait()
+                if flow.blocked(backlog=backlog):
+                    # Woken by a PUBACK or a delete, then the choice is made again: a live row may wait.
+                    flow.freed.clear()
+                    await flow.freed.wait()
+                    continue
+                if not self._ready.is_set():
+                    await self._ready.wait()
+                    continue
                 lanes.pop(row)
-                self._unsettled += 1
-                # Handed to paho right here, so the wire order is the order picked here.
-                await self._publish(client, direct, row, slots, unsettled, historical=row.id <= lanes.mark)
+                flow.take(backlog=backlog)
+                if backlog:
+                    pace.take()
+                # Handed to paho right here, in this step, so the wire order is the order picked here.
+                if self._wire_order.locked():
+                    await self._publish(client, direct, row, historical=backlog)  # births are going out
+                    continue
+                messages = self._encoding.encode(row, publish_ts=self._clock.wall(), historical=backlog)
+                if len(messages) == 1:
+                    direct.publish(messages[0], row.id)
+                else:
+                    await self._publish(client, direct, row, historical=backlog, messages=messages)
 
-    async def _read_lanes(self, lanes: _Lanes) -> None:
-        """Read ahead the lanes that ran dry, and every stream after a wake (one store call, if any).
+    def _lanes_to_read(self, lanes: _Lanes) -> tuple[list[str] | None, list[str]] | None:
+        """The read to start now, if any: after a wake every stream, else the lanes running low.
 
         While rows are waiting to go, a wake is taken at most every ``_WAKE_READ_S``: a recorder wakes the
         publisher once per fact, and a store read per row would queue every publish behind a commit.
         """
         woke = self._wake.is_set()
-        if not woke and not lanes.dry:
-            return  # the per-row fast path: nothing new and no lane ran dry
+        if not woke and not lanes.low:
+            return None  # the per-row fast path: nothing new and no lane running low
         now = asyncio.get_running_loop().time()
         if woke and lanes.has_rows() and now - self._wake_read_at < _WAKE_READ_S:
-            woke = False  # the flag stays set: read once the interval has passed or the lanes run dry
+            woke = False  # the flag stays set: read once the interval has passed or the lanes run low
         elif woke:
             self._wake.clear()
             self._wake_read_at = now
         streams, skip = lanes.to_read(woke=woke)
         if streams is not None and not streams:
-            return
+            return None
+        return streams, skip
+
+    async def _read(self, lanes: _Lanes, streams: list[str] | None, skip: list[str]) -> None:
+        """One store call reading ahead ``streams`` (None: all but ``skip``) from their cursors."""
         batches = await self._store.outbox_by_stream(lanes.cursors(), lanes.batch, streams=streams, skip=skip)
         lanes.fill(batches, read=streams, skipped=skip)
 
@@ -598,35 +625,27 @@ class OutboxPublisher:
         client: aiomqtt.Client,
         direct: _DirectPublish,
         row: OutboxRow,
-        slots: tuple[asyncio.Semaphore, ...],
-        settle: asyncio.Semaphore,
         *,
         historical: bool,
+        messages: list[Outgoing] | None = None,
     ) -> None:
-        """Hand a row's message(s) to paho; the row is queued for deletion at its (last message's) PUBACK.
+        """Hand a row's ``messages`` (encoded here if None) to paho under the wire-order lock.
 
-        No task and no wait per row: the last message (the only one, but for an encoding's births before
-        a row's data) goes to paho directly and its PUBACK calls :meth:`_acked`. The messages before it are
-        awaited under the wire-order lock, as in :meth:`_send_in_order`. Taking the free lock does not
-        suspend, so a single-message row is encoded and handed over in one step.
+        The pump's own path covers a row of one message when no births are going out. This one is for the
+        rest: the messages before the last (an encoding's births before a row's data) are awaited, as in
+        :meth:`_send_in_order`; the last goes to paho directly, and its PUBACK settles the row. Pass
+        ``messages`` only when they were encoded in the same step as this call: taking the free lock does not
+        suspend, so nothing else is encoded or handed over in between.
         """
         async with self._wire_order:
-            messages = self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical)
+            if messages is None:
+                messages = self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical)
             for message in messages[:-1]:
                 await _send(client, message, bounded=False)
             if messages:
-                direct.publish(messages[-1], lambda: self._acked(row.id, slots, settle))
+                direct.publish(messages[-1], row.id)
                 return
-        self._acked(row.id, slots, settle)  # nothing to send: the row is done
-
-    def _acked(self, row_id: int, slots: tuple[asyncio.Semaphore, ...], settle: asyncio.Semaphore) -> None:
-        # The wire slots now; ``settle`` once the row is deleted, so acknowledged rows awaiting their delete
-        # (what a crash would send again besides those in flight) stay within a window too.
-        for slot in slots:
-            slot.release()
-        self._pending_acks.append(row_id)
-        self._pending_slots.append(settle)
-        self._acks_ready.set()
+        direct.done(row.id)  # nothing to send: the row is done
 
     async def _dispatch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
         """Hand subscribed messages to the encoding or an inbound handler, one at a time, in arrival order."""
@@ -654,23 +673,20 @@ class OutboxPublisher:
             await self._goodbye(client)
             raise aiomqtt.MqttError("host went offline")
 
-    async def _acker(self) -> None:
+    async def _acker(self, flow: _Flow) -> None:
         """Delete acknowledged rows in groups: whatever arrived while the last commit ran goes in the next."""
         while True:
-            await self._acks_ready.wait()
-            self._acks_ready.clear()
-            await self._commit_acks()
+            await flow.acks_ready.wait()
+            flow.acks_ready.clear()
+            await self._commit_acks(flow)
 
-    async def _commit_acks(self) -> None:
-        ids, self._pending_acks = self._pending_acks, []
-        slots, self._pending_slots = self._pending_slots, []
+    async def _commit_acks(self, flow: _Flow) -> None:
+        ids, flow.acked = flow.acked, []
         if not ids:
             return
         await self._store.ack(ids)
         self._delivered += len(ids)
-        self._unsettled -= len(ids)
-        for slot in slots:
-            slot.release()
+        flow.settled(len(ids))
         self._progress.set()
 
     async def _watch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
@@ -713,25 +729,30 @@ class _DirectPublish:
     or the liveness probe, this object goes with it, and the rows not deleted are sent again next session.
     """
 
-    def __init__(self, client: aiomqtt.Client) -> None:
-        """Install the PUBACK hook on ``client``'s paho client (connected: its callbacks are set)."""
+    def __init__(self, client: aiomqtt.Client, on_acked: Callable[[int], None]) -> None:
+        """Install the PUBACK hook on ``client``'s paho client (connected: its callbacks are set).
+
+        ``on_acked(token)`` is called at the PUBACK of each message handed over with that token.
+        """
         self._paho = client._client  # private: see the class docstring
-        self._on_acked: dict[int, Callable[[], None]] = {}
+        self._on_acked = on_acked
+        self._tokens: dict[int, int] = {}
         aiomqtt_on_publish = self._paho.on_publish
-        on_acked = self._on_acked
+        tokens = self._tokens
 
         def on_publish(*args: Any, **kwargs: Any) -> None:
             # paho's on_publish(client, userdata, mid, reason_code, properties) for its VERSION2 callbacks.
-            done = on_acked.pop(args[2], None)
-            if done is not None:
-                done()
+            token = tokens.pop(args[2], None)
+            if token is not None:
+                on_acked(token)
             elif aiomqtt_on_publish is not None:
                 aiomqtt_on_publish(*args, **kwargs)
 
         self._paho.on_publish = on_publish
 
-    def publish(self, message: Outgoing, on_acked: Callable[[], None]) -> None:
-        """Hand ``message`` to paho now; ``on_acked`` is called at its PUBACK. MqttCodeError if paho refused.
+    def publish(self, message: Outgoing, token: int) -> None:
+        """Hand ``message`` to paho now; ``on_acked(token)`` follows at its PUBACK. MqttCodeError if paho
+        refused it.
 
         paho may already count it published when this returns (QoS 0): then ``on_acked`` is called at once.
         """
@@ -739,14 +760,18 @@ class _DirectPublish:
         if info.rc != 0:  # MQTT_ERR_SUCCESS; MQTT_ERR_NO_CONN when the link is gone
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
         if info.is_published():
-            on_acked()
+            self._on_acked(token)
         else:
-            self._on_acked[info.mid] = on_acked
+            self._tokens[info.mid] = token
+
+    def done(self, token: int) -> None:
+        """Settle ``token`` with nothing handed over (a row its encoding sends nothing for)."""
+        self._on_acked(token)
 
     @property
     def waiting(self) -> int:
         """Messages handed over whose PUBACK has not come yet."""
-        return len(self._on_acked)
+        return len(self._tokens)
 
 
 def _password(mqtt: MqttConfig, resolve_path: Callable[[str], Path]) -> str | None:
@@ -905,17 +930,22 @@ class _Lanes:
         self.mark = mark
         """Rows with ids up to this were queued before the session came up: backlog."""
         self.batch = batch
+        self._low = batch // 2
+        """A lane with this many rows or fewer left is read ahead (if more may wait)."""
         self._lanes: dict[str, _Lane] = {}
         self.dry = False
         """Some lane ran out of rows read ahead while more may wait in the store."""
+        self.low = False
+        """Some lane is running low on rows read ahead while more may wait in the store (or ran dry)."""
 
     def to_read(self, *, woke: bool) -> tuple[list[str] | None, list[str]]:
-        """(streams to read, None for all; streams to skip): the dry lanes, or every lane after a wake."""
+        """(streams to read, None for all; streams to skip): the lanes running low, or every lane but those
+        with enough rows read ahead after a wake."""
         if woke:
             for lane in self._lanes.values():
                 lane.more = True
-            return None, [stream for stream, lane in self._lanes.items() if lane.rows]
-        return [stream for stream, lane in self._lanes.items() if lane.more and not lane.rows], []
+            return None, [stream for stream, lane in self._lanes.items() if len(lane.rows) > self._low]
+        return [s for s, lane in self._lanes.items() if lane.more and len(lane.rows) <= self._low], []
 
     def cursors(self) -> dict[str, int]:
         """The last id read per stream."""
@@ -934,6 +964,7 @@ class _Lanes:
                 lane.after_id = rows[-1].id
             lane.more = len(rows) >= self.batch
         self.dry = any(lane.more and not lane.rows for lane in self._lanes.values())
+        self.low = any(lane.more and len(lane.rows) <= self._low for lane in self._lanes.values())
 
     def has_rows(self) -> bool:
         """True while some lane holds a row read ahead and not sent yet."""
@@ -964,8 +995,61 @@ class _Lanes:
         lane = self._lanes[row.stream]
         popped = lane.rows.popleft()
         assert popped is row, "only a lane's head may be sent"
-        if lane.more and not lane.rows:
-            self.dry = True
+        if lane.more and len(lane.rows) <= self._low:
+            self.low = True
+            if not lane.rows:
+                self.dry = True
+
+
+@dataclass(slots=True)
+class _Flow:
+    """One session's flow control, kept in counters: no task, lock or semaphore per message.
+
+    A row takes a slot on the wire (freed at its PUBACK), a backlog slot if it is backlog (its share of the
+    window, freed at the PUBACK too), and stays unsettled until its delete commits: at most another window of
+    acknowledged rows waits for its delete, what a crash would send again besides those in flight.
+    """
+
+    wire: int
+    """Free slots on the wire."""
+    replay: int
+    """Free slots for backlog."""
+    settle_limit: int
+    mark: int
+    """Rows with ids up to this are backlog."""
+    unsettled: int = 0
+    """Rows handed to paho and not deleted yet."""
+    acked: list[int] = field(default_factory=list)
+    """Rows acknowledged and not yet in a delete."""
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a slot is freed (the pump waits on it when blocked)."""
+    acks_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when rows were acknowledged (the acker waits on it)."""
+
+    def blocked(self, *, backlog: bool) -> bool:
+        """True when a row (backlog or not) may not be handed over now."""
+        return self.wire <= 0 or self.unsettled >= self.settle_limit or (backlog and self.replay <= 0)
+
+    def take(self, *, backlog: bool) -> None:
+        """A row is handed over."""
+        self.wire -= 1
+        self.unsettled += 1
+        if backlog:
+            self.replay -= 1
+
+    def on_acked(self, row_id: int) -> None:
+        """The row's PUBACK came (or it had nothing to send): its slots are free, its delete is due."""
+        self.wire += 1
+        if row_id <= self.mark:
+            self.replay += 1
+        self.acked.append(row_id)
+        self.freed.set()
+        self.acks_ready.set()
+
+    def settled(self, count: int) -> None:
+        """``count`` acknowledged rows were deleted."""
+        self.unsettled -= count
+        self.freed.set()
 
 
 class _ReplayPace:

@@ -44,15 +44,15 @@ async def test_direct_publish_calls_back_at_puback_on_the_loop_thread_and_keeps_
         collect(broker.host, broker.port, f"{topic}/#") as seen,
         aiomqtt.Client(broker.host, broker.port) as client,
     ):
-        direct = _DirectPublish(client)
+
+        def on_acked(token: int) -> None:
+            acked.append((token, threading.get_ident()))
+            if len(acked) == 20:
+                all_acked.set()
+
+        direct = _DirectPublish(client, on_acked)
         for i in range(20):
-
-            def on_acked(i: int = i) -> None:
-                acked.append((i, threading.get_ident()))
-                if len(acked) == 20:
-                    all_acked.set()
-
-            direct.publish(Outgoing(f"{topic}/{i}", f"{i}".encode(), qos=1), on_acked)
+            direct.publish(Outgoing(f"{topic}/{i}", f"{i}".encode(), qos=1), i)
         # aiomqtt's own awaited publish still completes with the hook installed.
         async with asyncio.timeout(WAIT_S):
             await client.publish(f"{topic}/awaited", b"x", qos=1)
@@ -66,9 +66,9 @@ async def test_direct_publish_calls_back_at_puback_on_the_loop_thread_and_keeps_
 
 async def test_direct_publish_on_a_dropped_link_raises_a_link_error(broker: Mosquitto) -> None:
     async with aiomqtt.Client(broker.host, broker.port) as client:
-        direct = _DirectPublish(client)
+        direct = _DirectPublish(client, lambda _token: None)
         client._client.disconnect()
         async with asyncio.timeout(WAIT_S):
             await client._disconnected  # paho's socket is closed: it can no longer queue a publish
         with pytest.raises(aiomqtt.MqttCodeError):
-            direct.publish(Outgoing("cellctl-test/direct/dropped", b"x", qos=1), lambda: None)
+            direct.publish(Outgoing("cellctl-test/direct/dropped", b"x", qos=1), 0)
