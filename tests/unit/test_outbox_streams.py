@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cellctl.core.events import DeviceHealthChanged
 from cellctl.store import OutboxMessage, Store
+from cellctl.store import db as store_db
 from cellctl.store.outbox import STREAM_ROWS_SQL, select_streams
 
 
@@ -60,3 +64,52 @@ async def test_a_stream_is_read_through_the_stream_index_not_a_scan(store: Store
     finally:
         conn.close()
     assert "outbox_by_stream" in plan and "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
+
+
+def _outbox_conn() -> sqlite3.Connection:
+    """An in-memory database with the outbox of the current schema (no journal: no foreign keys)."""
+    conn = sqlite3.connect(":memory:")
+    for version in sorted(store_db.MIGRATIONS):
+        for statement in store_db.MIGRATIONS[version]:
+            conn.execute(statement)
+    return conn
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_batch_read_as_one_json_array_gives_back_every_field_exactly(
+    rows: list[tuple[float, str, bool]],
+) -> None:
+    # SQLite writes JSON numbers with 15 significant digits; event_ts must come back as the same double,
+    # and the body (JSON text, escapes and all) as the same text.
+    conn = _outbox_conn()
+    try:
+        stored = []
+        for n, (ts, text, retain) in enumerate(rows, start=1):
+            body = json.dumps({"text": text, "n": n}, ensure_ascii=n % 2 == 0)
+            values = (n, f"a/{text}", "part", n, f"m{n}", ts, body, int(retain), 1)
+            conn.execute(
+                "INSERT INTO outbox (journal_id, topic, stream, seq, msg_id, event_ts, body, retain, qos) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            stored.append(values)
+        (read,) = select_streams(conn, after={}, limit=len(rows), streams=["part"]).values()
+    finally:
+        conn.close()
+    assert [(r.id, r.topic, r.seq, r.msg_id, r.body, r.retain, r.qos) for r in read] == [
+        (n, topic, seq, msg_id, body, bool(retain), qos)
+        for n, (_j, topic, _s, seq, msg_id, _ts, body, retain, qos) in enumerate(stored, start=1)
+    ]
+    # (SQLite itself stores -0.0 as 0.0: equal as numbers is all a REAL column keeps.)
+    assert [r.event_ts for r in read] == [ts for ts, _text, _retain in rows]
