@@ -7,7 +7,6 @@ import json
 import math
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -32,6 +31,7 @@ from cellctl.store import commands, journal, meta, orders, outbox, steps
 from cellctl.store.commands import CommandClaim
 from cellctl.store.journal import JournalEntry
 from cellctl.store.outbox import OutboxBound, OutboxFullError, OutboxMessage, OutboxRow, OutboxStats
+from cellctl.store.worker import StoreWorker
 
 SCHEMA_VERSION = 7
 """The newest schema this code knows; a file written by newer code is refused."""
@@ -110,7 +110,7 @@ class Store:
     def __init__(
         self,
         path: Path,
-        executor: ThreadPoolExecutor,
+        worker: StoreWorker,
         conn: sqlite3.Connection,
         *,
         policy: StorePolicy,
@@ -118,7 +118,7 @@ class Store:
     ) -> None:
         """Use ``Store.open``; this only wires an already opened connection and its thread."""
         self._path = path
-        self._executor = executor
+        self._worker = worker
         self._conn: sqlite3.Connection | None = conn
         self._closing = False
         self._policy = policy
@@ -157,12 +157,11 @@ class Store:
             telemetry_synchronous=policy.telemetry_synchronous.upper(),
         )
         bound = OutboxBound(policy.max_rows, policy.max_bytes, policy.telemetry_streams)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellctl-store")
-        loop = asyncio.get_running_loop()
+        worker = StoreWorker()
         try:
-            conn = await loop.run_in_executor(executor, _open_with_totals, Path(path), policy, bound)
+            conn = await worker.run(lambda: _open_with_totals(Path(path), policy, bound))
         except BaseException:
-            executor.shutdown(wait=False)
+            worker.shutdown()
             raise
         _log.info(
             "store opened",
@@ -173,7 +172,7 @@ class Store:
             outbox_rows=bound.rows,
             outbox_bytes=bound.bytes,
         )
-        return cls(Path(path), executor, conn, policy=policy, bound=bound)
+        return cls(Path(path), worker, conn, policy=policy, bound=bound)
 
     @property
     def policy(self) -> StorePolicy:
@@ -235,7 +234,6 @@ class Store:
     async def _append_group(self, group: Sequence[_Append]) -> list[int | BaseException]:
         """Write ``group`` in one transaction on the store thread: per fact its journal id or its error."""
         policy, bound, path = self._policy, self._bound, self._path
-        loop = asyncio.get_running_loop()
 
         def fact(conn: sqlite3.Connection, a: _Append) -> int:
             event, messages = a.event, a.messages
@@ -301,7 +299,7 @@ class Store:
             return outcomes
 
         try:
-            outcomes = await loop.run_in_executor(self._executor, work)
+            outcomes = await self._worker.run(work)
         except Exception as exc:
             return [self._failure(exc, a.what) for a in group]
         if any(not isinstance(o, BaseException) for o in outcomes):
@@ -417,7 +415,7 @@ class Store:
         def work(conn: sqlite3.Connection) -> dict[str, list[OutboxRow]]:
             return outbox.select_streams(conn, after=cursors, limit=limit, streams=wanted, skip=skipped)
 
-        return await self._call("read outbox", work)
+        return await self._call("read outbox", work, background=True)
 
     async def ack(self, ids: Sequence[int]) -> None:
         """Delete acknowledged messages, all in one transaction (one commit for the group)."""
@@ -437,7 +435,7 @@ class Store:
                 removed = outbox.delete_acked(conn, id_list)
             bound.committed(removed=removed)
 
-        await self._call("ack outbox", work)
+        await self._call("ack outbox", work, background=True)
 
     async def last_outbox_id(self) -> int:
         """The newest queued message's id (0 when the outbox is empty)."""
@@ -493,15 +491,14 @@ class Store:
         for a in pending:
             if not a.future.done():
                 a.future.set_exception(StoreError(f"{self._path}: {a.what}: the store is closed"))
-        loop = asyncio.get_running_loop()
         conn, self._conn = self._conn, None
         try:
             if conn is not None:
-                await loop.run_in_executor(self._executor, conn.close)
+                await self._worker.run(conn.close)
         except sqlite3.Error as exc:
             raise StoreError(f"{self._path}: close failed: {exc}") from exc
         finally:
-            self._executor.shutdown(wait=False)
+            self._worker.shutdown()
             if self._writer is not None:
                 # Its group ran before the close on the store thread: it only has answers left to hand out.
                 await asyncio.wait({self._writer})
@@ -517,10 +514,18 @@ class Store:
 
         return await self._call("set page limit", work)
 
-    async def _call(self, what: str, work: Callable[[sqlite3.Connection], _T], *, reopen: bool = False) -> _T:
+    async def _call(
+        self,
+        what: str,
+        work: Callable[[sqlite3.Connection], _T],
+        *,
+        reopen: bool = False,
+        background: bool = False,
+    ) -> _T:
+        """Run ``work`` on the store thread; ``background`` (the publisher's reads and deletes) waits for
+        every call of the cell queued meanwhile."""
         if self._closing:
             raise StoreError(f"{self._path}: {what}: the store is closed")
-        loop = asyncio.get_running_loop()
 
         def run() -> _T:
             # On the store thread, one call at a time: a reopen in progress is never seen half done.
@@ -531,7 +536,7 @@ class Store:
             return work(self._conn)
 
         try:
-            return await loop.run_in_executor(self._executor, run)
+            return await self._worker.run(run, background=background)
         except (OutboxFullError, sqlite3.Error) as exc:
             raise self._failure(exc, what) from exc
 
