@@ -57,7 +57,8 @@ _STATUS_TIMEOUT_S = 1.0
 _IDLE_POLL_S = 5.0
 _INBOX_SIZE = 100
 _MIN_BATCH = 100
-"""Rows read ahead per stream at least (bounded memory: streams x batch rows, whatever the backlog)."""
+"""Rows read per stream and read at least (a lane is read again at half of it: bounded memory, at most
+streams x 1.5 batches of rows, whatever the backlog)."""
 _PACE_BURST_S = 0.05
 """The replay may send this many seconds' worth of its rate at once after a pause."""
 _PACE_TICK_S = 0.005
