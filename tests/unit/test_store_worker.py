@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -20,32 +22,35 @@ async def worker() -> AsyncIterator[StoreWorker]:
     w.shutdown()
 
 
-async def _hold(worker: StoreWorker) -> tuple[threading.Event, asyncio.Task[None]]:
-    """A call that keeps the thread busy until the returned event is set (and has started)."""
+@contextlib.asynccontextmanager
+async def _busy(worker: StoreWorker) -> AsyncIterator[list[asyncio.Task[Any]]]:
+    """The thread kept busy through the block; the calls the block adds to the list are awaited after it."""
     started, release = threading.Event(), threading.Event()
 
     def busy() -> None:
         started.set()
         release.wait(WAIT_S)
 
-    task = asyncio.create_task(worker.run(busy))
+    holder = asyncio.create_task(worker.run(busy))
     assert await asyncio.to_thread(started.wait, WAIT_S)
-    return release, task
+    calls: list[asyncio.Task[Any]] = []
+    try:
+        yield calls
+        await asyncio.sleep(0)  # every call queued while the thread is busy
+    finally:
+        release.set()
+    async with asyncio.timeout(WAIT_S):
+        await asyncio.gather(holder, *calls)
 
 
 async def test_calls_queued_in_the_foreground_run_before_the_background_ones_each_in_order(
     worker: StoreWorker,
 ) -> None:
-    release, busy = await _hold(worker)
     ran: list[str] = []
-    calls = [
-        asyncio.create_task(worker.run(lambda name=name: ran.append(name), background=name.startswith("bg")))
-        for name in ("bg1", "fg1", "bg2", "fg2")
-    ]
-    await asyncio.sleep(0)  # every call queued while the thread is busy
-    release.set()
-    async with asyncio.timeout(WAIT_S):
-        await asyncio.gather(busy, *calls)
+    async with _busy(worker) as calls:
+        for name in ("bg1", "fg1", "bg2", "fg2"):
+            call = worker.run(lambda name=name: ran.append(name), background=name.startswith("bg"))
+            calls.append(asyncio.create_task(call))
     assert ran == ["fg1", "fg2", "bg1", "bg2"]
 
 
@@ -62,15 +67,12 @@ async def test_a_result_and_an_exception_come_back_to_the_caller(worker: StoreWo
 async def test_a_call_cancelled_before_it_started_never_runs_and_the_next_still_does(
     worker: StoreWorker,
 ) -> None:
-    release, busy = await _hold(worker)
     ran: list[str] = []
-    doomed = asyncio.create_task(worker.run(lambda: ran.append("cancelled")))
-    kept = asyncio.create_task(worker.run(lambda: ran.append("kept"), background=True))
-    await asyncio.sleep(0)
-    doomed.cancel()
-    release.set()
-    async with asyncio.timeout(WAIT_S):
-        await asyncio.gather(busy, kept)
+    async with _busy(worker) as calls:
+        doomed = asyncio.create_task(worker.run(lambda: ran.append("cancelled")))
+        calls.append(asyncio.create_task(worker.run(lambda: ran.append("kept"), background=True)))
+        await asyncio.sleep(0)
+        doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
     assert ran == ["kept"]
@@ -78,14 +80,11 @@ async def test_a_call_cancelled_before_it_started_never_runs_and_the_next_still_
 
 async def test_shutdown_runs_what_is_queued_and_refuses_new_calls() -> None:
     worker = StoreWorker()
-    release, busy = await _hold(worker)
     ran: list[str] = []
-    queued = asyncio.create_task(worker.run(lambda: ran.append("queued"), background=True))
-    await asyncio.sleep(0)
-    worker.shutdown()
-    release.set()
-    async with asyncio.timeout(WAIT_S):
-        await asyncio.gather(busy, queued)
+    async with _busy(worker) as calls:
+        calls.append(asyncio.create_task(worker.run(lambda: ran.append("queued"), background=True)))
+        await asyncio.sleep(0)
+        worker.shutdown()
     assert ran == ["queued"]
     with pytest.raises(RuntimeError):
         await worker.run(lambda: None)
