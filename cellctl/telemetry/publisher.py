@@ -203,7 +203,7 @@ class OutboxPublisher:
         )
         self._inbound = tuple(inbound)
         self._ready = asyncio.Event()
-        self._wire_order = asyncio.Lock()
+        self._wire = _WireOrder()
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         if isinstance(wake, asyncio.Event):
@@ -484,11 +484,11 @@ class OutboxPublisher:
 
         An encoding may number its messages as it builds them (Sparkplug ``seq``), and one call may build
         several (births, or births before a row's data): another row encoded and handed over between them
-        would put the numbers on the wire out of order. Only the messages before the last are awaited under
-        the lock; the last is handed over right after the release, in the same step (a woken waiter runs only
-        once this task suspends), so single-message rows keep the window full.
+        would put the numbers on the wire out of order. Only the messages before the last are awaited while
+        holding the wire; the last is handed over right after, in the same step (a woken waiter runs only once
+        this task suspends), so single-message rows keep the window full.
         """
-        async with self._wire_order:
+        async with self._wire.held():
             messages = encode()
             for message in messages[:-1]:
                 await _send(client, message)
@@ -579,14 +579,19 @@ class OutboxPublisher:
                 if backlog:
                     pace.take()
                 # Handed to paho right here, in this step, so the wire order is the order picked here.
-                if self._wire_order.locked():
+                if self._wire.busy:
                     await self._publish(client, direct, row, historical=backlog)  # births are going out
                     continue
                 messages = self._encoding.encode(row, publish_ts=self._clock.wall(), historical=backlog)
                 if len(messages) == 1:
                     direct.publish(messages[0], row.id)
-                else:
-                    await self._publish(client, direct, row, historical=backlog, messages=messages)
+                    continue
+                # Taken in the step it was seen free: nothing else is encoded before these are handed over.
+                self._wire.busy = True
+                try:
+                    await self._hand_over(client, direct, row.id, messages)
+                finally:
+                    self._wire.give_back()
 
     def _lanes_to_read(self, lanes: _Lanes) -> tuple[list[str] | None, list[str]] | None:
         """The read to start now, if any: after a wake every stream, else the lanes running low.
@@ -622,31 +627,26 @@ class OutboxPublisher:
         return False
 
     async def _publish(
-        self,
-        client: aiomqtt.Client,
-        direct: _DirectPublish,
-        row: OutboxRow,
-        *,
-        historical: bool,
-        messages: list[Outgoing] | None = None,
+        self, client: aiomqtt.Client, direct: _DirectPublish, row: OutboxRow, *, historical: bool
     ) -> None:
-        """Hand a row's ``messages`` (encoded here if None) to paho under the wire-order lock.
+        """Wait for the wire, then encode ``row`` and hand its messages over (the pump's path while births or
+        another row's messages are going out)."""
+        async with self._wire.held():
+            messages = self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical)
+            await self._hand_over(client, direct, row.id, messages)
 
-        The pump's own path covers a row of one message when no births are going out. This one is for the
-        rest: the messages before the last (an encoding's births before a row's data) are awaited, as in
-        :meth:`_send_in_order`; the last goes to paho directly, and its PUBACK settles the row. Pass
-        ``messages`` only when they were encoded in the same step as this call: taking the free lock does not
-        suspend, so nothing else is encoded or handed over in between.
-        """
-        async with self._wire_order:
-            if messages is None:
-                messages = self._encoding.encode(row, publish_ts=self._clock.wall(), historical=historical)
-            for message in messages[:-1]:
-                await _send(client, message, bounded=False)
-            if messages:
-                direct.publish(messages[-1], row.id)
-                return
-        direct.done(row.id)  # nothing to send: the row is done
+    async def _hand_over(
+        self, client: aiomqtt.Client, direct: _DirectPublish, row_id: int, messages: list[Outgoing]
+    ) -> None:
+        """Hand a row's messages to paho, the caller holding the wire; the row is settled at the last one's
+        PUBACK. The messages before the last (an encoding's births before a row's data) are awaited, as in
+        :meth:`_send_in_order`; the last goes to paho directly."""
+        for message in messages[:-1]:
+            await _send(client, message, bounded=False)
+        if messages:
+            direct.publish(messages[-1], row_id)
+        else:
+            direct.done(row_id)  # nothing to send: the row is done
 
     async def _dispatch(self, client: aiomqtt.Client, inbox: asyncio.Queue[tuple[str, bytes, bool]]) -> None:
         """Hand subscribed messages to the encoding or an inbound handler, one at a time, in arrival order."""
@@ -1000,6 +1000,40 @@ class _Lanes:
             self.low = True
             if not lane.rows:
                 self.dry = True
+
+
+class _WireOrder:
+    """Who may encode and hand messages over: one owner at a time, so numbered messages (Sparkplug ``seq``)
+    reach the wire in the order they were numbered.
+
+    A flag, not an ``asyncio.Lock``: the pump sees it free and takes it in the same step, with no await (a
+    lock just released may already be promised to a waiter that has not run yet).
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._freed = asyncio.Event()
+
+    async def take(self) -> None:
+        """Wait until the wire is free and take it."""
+        while self.busy:
+            self._freed.clear()
+            await self._freed.wait()
+        self.busy = True
+
+    def give_back(self) -> None:
+        """Free the wire for the next owner."""
+        self.busy = False
+        self._freed.set()
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """The wire taken for the block."""
+        await self.take()
+        try:
+            yield
+        finally:
+            self.give_back()
 
 
 @dataclass(slots=True)
