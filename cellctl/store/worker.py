@@ -8,11 +8,11 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-_Call = tuple["concurrent.futures.Future[object]", Callable[[], object]]
+_Call = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
 
 
 class StoreWorker:
@@ -39,14 +39,14 @@ class StoreWorker:
         """
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
         with self._lock:
-            (self._background if background else self._foreground).append((future, fn))  # type: ignore[arg-type]
+            (self._background if background else self._foreground).append((future, fn))
         try:
             # One turn of the thread per call queued: each turn runs the first call waiting, foreground first.
             self._executor.submit(self._next)
         except RuntimeError:
             with self._lock:
                 queue = self._background if background else self._foreground
-                queue.remove((future, fn))  # type: ignore[arg-type]
+                queue.remove((future, fn))
             raise
         return await asyncio.wrap_future(future)
 
