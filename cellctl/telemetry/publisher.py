@@ -1042,7 +1042,9 @@ class _Flow:
 
     A row takes a slot on the wire (freed at its PUBACK), a backlog slot if it is backlog (its share of the
     window, freed at the PUBACK too), and stays unsettled until its delete commits: at most another window of
-    acknowledged rows waits for its delete, what a crash would send again besides those in flight.
+    acknowledged rows waits for its delete, what a crash would send again besides those in flight. The wire
+    slot is not held until the delete: one store round trip longer kept part of the window empty (the drain
+    ran at 0.33-0.39 of raw paho that way, 0.44-0.48 freed at the PUBACK).
     """
 
     wire: int
