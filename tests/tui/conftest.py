@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import Footer
 
 from cellctl.core.events import JobEvent, JobStatus
@@ -141,6 +142,12 @@ async def until(pilot: Pilot[Any], predicate: Callable[[], bool], what: str, tim
                 await pilot.pause(0.02)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def on_top(app: App[Any], screen: type[Screen[Any]]) -> bool:
+    """True once a screen of type ``screen`` is on top and mounted: a pushed screen is ``app.screen`` at once,
+    before its widgets are composed and its ``on_mount`` has run (keys and queries then find nothing)."""
+    return isinstance(app.screen, screen) and app.screen.is_mounted
 
 
 def notes(app: App[Any]) -> list[str]:

@@ -16,7 +16,7 @@ from cellctl.tui.link import ControllerLink
 from cellctl.tui.panes.alarms import AlarmsPane
 from cellctl.tui.panes.devices import DevicesPane
 from cellctl.tui.panes.overview import ConfirmAbort
-from tests.tui.conftest import SIZE, Live, notes, until
+from tests.tui.conftest import SIZE, Live, notes, on_top, until
 
 
 def tui(live: Live) -> CellApp:
@@ -95,13 +95,13 @@ async def test_abort_asks_first_and_n_keeps_the_cell_as_it_was(live: Live) -> No
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: state(app) == "Stopped", "the first status")
         await pilot.press("x")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmAbort), "the abort question")
+        await until(pilot, lambda: on_top(app, ConfirmAbort), "the abort question")
         await pilot.press("n")
         await until(pilot, lambda: not isinstance(app.screen, ConfirmAbort), "the question to close")
         assert commands(live) == []
 
         await pilot.press("x")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmAbort), "the abort question")
+        await until(pilot, lambda: on_top(app, ConfirmAbort), "the abort question")
         await pilot.press("y")
         await until(pilot, lambda: state(app) == "Aborted", "Aborted")
         await pilot.press("c")

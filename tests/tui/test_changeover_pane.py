@@ -12,7 +12,7 @@ from cellctl.engine import OrderRequest
 from cellctl.tui.link import ControllerLink
 from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal
 from tests.integration.test_api import Cell
-from tests.tui.conftest import PaneApp, completed, linked, notes, start_order, until
+from tests.tui.conftest import PaneApp, completed, linked, notes, on_top, start_order, until
 
 STEP = "operator:load_fabric"
 
@@ -35,7 +35,7 @@ async def test_the_operator_step_modal_refuses_a_wrong_scan_and_the_right_one_co
         job_id = await start_tromso(cell)
 
         # When the changeover reaches the person's step, then the modal says what to do and what to scan
-        await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the operator step modal")
+        await until(pilot, lambda: on_top(app, OperatorStepModal), "the operator step modal")
         modal = app.screen
         assert isinstance(modal, OperatorStepModal) and modal.prompt["step"] == STEP
         shown = " ".join(str(s.render()) for s in modal.query(Static))
@@ -71,7 +71,7 @@ async def test_escape_hides_the_modal_once_and_e_brings_it_back(cell: Cell) -> N
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: linked(app), "the link")
         await start_tromso(cell)
-        await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the operator step modal")
+        await until(pilot, lambda: on_top(app, OperatorStepModal), "the operator step modal")
 
         # When the operator hides it, then it stays hidden while the step waits (status keeps coming)
         await pilot.press("escape")
@@ -86,7 +86,7 @@ async def test_escape_hides_the_modal_once_and_e_brings_it_back(cell: Cell) -> N
 
         # When they press e, then it is back and answers the step
         await pilot.press("e")
-        await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the modal again")
+        await until(pilot, lambda: on_top(app, OperatorStepModal), "the modal again")
         await pilot.press(*"FAB-TROMSO", "enter")
         await until(pilot, lambda: not cell.engine.status().prompts, "the step confirmed")
         await until(pilot, lambda: not isinstance(app.screen, OperatorStepModal), "the modal to close")
@@ -97,7 +97,7 @@ async def test_a_step_confirmed_elsewhere_closes_the_modal(cell: Cell) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: linked(app), "the link")
         await start_tromso(cell)
-        await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the operator step modal")
+        await until(pilot, lambda: on_top(app, OperatorStepModal), "the operator step modal")
 
         # When another terminal confirms the step
         async with ControlClient(cell.path) as other:

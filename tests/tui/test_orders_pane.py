@@ -17,7 +17,7 @@ from cellctl.tui.widgets.confirm import ConfirmModal
 from tests.integration.test_api import WAIT_S, Cell
 from tests.integration.test_api_reorder import queue_of
 from tests.tui.canned import STATUS
-from tests.tui.conftest import PaneApp, linked, notes, start_order, until
+from tests.tui.conftest import PaneApp, linked, notes, on_top, start_order, until
 from tests.tui.fakes import FakeLink
 
 
@@ -42,7 +42,7 @@ def table_jobs(app: PaneApp) -> list[str]:
 async def fill_form(pilot: Pilot[Any], app: PaneApp, *fields: str) -> None:
     """Open the new-order form, type ``fields`` into its inputs in turn (Tab between) and press Enter."""
     await pilot.press("n")
-    await until(pilot, lambda: isinstance(app.screen, NewOrderForm), "the form")
+    await until(pilot, lambda: on_top(app, NewOrderForm), "the form")
     for n, text in enumerate(fields):
         if n:
             await pilot.press("tab")
@@ -133,7 +133,7 @@ async def test_d_asks_then_cancels_the_selected_job(cell: Cell) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app, 2)
         await pilot.press("down", "d")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the question")
+        await until(pilot, lambda: on_top(app, ConfirmModal), "the question")
         assert second in str(app.screen.query_one("#question", Static).render())
         # "n" keeps it
         await pilot.press("n")
@@ -141,7 +141,7 @@ async def test_d_asks_then_cancels_the_selected_job(cell: Cell) -> None:
         assert queue(cell) == [first, second]
         # "y" cancels it
         await pilot.press("d")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the question")
+        await until(pilot, lambda: on_top(app, ConfirmModal), "the question")
         await pilot.press("y")
         await until(pilot, lambda: table_jobs(app) == [first], "the cancelled job gone from the table")
     assert queue(cell) == [first]
@@ -207,7 +207,7 @@ async def test_cancelling_the_job_in_production_shows_the_refusal(cell: Cell) ->
 
         # When the operator cancels it, then the controller's refusal is shown and it goes on
         await pilot.press("d")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the question")
+        await until(pilot, lambda: on_top(app, ConfirmModal), "the question")
         assert "running job" in str(app.screen.query_one("#question", Static).render())
         await pilot.press("y")
         await until(pilot, lambda: bool(notes(app)), "the refusal")

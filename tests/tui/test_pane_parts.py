@@ -12,7 +12,7 @@ from cellctl.tui.panes.changeover import ChangeoverPane, OperatorStepModal, seco
 from cellctl.tui.panes.orders import parse_parameters, proposal_text, variants_seen
 from cellctl.tui.widgets.control_chart import LABEL_WIDTH, OUT_OF_CONTROL, OUT_OF_SPEC, Chart, draw
 from tests.tui.canned import CHART, STATUS, WAITING
-from tests.tui.conftest import PaneApp, notes, until
+from tests.tui.conftest import PaneApp, notes, on_top, until
 from tests.tui.fakes import FakeLink
 
 
@@ -113,7 +113,7 @@ async def test_a_step_in_doubt_is_confirmed_with_enter_and_no_evidence() -> None
     link = FakeLink({**WAITING, "prompts": [prompt]}, {"confirm": Outcome(True, {})})
     app = PaneApp(ChangeoverPane, link)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the modal")
+        await until(pilot, lambda: on_top(app, OperatorStepModal), "the modal")
         shown = " ".join(str(s.render()) for s in app.screen.query("Static"))
         assert "Step in doubt" in shown and "Enter: confirm the step is done" in shown
         await pilot.press("enter")
@@ -126,7 +126,7 @@ async def test_an_empty_scan_is_not_sent() -> None:
     link = FakeLink(WAITING)
     app = PaneApp(ChangeoverPane, link)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, OperatorStepModal), "the modal")
+        await until(pilot, lambda: on_top(app, OperatorStepModal), "the modal")
         await pilot.press("enter")
         refusal = app.screen.query_one("#refusal")
         await until(pilot, lambda: "scan the evidence first" in str(refusal.render()), "the hint")
